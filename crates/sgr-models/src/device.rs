@@ -1,0 +1,42 @@
+use candle_core::{Device, Result};
+
+/// The `--device` choices.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum DeviceKind {
+    #[default]
+    Cpu,
+    Cuda,
+    Metal,
+}
+
+impl std::str::FromStr for DeviceKind {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "cpu" => Ok(DeviceKind::Cpu),
+            "cuda" | "gpu" => Ok(DeviceKind::Cuda),
+            "metal" => Ok(DeviceKind::Metal),
+            other => Err(format!("unknown device '{other}': expected cpu, cuda or metal")),
+        }
+    }
+}
+
+impl std::fmt::Display for DeviceKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            DeviceKind::Cpu => "cpu",
+            DeviceKind::Cuda => "cuda",
+            DeviceKind::Metal => "metal",
+        })
+    }
+}
+
+/// Opens device 0 of the given kind. Without the matching cargo feature (`cuda`, `metal`) candle returns an
+/// error saying so.
+pub fn make_device(kind: DeviceKind) -> Result<Device> {
+    match kind {
+        DeviceKind::Cpu => Ok(Device::Cpu),
+        DeviceKind::Cuda => Device::new_cuda(0),
+        DeviceKind::Metal => Device::new_metal(0),
+    }
+}

@@ -1,0 +1,20 @@
+//! The two CNNs of the paper (Table 5) for MNIST and CIFAR-10, built from candle-nn layers.
+//!
+//! * Inputs are images in `[0, 1]`; per-image standardisation is the model's first layer
+//!   ([`standardize`]), so attacks and clipping work in pixel space.
+//! * Max-pooling is [`max_pool2x2`], a reshape + max that is exact to first and second order (candle's
+//!   `max_pool2d` backward is not).
+//! * Parameter names and layouts are PyTorch's (`conv1.weight` `[out, in, 3, 3]`, `fc1.weight` `[out, in]`,
+//!   flatten in `(C, H, W)` order): a PyTorch module of the same architecture loads a checkpoint with
+//!   `load_state_dict` (see `tests/pytorch_compat.py`).
+
+mod checkpoint;
+mod cnn;
+mod device;
+pub mod fsutil;
+mod layers;
+
+pub use checkpoint::{ModelError, load_model, load_model_from_tensors, save_model};
+pub use cnn::{Cnn, CnnConfig, init_params};
+pub use device::{DeviceKind, make_device};
+pub use layers::{max_pool2x2, standardize};

@@ -1,0 +1,123 @@
+//! The run folder: `model.safetensors`, `optimizer.safetensors` (Adam and method state) and `run.json`.
+//!
+//! Every file is written to a temporary name and renamed; `run.json` is renamed last and is the commit
+//! point, so after a crash the folder holds the previous consistent checkpoint.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::{Device, Tensor};
+use serde::{Deserialize, Serialize};
+use sgr_data::Augment;
+use sgr_models::fsutil::write_atomic;
+
+use crate::adam::AdamConfig;
+use crate::error::{Result, TrainError};
+use crate::method::MethodOptions;
+
+pub const MODEL_FILE: &str = "model.safetensors";
+pub const STATE_FILE: &str = "optimizer.safetensors";
+pub const RUN_FILE: &str = "run.json";
+
+/// Metrics of one finished epoch.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EpochRecord {
+    pub epoch: usize,
+    /// Mean training loss (the method's full objective) over the epoch's batches.
+    pub loss: f64,
+    pub train_accuracy: f64,
+    pub test_accuracy: f64,
+    /// Means of the method's own metrics (e.g. the regulariser's value).
+    #[serde(default)]
+    pub metrics: HashMap<String, f64>,
+    pub seconds: f64,
+    pub images_per_second: f64,
+}
+
+/// Running sums of the epoch in progress, so that a run resumed mid-epoch reports the same epoch metrics.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct PartialEpoch {
+    pub batches: usize,
+    pub images: usize,
+    pub loss_sum: f64,
+    pub correct: usize,
+    pub metric_sums: HashMap<String, f64>,
+    pub seconds: f64,
+}
+
+/// Where the run stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RunStatus {
+    Running,
+    Interrupted,
+    Complete,
+}
+
+/// Everything about a run: `run.json`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RunRecord {
+    pub sgr_version: String,
+    pub method: String,
+    pub method_options: MethodOptions,
+    pub dataset: String,
+    pub data_source: String,
+    pub train_images: usize,
+    pub test_images: usize,
+    pub image_shape: [usize; 3],
+    pub epochs: usize,
+    pub batch_size: usize,
+    pub optimizer: AdamConfig,
+    pub seed: u64,
+    pub augment: Augment,
+    pub device: String,
+    pub dtype: String,
+    pub status: RunStatus,
+    /// Completed epochs.
+    pub epochs_done: usize,
+    /// Optimiser steps done in total.
+    pub steps_done: u64,
+    /// The epoch in progress (batches done, running sums); empty at an epoch boundary.
+    pub partial: PartialEpoch,
+    pub history: Vec<EpochRecord>,
+}
+
+impl RunRecord {
+    pub fn final_test_accuracy(&self) -> Option<f64> {
+        self.history.last().map(|e| e.test_accuracy)
+    }
+}
+
+pub fn read_record(dir: &Path) -> Result<RunRecord> {
+    let path = dir.join(RUN_FILE);
+    let text = std::fs::read_to_string(&path).map_err(|source| TrainError::Io { path: path.clone(), source })?;
+    serde_json::from_str(&text).map_err(|e| TrainError::BadRecord { path, reason: e.to_string() })
+}
+
+pub(crate) fn write_record(dir: &Path, record: &RunRecord) -> Result<()> {
+    let path = dir.join(RUN_FILE);
+    let text = serde_json::to_string_pretty(record).map_err(|e| TrainError::BadRecord { path: path.clone(), reason: e.to_string() })?;
+    write_atomic(&path, text.as_bytes()).map_err(|source| TrainError::Io { path, source })
+}
+
+pub(crate) fn write_tensors(path: &Path, tensors: &HashMap<String, Tensor>) -> Result<()> {
+    let mut named: Vec<(&String, Tensor)> = Vec::new();
+    for (k, t) in tensors {
+        named.push((k, t.to_device(&Device::Cpu)?));
+    }
+    named.sort_by(|a, b| a.0.cmp(b.0));
+    let bytes = safetensors::serialize(named.iter().map(|(n, t)| (n.as_str(), t)), None)
+        .map_err(|e| TrainError::BadRecord { path: path.to_owned(), reason: e.to_string() })?;
+    write_atomic(path, &bytes).map_err(|source| TrainError::Io { path: path.to_owned(), source })
+}
+
+pub(crate) fn read_tensors(path: &Path) -> Result<HashMap<String, Tensor>> {
+    let bytes = std::fs::read(path).map_err(|source| TrainError::Io { path: path.to_owned(), source })?;
+    candle_core::safetensors::load_buffer(&bytes, &Device::Cpu)
+        .map_err(|e| TrainError::BadRecord { path: path.to_owned(), reason: e.to_string() })
+}
+
+/// The model file of a checkpoint given as a folder or a file.
+pub fn model_path(checkpoint: &Path) -> PathBuf {
+    if checkpoint.is_dir() { checkpoint.join(MODEL_FILE) } else { checkpoint.to_owned() }
+}

@@ -1,0 +1,375 @@
+//! The training loop.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use candle_core::{DType, Device, Module, Tensor};
+use candle_nn::{VarBuilder, VarMap};
+use sgr_data::{Augment, DatasetName, ImageSet, epoch_order, seeded_rng};
+use sgr_models::{Cnn, CnnConfig, DeviceKind, init_params, load_model, make_device, save_model};
+
+use crate::adam::{Adam, AdamConfig};
+use crate::error::{Result, TrainError};
+use crate::method::{Method, MethodOptions, StepInput, build_method};
+use crate::run::{
+    EpochRecord, MODEL_FILE, PartialEpoch, RUN_FILE, RunRecord, RunStatus, STATE_FILE, read_record, read_tensors,
+    write_record, write_tensors,
+};
+
+/// Training settings as given on the command line: `None` means "the default", or on `--resume` "what the
+/// run was started with".
+#[derive(Clone, Debug, Default)]
+pub struct TrainArgs {
+    pub method: Option<String>,
+    pub method_options: MethodOptions,
+    pub dataset: Option<DatasetName>,
+    pub data_dir: Option<PathBuf>,
+    pub epochs: Option<usize>,
+    pub batch_size: Option<usize>,
+    pub lr: Option<f64>,
+    pub seed: Option<u64>,
+    pub augment: Option<String>,
+    pub train_limit: Option<usize>,
+    pub test_limit: Option<usize>,
+    pub device: DeviceKind,
+    pub dtype: Option<DType>,
+}
+
+/// Default number of epochs: enough for the embedded subset to converge, the paper's 50 otherwise.
+pub fn default_epochs(dataset: DatasetName) -> usize {
+    match dataset {
+        DatasetName::MnistSubset => 8,
+        _ => 50,
+    }
+}
+
+/// Progress reports from the loop; the command-line front end draws them.
+#[derive(Debug)]
+pub enum Event<'a> {
+    /// A run starts or resumes at `epoch` (0-based), batch `batch` of `batches`.
+    Start { record: &'a RunRecord, epoch: usize, batch: usize, batches: usize },
+    /// A step finished.
+    Step { epoch: usize, batch: usize, batches: usize, loss: f64, accuracy: f64, images_per_second: f64 },
+    /// An epoch finished and was checkpointed.
+    Epoch { record: &'a EpochRecord, epochs: usize },
+    /// The run stopped at the user's request after saving.
+    Interrupted { record: &'a RunRecord },
+}
+
+pub trait Observer {
+    fn event(&mut self, event: Event<'_>);
+}
+
+/// An observer that ignores everything.
+#[derive(Debug, Default)]
+pub struct Quiet;
+
+impl Observer for Quiet {
+    fn event(&mut self, _event: Event<'_>) {}
+}
+
+fn dtype_name(dtype: DType) -> String {
+    format!("{dtype:?}").to_lowercase()
+}
+
+fn parse_dtype(s: &str) -> Result<DType> {
+    match s {
+        "f32" => Ok(DType::F32),
+        "f64" => Ok(DType::F64),
+        other => Err(TrainError::Config(format!("unsupported dtype '{other}': expected f32 or f64"))),
+    }
+}
+
+fn check_same<T: PartialEq + std::fmt::Display>(dir: &Path, flag: &'static str, given: Option<T>, stored: T) -> Result<()> {
+    match given {
+        Some(g) if g != stored => {
+            Err(TrainError::ResumeMismatch { dir: dir.to_owned(), flag, given: g.to_string(), stored: stored.to_string() })
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Opens (or continues) the run in `out`, trains until its epochs are done or `stop` is raised, and returns
+/// the final record. See the crate documentation for the files written.
+pub fn train(args: TrainArgs, out: &Path, resume: bool, stop: &AtomicBool, obs: &mut dyn Observer) -> Result<RunRecord> {
+    let _span = tracing::info_span!("train", out = %out.display()).entered();
+    let has_run = out.join(RUN_FILE).is_file();
+    if has_run && !resume {
+        return Err(TrainError::RunExists { dir: out.to_owned() });
+    }
+    if resume && !has_run {
+        return Err(TrainError::NothingToResume { dir: out.to_owned() });
+    }
+    std::fs::create_dir_all(out).map_err(|source| TrainError::Io { path: out.to_owned(), source })?;
+    let stored = if resume { Some(read_record(out)?) } else { None };
+
+    // Resolve settings: flags, else the stored run, else defaults.
+    let (dataset, method_name, options, batch_size, lr, seed, augment, dtype) = match &stored {
+        Some(r) => {
+            let ds: DatasetName = r.dataset.parse()?;
+            check_same(out, "--dataset", args.dataset, ds)?;
+            check_same(out, "--method", args.method.clone(), r.method.clone())?;
+            check_same(out, "--batch-size", args.batch_size, r.batch_size)?;
+            check_same(out, "--lr", args.lr, r.optimizer.lr)?;
+            check_same(out, "--seed", args.seed, r.seed)?;
+            if args.method_options != MethodOptions::default() && args.method_options != r.method_options {
+                return Err(TrainError::ResumeMismatch {
+                    dir: out.to_owned(),
+                    flag: "method options",
+                    given: serde_json::to_string(&args.method_options).unwrap_or_default(),
+                    stored: serde_json::to_string(&r.method_options).unwrap_or_default(),
+                });
+            }
+            if let Some(spec) = &args.augment {
+                let given = Augment::parse_parts(spec, ds.pad_value()).map_err(TrainError::Config)?;
+                check_same(out, "--augment", Some(given.describe()), r.augment.describe())?;
+            }
+            (ds, r.method.clone(), r.method_options.clone(), r.batch_size, r.optimizer.lr, r.seed, r.augment.clone(), parse_dtype(&r.dtype)?)
+        }
+        None => {
+            let ds = args.dataset.unwrap_or(DatasetName::MnistSubset);
+            let augment = match &args.augment {
+                Some(spec) => Augment::parse_parts(spec, ds.pad_value()).map_err(TrainError::Config)?,
+                None => ds.default_augment(),
+            };
+            (
+                ds,
+                args.method.clone().unwrap_or_else(|| "clean".to_string()),
+                args.method_options.clone(),
+                args.batch_size.unwrap_or(128),
+                args.lr.unwrap_or(AdamConfig::default().lr),
+                args.seed.unwrap_or(0),
+                augment,
+                args.dtype.unwrap_or(DType::F32),
+            )
+        }
+    };
+    if batch_size == 0 {
+        return Err(TrainError::Config("--batch-size must be at least 1".into()));
+    }
+    if !(lr > 0.0 && lr.is_finite()) {
+        return Err(TrainError::Config(format!("--lr must be a positive number, got {lr}")));
+    }
+    let mut method = build_method(&method_name, dataset, options)?;
+
+    // Data.
+    let data_dir = args.data_dir.as_deref();
+    let mut data = sgr_data::load(dataset, data_dir)?;
+    match &stored {
+        Some(r) => {
+            if data.train.len() < r.train_images || data.test.len() < r.test_images {
+                return Err(TrainError::Config(format!(
+                    "--resume: the run used {} train / {} test images but the data holds {} / {}",
+                    r.train_images, r.test_images, data.train.len(), data.test.len()
+                )));
+            }
+            data.train.truncate(r.train_images);
+            data.test.truncate(r.test_images);
+        }
+        None => {
+            if let Some(n) = args.train_limit {
+                data.train.truncate(n);
+            }
+            if let Some(n) = args.test_limit {
+                data.test.truncate(n);
+            }
+        }
+    }
+    if data.train.is_empty() || data.test.is_empty() {
+        return Err(TrainError::Config("--train-limit and --test-limit must be at least 1".into()));
+    }
+
+    let device = make_device(args.device)?;
+    let (c, h, w) = data.train.shape();
+    let config = CnnConfig::for_image(c, h, w);
+
+    let mut record = match stored {
+        Some(mut r) => {
+            if let Some(e) = args.epochs {
+                r.epochs = e;
+            }
+            r
+        }
+        None => RunRecord {
+            sgr_version: env!("CARGO_PKG_VERSION").to_string(),
+            method: method_name.clone(),
+            method_options: method.options().clone(),
+            dataset: dataset.to_string(),
+            data_source: sgr_data::describe_source(dataset, data_dir),
+            train_images: data.train.len(),
+            test_images: data.test.len(),
+            image_shape: [c, h, w],
+            epochs: args.epochs.unwrap_or_else(|| default_epochs(dataset)),
+            batch_size,
+            optimizer: AdamConfig { lr, ..AdamConfig::default() },
+            seed,
+            augment: augment.clone(),
+            device: args.device.to_string(),
+            dtype: dtype_name(dtype),
+            status: RunStatus::Running,
+            epochs_done: 0,
+            steps_done: 0,
+            partial: PartialEpoch::default(),
+            history: vec![],
+        },
+    };
+
+    // Model and optimiser.
+    let (model, varmap) = if resume {
+        let (model, varmap) = load_model(&out.join(MODEL_FILE), dtype, &device)?;
+        (model, varmap)
+    } else {
+        let varmap = VarMap::new();
+        init_params(&varmap, &config, seed, dtype, &device)?;
+        let model = Cnn::new(config.clone(), VarBuilder::from_varmap(&varmap, dtype, &device))?;
+        (model, varmap)
+    };
+    let named_vars: Vec<_> = {
+        let data = varmap.data().lock().map_err(|_| TrainError::Config("VarMap lock poisoned".into()))?;
+        data.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+    };
+    let mut adam = Adam::new(named_vars, record.optimizer.clone())?;
+    if resume {
+        let state = read_tensors(&out.join(STATE_FILE))?;
+        adam.load_state(&state)?;
+        let method_state: HashMap<String, Tensor> = state
+            .iter()
+            .filter_map(|(k, v)| k.strip_prefix("method.").map(|k| (k.to_string(), v.clone())))
+            .collect();
+        method.load_state(&method_state)?;
+        if adam.step_count() != record.steps_done {
+            return Err(TrainError::BadRecord {
+                path: out.join(STATE_FILE),
+                reason: format!("optimizer is at step {} but run.json says {}", adam.step_count(), record.steps_done),
+            });
+        }
+    } else {
+        // Claim the folder before the first step so a second run cannot start in it.
+        save_checkpoint(out, &varmap, &config, &adam, method.as_ref(), &record)?;
+    }
+
+    let n = data.train.len();
+    let batches = n.div_ceil(batch_size);
+    obs.event(Event::Start { record: &record, epoch: record.epochs_done, batch: record.partial.batches, batches });
+    record.status = RunStatus::Running;
+
+    while record.epochs_done < record.epochs {
+        let epoch = record.epochs_done;
+        let order = epoch_order(n, seed, epoch as u64);
+        for b in record.partial.batches..batches {
+            let t0 = Instant::now();
+            let idx = &order[b * batch_size..((b + 1) * batch_size).min(n)];
+            let mut rng = seeded_rng(seed, &[0x4155_4731, epoch as u64, b as u64]);
+            let (x, y) = data.train.batch(idx, Some((&augment, &mut rng)), dtype, &device)?;
+            let outp = method.loss(&StepInput { model: &model, params: &varmap, x: &x, y: &y, step: record.steps_done })?;
+            let loss = outp.loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+            if !loss.is_finite() {
+                return Err(TrainError::NonFinite {
+                    value: loss,
+                    epoch: epoch + 1,
+                    step: record.steps_done + 1,
+                    epochs_done: record.epochs_done,
+                    steps_done: record.steps_done,
+                    dir: out.to_owned(),
+                });
+            }
+            let grads = outp.loss.backward()?;
+            adam.step(&grads)?;
+            let correct = count_correct(&outp.logits, &y)?;
+            let p = &mut record.partial;
+            p.batches += 1;
+            p.images += idx.len();
+            p.loss_sum += loss * idx.len() as f64;
+            p.correct += correct;
+            for (name, value) in &outp.metrics {
+                let v = value.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+                *p.metric_sums.entry(name.clone()).or_default() += v * idx.len() as f64;
+            }
+            let dt = t0.elapsed().as_secs_f64();
+            p.seconds += dt;
+            record.steps_done += 1;
+            obs.event(Event::Step {
+                epoch,
+                batch: b + 1,
+                batches,
+                loss: p.loss_sum / p.images as f64,
+                accuracy: p.correct as f64 / p.images as f64,
+                images_per_second: idx.len() as f64 / dt.max(1e-9),
+            });
+            if stop.load(Ordering::SeqCst) && b + 1 < batches {
+                record.status = RunStatus::Interrupted;
+                save_checkpoint(out, &varmap, &config, &adam, method.as_ref(), &record)?;
+                obs.event(Event::Interrupted { record: &record });
+                return Ok(record);
+            }
+        }
+        let (correct, total) = evaluate(&model, &data.test, 256, dtype, &device)?;
+        let p = std::mem::take(&mut record.partial);
+        let images = p.images.max(1) as f64;
+        let epoch_rec = EpochRecord {
+            epoch: epoch + 1,
+            loss: p.loss_sum / images,
+            train_accuracy: p.correct as f64 / images,
+            test_accuracy: correct as f64 / total as f64,
+            metrics: p.metric_sums.iter().map(|(k, v)| (k.clone(), v / images)).collect(),
+            seconds: p.seconds,
+            images_per_second: p.images as f64 / p.seconds.max(1e-9),
+        };
+        record.epochs_done += 1;
+        record.history.push(epoch_rec);
+        if record.epochs_done == record.epochs {
+            record.status = RunStatus::Complete;
+        }
+        save_checkpoint(out, &varmap, &config, &adam, method.as_ref(), &record)?;
+        if let Some(last) = record.history.last() {
+            obs.event(Event::Epoch { record: last, epochs: record.epochs });
+        }
+        if stop.load(Ordering::SeqCst) && record.epochs_done < record.epochs {
+            record.status = RunStatus::Interrupted;
+            write_record(out, &record)?;
+            obs.event(Event::Interrupted { record: &record });
+            return Ok(record);
+        }
+    }
+    record.status = RunStatus::Complete;
+    write_record(out, &record)?;
+    Ok(record)
+}
+
+fn save_checkpoint(
+    out: &Path,
+    varmap: &VarMap,
+    config: &CnnConfig,
+    adam: &Adam,
+    method: &dyn Method,
+    record: &RunRecord,
+) -> Result<()> {
+    let _span = tracing::debug_span!("checkpoint").entered();
+    save_model(varmap, config, &out.join(MODEL_FILE))?;
+    let mut state = adam.state()?;
+    for (k, v) in method.state()? {
+        state.insert(format!("method.{k}"), v);
+    }
+    write_tensors(&out.join(STATE_FILE), &state)?;
+    write_record(out, record)
+}
+
+/// Number of rows of `logits` whose arg-max equals the label.
+pub fn count_correct(logits: &Tensor, y: &Tensor) -> candle_core::Result<usize> {
+    let pred = logits.argmax(1)?;
+    Ok(pred.eq(y)?.to_dtype(DType::U32)?.sum_all()?.to_scalar::<u32>()? as usize)
+}
+
+/// Clean accuracy of `model` on `set`: (correct, total).
+pub fn evaluate(model: &Cnn, set: &ImageSet, batch_size: usize, dtype: DType, device: &Device) -> Result<(usize, usize)> {
+    let _span = tracing::debug_span!("evaluate", images = set.len()).entered();
+    let mut correct = 0;
+    for start in (0..set.len()).step_by(batch_size.max(1)) {
+        let (x, y) = set.range(start, start + batch_size, dtype, device)?;
+        let logits = model.forward(&x)?.detach();
+        correct += count_correct(&logits, &y)?;
+    }
+    Ok((correct, set.len()))
+}

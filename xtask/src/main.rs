@@ -1,0 +1,43 @@
+//! `cargo xtask …`: the sgr command line. A thin layer over the library crates: it parses flags, sets up
+//! logging and progress display, and calls into `sgr-train` and friends.
+
+mod bench;
+mod common;
+mod eval;
+mod train;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "cargo xtask", version, about = "Adversarially robust training with structured gradient regularization")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Train a classifier with a training method; writes OUT/model.safetensors and OUT/run.json.
+    Train(train::TrainCmd),
+    /// Clean test accuracy of a checkpoint.
+    Eval(eval::EvalCmd),
+    /// Time training steps of both models (batch 128) and compare with PyTorch where available.
+    Bench(bench::BenchCmd),
+}
+
+fn main() -> std::process::ExitCode {
+    common::init_logging();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Train(cmd) => train::run(cmd),
+        Command::Eval(cmd) => eval::run(cmd),
+        Command::Bench(cmd) => bench::run(cmd),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

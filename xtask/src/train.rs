@@ -1,0 +1,180 @@
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::Context;
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+use sgr_data::DatasetName;
+use sgr_models::DeviceKind;
+use sgr_train::{Event, MethodOptions, Observer, RunStatus, TrainArgs};
+
+use crate::common::{parse_dataset, parse_device, stderr_is_terminal};
+
+#[derive(Debug, Args)]
+pub struct TrainCmd {
+    /// Training method: clean or wdecay.
+    #[arg(long)]
+    method: Option<String>,
+    /// mnist-subset (embedded, the default), mnist, fashion-mnist or cifar10.
+    #[arg(long, value_parser = parse_dataset)]
+    dataset: Option<DatasetName>,
+    /// Folder with the data set's files (IDX for MNIST/Fashion-MNIST, binary batches for CIFAR-10).
+    /// Without it: the embedded subset for mnist-subset, a hub download otherwise (feature `hub`).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Epochs to train in total (default: 8 on mnist-subset, 50 otherwise; on --resume: extends the run).
+    #[arg(long)]
+    epochs: Option<usize>,
+    #[arg(long)]
+    batch_size: Option<usize>,
+    /// Adam learning rate (default 1e-3).
+    #[arg(long)]
+    lr: Option<f64>,
+    /// Seed for initialisation, data order and augmentation (default 0).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Augmentation: none, crop, flip, or crop,flip (default: none for digits, crop,flip for cifar10).
+    #[arg(long)]
+    augment: Option<String>,
+    /// L2 coefficient for --method wdecay (default 2e-4 MNIST, 5e-4 CIFAR-10).
+    #[arg(long)]
+    weight_decay: Option<f64>,
+    /// Use only the first N training images.
+    #[arg(long)]
+    train_limit: Option<usize>,
+    /// Use only the first N test images.
+    #[arg(long)]
+    test_limit: Option<usize>,
+    /// Output folder (default runs/<dataset>-<method>).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Continue the run in --out where it stopped.
+    #[arg(long)]
+    resume: bool,
+    /// cpu, cuda or metal.
+    #[arg(long, default_value = "cpu", value_parser = parse_device)]
+    device: DeviceKind,
+    /// f32 (default) or f64.
+    #[arg(long)]
+    dtype: Option<String>,
+}
+
+struct Progress {
+    bar: Option<ProgressBar>,
+}
+
+impl Observer for Progress {
+    fn event(&mut self, event: Event<'_>) {
+        match event {
+            Event::Start { record, epoch, batch, batches } => {
+                tracing::info!(
+                    method = %record.method, dataset = %record.dataset, train = record.train_images,
+                    test = record.test_images, epochs = record.epochs, augment = %record.augment.describe(),
+                    "{} at epoch {}, batch {batch}/{batches}", if record.steps_done > 0 { "resuming" } else { "starting" }, epoch + 1
+                );
+            }
+            Event::Step { epoch, batch, batches, loss, accuracy, images_per_second } => {
+                if let Some(bar) = &self.bar {
+                    if batch == 1 || bar.length() != Some(batches as u64) {
+                        bar.set_length(batches as u64);
+                        bar.set_prefix(format!("epoch {}", epoch + 1));
+                    }
+                    bar.set_position(batch as u64);
+                    bar.set_message(format!("loss {loss:.4} acc {:.3} {images_per_second:.0} img/s", accuracy));
+                }
+            }
+            Event::Epoch { record, epochs } => {
+                if let Some(bar) = &self.bar {
+                    bar.reset();
+                }
+                let extra: String = record.metrics.iter().map(|(k, v)| format!(" {k}={v:.4}")).collect();
+                let line = format!(
+                    "epoch {}/{epochs}: loss {:.4} train acc {:.4} test acc {:.4} ({:.0} img/s, {:.1} s){extra}",
+                    record.epoch, record.loss, record.train_accuracy, record.test_accuracy, record.images_per_second, record.seconds
+                );
+                match &self.bar {
+                    Some(bar) => bar.println(line),
+                    None => tracing::info!("{line}"),
+                }
+            }
+            Event::Interrupted { record } => {
+                tracing::info!("stopped after {} steps; checkpoint saved, continue with --resume", record.steps_done);
+            }
+        }
+    }
+}
+
+pub fn run(cmd: TrainCmd) -> anyhow::Result<()> {
+    let dtype = match cmd.dtype.as_deref() {
+        None => None,
+        Some("f32") => Some(candle_core::DType::F32),
+        Some("f64") => Some(candle_core::DType::F64),
+        Some(other) => anyhow::bail!("--dtype {other}: expected f32 or f64"),
+    };
+    let out = cmd.out.clone().unwrap_or_else(|| {
+        let ds = cmd.dataset.unwrap_or(DatasetName::MnistSubset);
+        PathBuf::from("runs").join(format!("{ds}-{}", cmd.method.as_deref().unwrap_or("clean")))
+    });
+    let args = TrainArgs {
+        method: cmd.method,
+        method_options: MethodOptions { weight_decay: cmd.weight_decay },
+        dataset: cmd.dataset,
+        data_dir: cmd.data_dir,
+        epochs: cmd.epochs,
+        batch_size: cmd.batch_size,
+        lr: cmd.lr,
+        seed: cmd.seed,
+        augment: cmd.augment,
+        train_limit: cmd.train_limit,
+        test_limit: cmd.test_limit,
+        device: cmd.device,
+        dtype,
+    };
+
+    let stop = Arc::new(AtomicBool::new(false));
+    {
+        let stop = stop.clone();
+        ctrlc::set_handler(move || {
+            if stop.swap(true, Ordering::SeqCst) {
+                eprintln!("\nsecond interrupt: exiting without saving the step in progress");
+                std::process::exit(130);
+            }
+            eprintln!("\ninterrupt: finishing this step and saving (press Ctrl-C again to abort)");
+        })
+        .context("installing the Ctrl-C handler")?;
+    }
+    let bar = stderr_is_terminal().then(|| {
+        let bar = ProgressBar::new(1);
+        bar.set_style(
+            ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {msg} eta {eta}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("=> "),
+        );
+        bar
+    });
+    let mut progress = Progress { bar };
+    let record = sgr_train::train(args, &out, cmd.resume, &stop, &mut progress)
+        .with_context(|| format!("training into {}", out.display()))?;
+    if let Some(bar) = &progress.bar {
+        bar.finish_and_clear();
+    }
+    let acc = record.final_test_accuracy().map(|a| format!("{:.2} %", 100.0 * a)).unwrap_or_else(|| "n/a".into());
+    match record.status {
+        RunStatus::Complete => println!(
+            "done: {} on {} for {} epochs; test accuracy {acc} on {} images; checkpoint {}",
+            record.method,
+            record.dataset,
+            record.epochs_done,
+            record.test_images,
+            out.join(sgr_train::MODEL_FILE).display()
+        ),
+        _ => println!(
+            "stopped after epoch {} (step {}); test accuracy so far {acc}; resume with: cargo xtask train --out {} --resume",
+            record.epochs_done,
+            record.steps_done,
+            out.display()
+        ),
+    }
+    Ok(())
+}
