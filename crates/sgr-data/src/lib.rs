@@ -425,7 +425,7 @@ static SUBSET_TRAIN_LABELS: &[u8] = include_bytes!("../../../assets/mnist-subset
 static SUBSET_TEST_IMAGES: &[u8] = include_bytes!("../../../assets/mnist-subset/t10k-images-idx3-ubyte.gz");
 static SUBSET_TEST_LABELS: &[u8] = include_bytes!("../../../assets/mnist-subset/t10k-labels-idx1-ubyte.gz");
 
-fn embedded_subset(split: Split) -> Result<ImageSet> {
+pub(crate) fn embedded_subset(split: Split) -> Result<ImageSet> {
     let (img, lbl, img_name, lbl_name) = match split {
         Split::Train => (
             SUBSET_TRAIN_IMAGES,

@@ -1,0 +1,118 @@
+//! Input gradients of both models against central finite differences in f64 (catches candle's max-pool
+//! backward, which scales gradients by 1/4), plus the layers' own checks.
+
+mod common;
+
+use candle_core::{DType, Device, Module, Tensor, Var};
+use common::{log_lik, model, rand_tensor, scalar};
+use sgr_models::{CnnConfig, max_pool2x2, standardize};
+
+fn check_input_gradient(config: CnnConfig, seed: u64) {
+    let (m, _vm) = model(config.clone(), seed, DType::F64);
+    let shape = [2, config.in_channels, config.height, config.width];
+    let x = rand_tensor(&shape, seed + 1, 0.0, 1.0);
+    let y = Tensor::new(&[3u32, 7], &Device::Cpu).unwrap();
+    let xv = Var::from_tensor(&x).unwrap();
+    let grads = log_lik(&m, xv.as_tensor(), &y).unwrap().backward().unwrap();
+    let g = grads.get(xv.as_tensor()).unwrap().clone();
+    let h = 1e-5;
+    let f = |x: &Tensor| scalar(&log_lik(&m, x, &y).unwrap());
+    let mut worst: f64 = 0.0;
+    // Random directions, then single coordinates.
+    for k in 0..12u64 {
+        let v = rand_tensor(&shape, 100 + k, -1.0, 1.0);
+        let fd = (f(&(&x + (&v * h).unwrap()).unwrap()) - f(&(&x - (&v * h).unwrap()).unwrap())) / (2.0 * h);
+        let an = scalar(&(&g * &v).unwrap().sum_all().unwrap());
+        let rel = (fd - an).abs() / an.abs().max(1e-3);
+        worst = worst.max(rel);
+        assert!(rel < 1e-5, "direction {k}: finite difference {fd} vs autodiff {an}");
+    }
+    let n: usize = shape.iter().product();
+    let gflat = g.flatten_all().unwrap().to_vec1::<f64>().unwrap();
+    for k in (0..n).step_by(n / 15) {
+        let mut e = vec![0f64; n];
+        e[k] = 1.0;
+        let e = Tensor::from_vec(e, &shape, &Device::Cpu).unwrap();
+        let fd = (f(&(&x + (&e * h).unwrap()).unwrap()) - f(&(&x - (&e * h).unwrap()).unwrap())) / (2.0 * h);
+        assert!((fd - gflat[k]).abs() < 1e-6 + 1e-5 * gflat[k].abs(), "coordinate {k}: {fd} vs {}", gflat[k]);
+    }
+    eprintln!("{}: worst relative error {worst:.2e}", config.arch_name());
+}
+
+#[test]
+fn mnist_cnn_input_gradient_matches_finite_differences() {
+    check_input_gradient(CnnConfig::mnist(), 11);
+}
+
+#[test]
+fn cifar_cnn_input_gradient_matches_finite_differences() {
+    check_input_gradient(CnnConfig::cifar10(), 12);
+}
+
+#[test]
+fn max_pool_matches_candle_forward_and_finite_differences() {
+    let x = rand_tensor(&[2, 3, 6, 8], 5, -1.0, 1.0);
+    let ours = max_pool2x2(&x).unwrap();
+    let theirs = x.max_pool2d(2).unwrap();
+    assert_eq!(ours.dims(), &[2, 3, 3, 4]);
+    assert_eq!(scalar(&(&ours - &theirs).unwrap().abs().unwrap().sum_all().unwrap()), 0.0);
+    // Odd sizes floor like PyTorch.
+    let odd = rand_tensor(&[1, 1, 5, 7], 6, 0.0, 1.0);
+    assert_eq!(max_pool2x2(&odd).unwrap().dims(), &[1, 1, 2, 3]);
+    // Gradient of Σ w ⊙ pool(x): exactly w routed to each window's arg-max (not w/4).
+    let w = rand_tensor(&[2, 3, 3, 4], 7, -1.0, 1.0);
+    let xv = Var::from_tensor(&x).unwrap();
+    let g = (max_pool2x2(xv.as_tensor()).unwrap() * &w).unwrap().sum_all().unwrap().backward().unwrap();
+    let g = g.get(xv.as_tensor()).unwrap();
+    let h = 1e-6;
+    let f = |x: &Tensor| scalar(&(max_pool2x2(x).unwrap() * &w).unwrap().sum_all().unwrap());
+    let v = rand_tensor(&[2, 3, 6, 8], 8, -1.0, 1.0);
+    let fd = (f(&(&x + (&v * h).unwrap()).unwrap()) - f(&(&x - (&v * h).unwrap()).unwrap())) / (2.0 * h);
+    let an = scalar(&(g * &v).unwrap().sum_all().unwrap());
+    assert!((fd - an).abs() < 1e-7 * an.abs().max(1.0), "{fd} vs {an}");
+}
+
+#[test]
+fn standardize_matches_the_formula_and_survives_constant_images() {
+    let x = rand_tensor(&[3, 2, 4, 5], 9, 0.0, 1.0);
+    let s = standardize(&x).unwrap();
+    let xs = x.flatten_from(1).unwrap().to_vec2::<f64>().unwrap();
+    let ss = s.flatten_from(1).unwrap().to_vec2::<f64>().unwrap();
+    for (row, out) in xs.iter().zip(&ss) {
+        let n = row.len() as f64;
+        let mean = row.iter().sum::<f64>() / n;
+        let std = (row.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / n).sqrt();
+        let denom = std.max(1.0 / n.sqrt());
+        for (a, b) in row.iter().zip(out) {
+            assert!(((a - mean) / denom - b).abs() < 1e-12);
+        }
+    }
+    // A constant image: output 0, gradient finite.
+    let c = Var::from_tensor(&Tensor::full(0.3f64, (1, 1, 4, 4), &Device::Cpu).unwrap()).unwrap();
+    let w = rand_tensor(&[1, 1, 4, 4], 10, -1.0, 1.0);
+    let out = standardize(c.as_tensor()).unwrap();
+    assert_eq!(scalar(&out.abs().unwrap().sum_all().unwrap()), 0.0);
+    let g = (out * w).unwrap().sum_all().unwrap().backward().unwrap();
+    let gsum = scalar(&g.get(c.as_tensor()).unwrap().abs().unwrap().sum_all().unwrap());
+    assert!(gsum.is_finite());
+}
+
+#[test]
+fn standardisation_makes_the_model_invariant_to_brightness_and_contrast() {
+    let (m, _) = model(CnnConfig::mnist(), 3, DType::F64);
+    let x = rand_tensor(&[2, 1, 28, 28], 4, 0.2, 0.6);
+    let a = m.forward(&x).unwrap();
+    let b = m.forward(&((&x * 1.5).unwrap() + 0.1).unwrap()).unwrap();
+    assert!(scalar(&(a - b).unwrap().abs().unwrap().max_all().unwrap()) < 1e-9);
+}
+
+#[test]
+fn output_shapes_and_parameter_counts() {
+    for (config, params) in [(CnnConfig::mnist(), 312_202usize), (CnnConfig::cifar10(), 1_147_978)] {
+        let (m, vm) = model(config.clone(), 0, DType::F32);
+        let x = Tensor::zeros((4, config.in_channels, config.height, config.width), DType::F32, &Device::Cpu).unwrap();
+        assert_eq!(m.forward(&x).unwrap().dims(), &[4, 10]);
+        let count: usize = vm.all_vars().iter().map(|v| v.elem_count()).sum();
+        assert_eq!(count, params, "{}", config.arch_name());
+    }
+}

@@ -1,0 +1,191 @@
+//! The training loop: determinism, exact resume (at epoch boundaries and mid-epoch), refusal to overwrite,
+//! the optimiser against hand-computed updates and the weight-decay objective against its formula.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use candle_core::{DType, Device, Tensor, Var};
+use sgr_data::DatasetName;
+use sgr_train::{Adam, AdamConfig, Event, MethodOptions, Observer, Quiet, RunStatus, TrainArgs, read_record, train};
+
+fn small_args(epochs: usize) -> TrainArgs {
+    TrainArgs {
+        method: Some("clean".into()),
+        dataset: Some(DatasetName::MnistSubset),
+        epochs: Some(epochs),
+        batch_size: Some(64),
+        train_limit: Some(320),
+        test_limit: Some(100),
+        seed: Some(3),
+        augment: Some("crop".into()),
+        ..TrainArgs::default()
+    }
+}
+
+fn model_bytes(dir: &Path) -> Vec<u8> {
+    std::fs::read(dir.join("model.safetensors")).unwrap()
+}
+
+/// Raises the stop flag after `after` steps.
+struct StopAfter<'a> {
+    after: usize,
+    seen: usize,
+    stop: &'a AtomicBool,
+}
+
+impl Observer for StopAfter<'_> {
+    fn event(&mut self, event: Event<'_>) {
+        if let Event::Step { .. } = event {
+            self.seen += 1;
+            if self.seen == self.after {
+                self.stop.store(true, Ordering::SeqCst);
+            }
+        }
+    }
+}
+
+#[test]
+fn training_is_deterministic_and_resumes_exactly() {
+    let no = AtomicBool::new(false);
+    let straight = tempfile::tempdir().unwrap();
+    let r = train(small_args(2), straight.path(), false, &no, &mut Quiet).unwrap();
+    assert_eq!(r.status, RunStatus::Complete);
+    assert_eq!((r.epochs_done, r.steps_done, r.history.len()), (2, 10, 2));
+    assert!(r.history[1].loss < r.history[0].loss, "{:?}", r.history);
+
+    // Same seed, same bytes.
+    let again = tempfile::tempdir().unwrap();
+    train(small_args(2), again.path(), false, &no, &mut Quiet).unwrap();
+    assert_eq!(model_bytes(straight.path()), model_bytes(again.path()));
+
+    // Another seed, other bytes.
+    let other = tempfile::tempdir().unwrap();
+    train(TrainArgs { seed: Some(4), ..small_args(1) }, other.path(), false, &no, &mut Quiet).unwrap();
+    assert_ne!(model_bytes(straight.path()), model_bytes(other.path()));
+
+    // One epoch, then --resume to two: identical to two straight.
+    let split = tempfile::tempdir().unwrap();
+    train(small_args(1), split.path(), false, &no, &mut Quiet).unwrap();
+    let resumed = train(TrainArgs { epochs: Some(2), ..TrainArgs::default() }, split.path(), true, &no, &mut Quiet).unwrap();
+    assert_eq!(model_bytes(straight.path()), model_bytes(split.path()));
+    let metrics = |h: &[sgr_train::EpochRecord]| h.iter().map(|e| (e.loss, e.train_accuracy, e.test_accuracy)).collect::<Vec<_>>();
+    assert_eq!(metrics(&resumed.history), metrics(&r.history));
+
+    // Interrupted mid-epoch (after 3 of 5 steps of epoch 1), then resumed: identical again.
+    let interrupted = tempfile::tempdir().unwrap();
+    let stop = AtomicBool::new(false);
+    let rec = train(small_args(2), interrupted.path(), false, &stop, &mut StopAfter { after: 3, seen: 0, stop: &stop }).unwrap();
+    assert_eq!((rec.status, rec.steps_done, rec.partial.batches), (RunStatus::Interrupted, 3, 3));
+    let on_disk = read_record(interrupted.path()).unwrap();
+    assert_eq!(on_disk.status, RunStatus::Interrupted);
+    assert_eq!(on_disk.steps_done, 3);
+    let done = train(TrainArgs::default(), interrupted.path(), true, &no, &mut Quiet).unwrap();
+    assert_eq!(done.status, RunStatus::Complete);
+    assert_eq!(model_bytes(straight.path()), model_bytes(interrupted.path()));
+    assert_eq!(done.history[0].loss, r.history[0].loss, "epoch metrics survive the interruption");
+    assert_eq!(done.history[1].test_accuracy, r.history[1].test_accuracy);
+}
+
+#[test]
+fn refuses_to_overwrite_and_to_resume_with_other_settings() {
+    let no = AtomicBool::new(false);
+    let dir = tempfile::tempdir().unwrap();
+    train(small_args(1), dir.path(), false, &no, &mut Quiet).unwrap();
+    let before = model_bytes(dir.path());
+    let msg = train(small_args(1), dir.path(), false, &no, &mut Quiet).unwrap_err().to_string();
+    assert!(msg.contains("--resume") && msg.contains(&dir.path().display().to_string()), "{msg}");
+    let msg = train(TrainArgs { lr: Some(0.5), ..TrainArgs::default() }, dir.path(), true, &no, &mut Quiet)
+        .unwrap_err()
+        .to_string();
+    assert!(msg.contains("--lr") && msg.contains("0.5") && msg.contains("0.001"), "{msg}");
+    let msg = train(TrainArgs { method: Some("wdecay".into()), ..TrainArgs::default() }, dir.path(), true, &no, &mut Quiet)
+        .unwrap_err()
+        .to_string();
+    assert!(msg.contains("--method"), "{msg}");
+    assert_eq!(before, model_bytes(dir.path()), "failed attempts leave the run untouched");
+    let empty = tempfile::tempdir().unwrap();
+    let msg = train(TrainArgs::default(), empty.path(), true, &no, &mut Quiet).unwrap_err().to_string();
+    assert!(msg.contains("no run.json"), "{msg}");
+    let msg = train(TrainArgs { method: Some("magic".into()), ..small_args(1) }, empty.path(), false, &no, &mut Quiet)
+        .unwrap_err()
+        .to_string();
+    assert!(msg.contains("magic") && msg.contains("clean"), "{msg}");
+}
+
+#[test]
+fn adam_matches_hand_computed_updates_and_restores_exactly() {
+    let w = Var::from_tensor(&Tensor::new(&[1.0f64, -2.0], &Device::Cpu).unwrap()).unwrap();
+    let cfg = AdamConfig { lr: 0.1, beta1: 0.9, beta2: 0.999, eps: 1e-8 };
+    let mut adam = Adam::new(vec![("w".into(), w.clone())], cfg.clone()).unwrap();
+    // Loss Σ c·w with c = [3, −0.5]: constant gradient, so m̂ = g and v̂ = g² at every step and each step
+    // moves w by −lr·g/(|g| + eps).
+    let c = Tensor::new(&[3.0f64, -0.5], &Device::Cpu).unwrap();
+    let loss = |w: &Var| (w.as_tensor() * &c).unwrap().sum_all().unwrap();
+    for _ in 0..3 {
+        adam.step(&loss(&w).backward().unwrap()).unwrap();
+    }
+    let got = w.as_tensor().to_vec1::<f64>().unwrap();
+    let step = |g: f64| 0.1 * g / (g.abs() + 1e-8);
+    assert!((got[0] - (1.0 - 3.0 * step(3.0))).abs() < 1e-9, "{got:?}");
+    assert!((got[1] - (-2.0 - 3.0 * step(-0.5))).abs() < 1e-9, "{got:?}");
+
+    // A varying gradient, checked against the textbook recursion.
+    let w2 = Var::from_tensor(&Tensor::new(&[0.5f64], &Device::Cpu).unwrap()).unwrap();
+    let mut adam2 = Adam::new(vec![("w".into(), w2.clone())], cfg.clone()).unwrap();
+    let (mut m, mut v, mut x) = (0.0f64, 0.0f64, 0.5f64);
+    for t in 1..=4 {
+        let g = 2.0 * x; // d/dx x²
+        m = 0.9 * m + 0.1 * g;
+        v = 0.999 * v + 0.001 * g * g;
+        x -= 0.1 * (m / (1.0 - 0.9f64.powi(t))) / ((v / (1.0 - 0.999f64.powi(t))).sqrt() + 1e-8);
+        adam2.step(&w2.as_tensor().sqr().unwrap().sum_all().unwrap().backward().unwrap()).unwrap();
+    }
+    assert!((w2.as_tensor().to_vec1::<f64>().unwrap()[0] - x).abs() < 1e-12);
+
+    // Save, restore into a fresh optimiser, continue: same trajectory.
+    let state: HashMap<String, Tensor> = adam.state().unwrap();
+    let w_copy = Var::from_tensor(&w.as_tensor().copy().unwrap()).unwrap();
+    let mut restored = Adam::new(vec![("w".into(), w_copy.clone())], cfg).unwrap();
+    restored.load_state(&state).unwrap();
+    assert_eq!(restored.step_count(), 3);
+    adam.step(&loss(&w).backward().unwrap()).unwrap();
+    restored.step(&loss(&w_copy).backward().unwrap()).unwrap();
+    assert_eq!(w.as_tensor().to_vec1::<f64>().unwrap(), w_copy.as_tensor().to_vec1::<f64>().unwrap());
+
+    // A parameter without a gradient is an error, not a silent skip.
+    let orphan = Var::from_tensor(&Tensor::new(&[1.0f64], &Device::Cpu).unwrap()).unwrap();
+    let mut a3 = Adam::new(vec![("orphan".into(), orphan)], AdamConfig::default()).unwrap();
+    let msg = a3.step(&loss(&w).backward().unwrap()).unwrap_err().to_string();
+    assert!(msg.contains("orphan"), "{msg}");
+}
+
+#[test]
+fn weight_decay_adds_half_wd_times_squared_weights() {
+    use candle_nn::{VarBuilder, VarMap};
+    use sgr_models::{Cnn, CnnConfig, init_params};
+    use sgr_train::{StepInput, build_method};
+    let vm = VarMap::new();
+    let cfg = CnnConfig::mnist();
+    init_params(&vm, &cfg, 1, DType::F64, &Device::Cpu).unwrap();
+    let model = Cnn::new(cfg, VarBuilder::from_varmap(&vm, DType::F64, &Device::Cpu)).unwrap();
+    let x = Tensor::rand(0f64, 1f64, (4, 1, 28, 28), &Device::Cpu).unwrap();
+    let y = Tensor::new(&[0u32, 1, 2, 3], &Device::Cpu).unwrap();
+    let input = StepInput { model: &model, params: &vm, x: &x, y: &y, step: 0 };
+    let clean = build_method("clean", DatasetName::Mnist, MethodOptions::default()).unwrap().loss(&input).unwrap();
+    let mut wd = build_method("wdecay", DatasetName::Mnist, MethodOptions::default()).unwrap();
+    assert_eq!(wd.options().weight_decay, Some(2e-4), "paper's MNIST default");
+    let cifar = build_method("wdecay", DatasetName::Cifar10, MethodOptions::default()).unwrap();
+    assert_eq!(cifar.options().weight_decay, Some(5e-4), "paper's CIFAR-10 default");
+    let out = wd.loss(&input).unwrap();
+    let sq: f64 = vm
+        .data()
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(n, _)| n.ends_with("weight"))
+        .map(|(_, v)| v.as_tensor().sqr().unwrap().sum_all().unwrap().to_scalar::<f64>().unwrap())
+        .sum();
+    let expected = clean.loss.to_scalar::<f64>().unwrap() + 1e-4 * sq;
+    assert!((out.loss.to_scalar::<f64>().unwrap() - expected).abs() < 1e-12);
+}
