@@ -11,17 +11,30 @@ use candle_core::{DType, Device, Module, Tensor};
 use sgr_data::{DatasetName, Split};
 
 fn xtask(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_xtask")).args(args).env("SGR_LOG", "warn").output().expect("running xtask")
+    Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .args(args)
+        .env("SGR_LOG", "warn")
+        .output()
+        .expect("running xtask")
 }
 
 fn ok(out: &Output) -> String {
     let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(out.status.success(), "failed: {}\n{}", stdout, String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "failed: {}\n{}",
+        stdout,
+        String::from_utf8_lossy(&out.stderr)
+    );
     stdout
 }
 
 fn err(out: &Output) -> String {
-    assert!(!out.status.success(), "should have failed: {}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        !out.status.success(),
+        "should have failed: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     String::from_utf8_lossy(&out.stderr).to_string()
 }
 
@@ -35,12 +48,14 @@ fn python() -> String {
 
 /// Writes the first `n` test images and sgr's logits for them, then runs the numpy/PyTorch oracle.
 fn check_pytorch_compat(run: &Path, n: usize) {
-    let (model, _) = sgr_models::load_model(&run.join("model.safetensors"), DType::F32, &Device::Cpu).unwrap();
+    let (model, _) =
+        sgr_models::load_model(&run.join("model.safetensors"), DType::F32, &Device::Cpu).unwrap();
     let test = sgr_data::load_split(DatasetName::MnistSubset, None, Split::Test).unwrap();
     let (x, _) = test.range(0, n, DType::F32, &Device::Cpu).unwrap();
     let logits = model.forward(&x).unwrap();
     let fixture = run.join("compat-fixture.safetensors");
-    let tensors: std::collections::HashMap<String, Tensor> = [("x".to_string(), x), ("logits".to_string(), logits)].into();
+    let tensors: std::collections::HashMap<String, Tensor> =
+        [("x".to_string(), x), ("logits".to_string(), logits)].into();
     candle_core::safetensors::save(&tensors, &fixture).unwrap();
     let script = repo_root().join("tests/pytorch_compat.py");
     let out = Command::new(python())
@@ -48,7 +63,13 @@ fn check_pytorch_compat(run: &Path, n: usize) {
         .arg(run.join("model.safetensors"))
         .arg(&fixture)
         .output()
-        .unwrap_or_else(|e| panic!("running {} {}: {e}; install Python 3 or set SGR_PYTHON", python(), script.display()));
+        .unwrap_or_else(|e| {
+            panic!(
+                "running {} {}: {e}; install Python 3 or set SGR_PYTHON",
+                python(),
+                script.display()
+            )
+        });
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -69,21 +90,35 @@ fn default_clean_training_reaches_97_percent_and_loads_in_pytorch() {
     // The README's command with nothing but an output folder.
     let stdout = ok(&xtask(&["train", "--method", "clean", "--out", run_s]));
     assert!(stdout.contains("test accuracy"), "{stdout}");
-    let record: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run.join("run.json")).unwrap()).unwrap();
+    let record: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("run.json")).unwrap()).unwrap();
     assert_eq!(record["status"], "complete");
     assert_eq!(record["dataset"], "mnist-subset");
     assert_eq!(record["test_images"], 1000);
-    let acc = record["history"].as_array().unwrap().last().unwrap()["test_accuracy"].as_f64().unwrap();
-    assert!(acc >= 0.97, "clean training on the embedded subset reached {acc}");
+    let acc = record["history"].as_array().unwrap().last().unwrap()["test_accuracy"]
+        .as_f64()
+        .unwrap();
+    assert!(
+        acc >= 0.97,
+        "clean training on the embedded subset reached {acc}"
+    );
 
     // eval --json agrees with the run's own last measurement.
     let stdout = ok(&xtask(&["eval", "--checkpoint", run_s, "--json"]));
-    let v: serde_json::Value = serde_json::from_str(stdout.trim()).expect("one JSON object on stdout");
+    let v: serde_json::Value =
+        serde_json::from_str(stdout.trim()).expect("one JSON object on stdout");
     assert_eq!(v["n"], 1000);
     assert!((v["accuracy"].as_f64().unwrap() - acc).abs() < 1e-12);
     // The model file alone works too.
     let file = run.join("model.safetensors");
-    let stdout = ok(&xtask(&["eval", "--checkpoint", file.to_str().unwrap(), "--json", "--test-limit", "100"]));
+    let stdout = ok(&xtask(&[
+        "eval",
+        "--checkpoint",
+        file.to_str().unwrap(),
+        "--json",
+        "--test-limit",
+        "100",
+    ]));
     let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
     assert_eq!(v["n"], 100);
 
@@ -93,7 +128,10 @@ fn default_clean_training_reaches_97_percent_and_loads_in_pytorch() {
     let before = std::fs::read(&file).unwrap();
     let msg = err(&xtask(&["train", "--method", "clean", "--out", run_s]));
     assert!(msg.contains("--resume"), "{msg}");
-    assert_eq!(before, std::fs::read(&file).unwrap());
+    assert!(
+        before == std::fs::read(&file).unwrap(),
+        "the checkpoint was overwritten"
+    );
 }
 
 #[test]
@@ -101,18 +139,32 @@ fn resume_from_the_command_line_extends_a_run() {
     let dir = tempfile::tempdir().unwrap();
     let run = dir.path().join("r");
     let run_s = run.to_str().unwrap();
-    let small = ["--train-limit", "256", "--test-limit", "64", "--batch-size", "64"];
-    let mut args = vec!["train", "--method", "wdecay", "--epochs", "1", "--out", run_s];
+    let small = [
+        "--train-limit",
+        "256",
+        "--test-limit",
+        "64",
+        "--batch-size",
+        "64",
+    ];
+    let mut args = vec![
+        "train", "--method", "wdecay", "--epochs", "1", "--out", run_s,
+    ];
     args.extend(small);
     ok(&xtask(&args));
-    ok(&xtask(&["train", "--out", run_s, "--resume", "--epochs", "2"]));
-    let record: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run.join("run.json")).unwrap()).unwrap();
+    ok(&xtask(&[
+        "train", "--out", run_s, "--resume", "--epochs", "2",
+    ]));
+    let record: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("run.json")).unwrap()).unwrap();
     assert_eq!(record["epochs_done"], 2);
     assert_eq!(record["steps_done"], 8);
     assert_eq!(record["method"], "wdecay");
     assert_eq!(record["method_options"]["weight_decay"], 2e-4);
     assert_eq!(record["train_images"], 256);
-    let msg = err(&xtask(&["train", "--out", run_s, "--resume", "--seed", "9"]));
+    let msg = err(&xtask(&[
+        "train", "--out", run_s, "--resume", "--seed", "9",
+    ]));
     assert!(msg.contains("--seed") && msg.contains('9'), "{msg}");
 }
 
@@ -122,13 +174,42 @@ fn bad_input_gives_one_clear_error() {
     let out = dir.path().join("x");
     let out_s = out.to_str().unwrap();
     let cases: Vec<(Vec<&str>, Vec<&str>)> = vec![
-        (vec!["train", "--dataset", "imagenet", "--out", out_s], vec!["imagenet", "mnist-subset"]),
-        (vec!["train", "--dataset", "mnist", "--out", out_s], vec!["mnist", "--data-dir"]),
-        (vec!["train", "--dataset", "mnist", "--data-dir", "/no/such/dir", "--out", out_s], vec!["/no/such/dir"]),
-        (vec!["train", "--method", "nonsense", "--out", out_s], vec!["nonsense", "clean"]),
-        (vec!["train", "--augment", "rotate", "--out", out_s], vec!["rotate"]),
-        (vec!["train", "--device", "tpu", "--out", out_s], vec!["tpu"]),
-        (vec!["eval", "--checkpoint", "/no/such/model.safetensors"], vec!["/no/such/model.safetensors"]),
+        (
+            vec!["train", "--dataset", "imagenet", "--out", out_s],
+            vec!["imagenet", "mnist-subset"],
+        ),
+        (
+            vec!["train", "--dataset", "mnist", "--out", out_s],
+            vec!["mnist", "--data-dir"],
+        ),
+        (
+            vec![
+                "train",
+                "--dataset",
+                "mnist",
+                "--data-dir",
+                "/no/such/dir",
+                "--out",
+                out_s,
+            ],
+            vec!["/no/such/dir"],
+        ),
+        (
+            vec!["train", "--method", "nonsense", "--out", out_s],
+            vec!["nonsense", "clean"],
+        ),
+        (
+            vec!["train", "--augment", "rotate", "--out", out_s],
+            vec!["rotate"],
+        ),
+        (
+            vec!["train", "--device", "tpu", "--out", out_s],
+            vec!["tpu"],
+        ),
+        (
+            vec!["eval", "--checkpoint", "/no/such/model.safetensors"],
+            vec!["/no/such/model.safetensors"],
+        ),
     ];
     for (args, needles) in cases {
         let msg = err(&xtask(&args));
@@ -138,7 +219,9 @@ fn bad_input_gives_one_clear_error() {
         assert!(!msg.contains("panicked"), "{args:?}: {msg}");
     }
     if !cfg!(feature = "cuda") {
-        let msg = err(&xtask(&["train", "--device", "cuda", "--out", out_s, "--epochs", "1"]));
+        let msg = err(&xtask(&[
+            "train", "--device", "cuda", "--out", out_s, "--epochs", "1",
+        ]));
         assert!(msg.to_lowercase().contains("cuda"), "{msg}");
     }
 }

@@ -35,7 +35,11 @@ pub struct BenchCmd {
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     let n = v.len();
-    if n % 2 == 1 { v[n / 2] } else { 0.5 * (v[n / 2 - 1] + v[n / 2]) }
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        0.5 * (v[n / 2 - 1] + v[n / 2])
+    }
 }
 
 fn time_ms(reps: usize, mut f: impl FnMut() -> anyhow::Result<()>) -> anyhow::Result<f64> {
@@ -51,44 +55,96 @@ fn time_ms(reps: usize, mut f: impl FnMut() -> anyhow::Result<()>) -> anyhow::Re
     Ok(median(ts))
 }
 
-fn bench_model(name: &str, config: CnnConfig, batch: usize, reps: usize, device: &Device) -> anyhow::Result<Vec<(String, f64)>> {
+fn bench_model(
+    name: &str,
+    config: CnnConfig,
+    batch: usize,
+    reps: usize,
+    device: &Device,
+) -> anyhow::Result<Vec<(String, f64)>> {
     let varmap = VarMap::new();
     init_params(&varmap, &config, 0, DType::F32, device)?;
-    let model = Cnn::new(config.clone(), VarBuilder::from_varmap(&varmap, DType::F32, device))?;
-    let x = Tensor::rand(0f32, 1f32, (batch, config.in_channels, config.height, config.width), device)?;
-    let y = Tensor::from_vec((0..batch as u32).map(|i| i % 10).collect::<Vec<_>>(), batch, device)?;
-    let vars: Vec<_> = varmap.data().lock().map_err(|_| anyhow::anyhow!("lock"))?.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    let model = Cnn::new(
+        config.clone(),
+        VarBuilder::from_varmap(&varmap, DType::F32, device),
+    )?;
+    let x = Tensor::rand(
+        0f32,
+        1f32,
+        (batch, config.in_channels, config.height, config.width),
+        device,
+    )?;
+    let y = Tensor::from_vec(
+        (0..batch as u32).map(|i| i % 10).collect::<Vec<_>>(),
+        batch,
+        device,
+    )?;
+    let vars: Vec<_> = varmap
+        .data()
+        .lock()
+        .map_err(|_| anyhow::anyhow!("lock"))?
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
     let mut adam = Adam::new(vars, AdamConfig::default())?;
     let mut out = Vec::new();
-    out.push(("forward".to_string(), time_ms(reps, || {
-        model.forward(&x)?.detach().to_device(&Device::Cpu)?;
-        Ok(())
-    })?));
-    out.push(("input_grad".to_string(), time_ms(reps, || {
-        let xv = candle_core::Var::from_tensor(&x)?;
-        let loss = cross_entropy(&model.forward(xv.as_tensor())?, &y)?;
-        let g = loss.backward()?;
-        g.get(xv.as_tensor()).context("no input gradient")?.to_device(&Device::Cpu)?;
-        Ok(())
-    })?));
-    out.push(("clean_step".to_string(), time_ms(reps, || {
-        let loss = cross_entropy(&model.forward(&x)?, &y)?;
-        adam.step(&loss.backward()?)?;
-        Ok(())
-    })?));
+    out.push((
+        "forward".to_string(),
+        time_ms(reps, || {
+            model.forward(&x)?.detach().to_device(&Device::Cpu)?;
+            Ok(())
+        })?,
+    ));
+    out.push((
+        "input_grad".to_string(),
+        time_ms(reps, || {
+            let xv = candle_core::Var::from_tensor(&x)?;
+            let loss = cross_entropy(&model.forward(xv.as_tensor())?, &y)?;
+            let g = loss.backward()?;
+            g.get(xv.as_tensor())
+                .context("no input gradient")?
+                .to_device(&Device::Cpu)?;
+            Ok(())
+        })?,
+    ));
+    out.push((
+        "clean_step".to_string(),
+        time_ms(reps, || {
+            let loss = cross_entropy(&model.forward(&x)?, &y)?;
+            adam.step(&loss.backward()?)?;
+            Ok(())
+        })?,
+    ));
     tracing::debug!(model = name, "benchmarked");
     Ok(out)
 }
 
-fn torch_figures(python: &PathBuf, model: &str, batch: usize, reps: usize) -> anyhow::Result<serde_json::Value> {
+fn torch_figures(
+    python: &PathBuf,
+    model: &str,
+    batch: usize,
+    reps: usize,
+) -> anyhow::Result<serde_json::Value> {
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("torch_steps.py");
     let out = Command::new(python)
         .arg(&script)
-        .args(["--model", model, "--batch", &batch.to_string(), "--reps", &reps.to_string(), "--json"])
+        .args([
+            "--model",
+            model,
+            "--batch",
+            &batch.to_string(),
+            "--reps",
+            &reps.to_string(),
+            "--json",
+        ])
         .output()
         .with_context(|| format!("running {} {}", python.display(), script.display()))?;
     if !out.status.success() {
-        anyhow::bail!("{} failed: {}", script.display(), String::from_utf8_lossy(&out.stderr));
+        anyhow::bail!(
+            "{} failed: {}",
+            script.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     serde_json::from_slice(&out.stdout).context("parsing torch_steps.py output")
 }
@@ -100,7 +156,11 @@ fn find_python(cmd: &BenchCmd) -> Option<PathBuf> {
     if let Some(p) = &cmd.torch_python {
         return Some(p.clone());
     }
-    let ok = Command::new("python3").args(["-c", "import torch"]).output().map(|o| o.status.success()).unwrap_or(false);
+    let ok = Command::new("python3")
+        .args(["-c", "import torch"])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
     ok.then(|| PathBuf::from("python3"))
 }
 
@@ -109,14 +169,22 @@ pub fn run(cmd: BenchCmd) -> anyhow::Result<()> {
     let models: Vec<(&str, CnnConfig)> = match cmd.model.as_str() {
         "mnist" => vec![("mnist", CnnConfig::mnist())],
         "cifar" => vec![("cifar", CnnConfig::cifar10())],
-        "both" => vec![("mnist", CnnConfig::mnist()), ("cifar", CnnConfig::cifar10())],
+        "both" => vec![
+            ("mnist", CnnConfig::mnist()),
+            ("cifar", CnnConfig::cifar10()),
+        ],
         other => anyhow::bail!("--model {other}: expected mnist, cifar or both"),
     };
     let python = find_python(&cmd);
     if python.is_none() && !cmd.no_torch {
         println!("(PyTorch not found: pass --torch-python PATH to compare in the same run)");
     }
-    println!("batch {}, median of {} reps, {} threads", cmd.batch, cmd.reps, candle_core::utils::get_num_threads());
+    println!(
+        "batch {}, median of {} reps, {} threads",
+        cmd.batch,
+        cmd.reps,
+        candle_core::utils::get_num_threads()
+    );
     println!("| model | case | sgr (ms) | torch (ms) | sgr / torch |");
     println!("|---|---|---:|---:|---:|");
     for (name, config) in models {

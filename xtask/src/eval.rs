@@ -35,23 +35,38 @@ pub fn run(cmd: EvalCmd) -> anyhow::Result<()> {
     let model_file = sgr_train::model_path(&cmd.checkpoint);
     let (model, _vars) = load_model(&model_file, DType::F32, &device)
         .with_context(|| format!("loading --checkpoint {}", cmd.checkpoint.display()))?;
-    let run_dir = model_file.parent().map(|p| p.to_path_buf()).unwrap_or_default();
+    let run_dir = model_file
+        .parent()
+        .map(|p| p.to_path_buf())
+        .unwrap_or_default();
     let stored = sgr_train::read_record(&run_dir).ok();
     let dataset = match (cmd.dataset, &stored) {
         (Some(d), _) => d,
-        (None, Some(r)) => r.dataset.parse().context("run.json names an unknown dataset")?,
+        (None, Some(r)) => r
+            .dataset
+            .parse()
+            .context("run.json names an unknown dataset")?,
         (None, None) if model.config().in_channels == 3 => DatasetName::Cifar10,
         (None, None) => DatasetName::MnistSubset,
     };
     // A run trained on a --data-dir is tested on the same folder unless told otherwise.
     let data_dir = cmd.data_dir.clone().or_else(|| {
-        stored.as_ref().filter(|r| r.dataset == dataset.as_str() && cmd.dataset.is_none()).and_then(|r| {
-            let p = PathBuf::from(&r.data_source);
-            p.is_dir().then_some(p)
-        })
+        stored
+            .as_ref()
+            .filter(|r| r.dataset == dataset.as_str() && cmd.dataset.is_none())
+            .and_then(|r| {
+                let p = PathBuf::from(&r.data_source);
+                p.is_dir().then_some(p)
+            })
     });
     let mut test = sgr_data::load_split(dataset, data_dir.as_deref(), Split::Test)?;
-    if test.shape() != (model.config().in_channels, model.config().height, model.config().width) {
+    if test.shape()
+        != (
+            model.config().in_channels,
+            model.config().height,
+            model.config().width,
+        )
+    {
         anyhow::bail!(
             "--checkpoint {} expects {}x{}x{} images but dataset {dataset} has {:?}",
             cmd.checkpoint.display(),
@@ -76,7 +91,11 @@ pub fn run(cmd: EvalCmd) -> anyhow::Result<()> {
         });
         println!("{obj}");
     } else {
-        println!("{}: test accuracy {:.2} % ({correct}/{n}) on {dataset}", cmd.checkpoint.display(), 100.0 * accuracy);
+        println!(
+            "{}: test accuracy {:.2} % ({correct}/{n}) on {dataset}",
+            cmd.checkpoint.display(),
+            100.0 * accuracy
+        );
     }
     Ok(())
 }

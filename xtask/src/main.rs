@@ -9,7 +9,11 @@ mod train;
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(name = "cargo xtask", version, about = "Adversarially robust training with structured gradient regularization")]
+#[command(
+    name = "cargo xtask",
+    version,
+    about = "Adversarially robust training with structured gradient regularization"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

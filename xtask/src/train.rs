@@ -31,6 +31,9 @@ pub struct TrainCmd {
     /// Adam learning rate (default 1e-3).
     #[arg(long)]
     lr: Option<f64>,
+    /// Learning-rate schedule: constant (the paper; default) or cosine (default on mnist-subset).
+    #[arg(long)]
+    lr_schedule: Option<sgr_train::LrSchedule>,
     /// Seed for initialisation, data order and augmentation (default 0).
     #[arg(long)]
     seed: Option<u64>,
@@ -67,31 +70,55 @@ struct Progress {
 impl Observer for Progress {
     fn event(&mut self, event: Event<'_>) {
         match event {
-            Event::Start { record, epoch, batch, batches } => {
+            Event::Start {
+                record,
+                epoch,
+                batch,
+                batches,
+            } => {
                 tracing::info!(
                     method = %record.method, dataset = %record.dataset, train = record.train_images,
                     test = record.test_images, epochs = record.epochs, augment = %record.augment.describe(),
                     "{} at epoch {}, batch {batch}/{batches}", if record.steps_done > 0 { "resuming" } else { "starting" }, epoch + 1
                 );
             }
-            Event::Step { epoch, batch, batches, loss, accuracy, images_per_second } => {
+            Event::Step {
+                epoch,
+                batch,
+                batches,
+                loss,
+                accuracy,
+                images_per_second,
+            } => {
                 if let Some(bar) = &self.bar {
                     if batch == 1 || bar.length() != Some(batches as u64) {
                         bar.set_length(batches as u64);
                         bar.set_prefix(format!("epoch {}", epoch + 1));
                     }
                     bar.set_position(batch as u64);
-                    bar.set_message(format!("loss {loss:.4} acc {:.3} {images_per_second:.0} img/s", accuracy));
+                    bar.set_message(format!(
+                        "loss {loss:.4} acc {:.3} {images_per_second:.0} img/s",
+                        accuracy
+                    ));
                 }
             }
             Event::Epoch { record, epochs } => {
                 if let Some(bar) = &self.bar {
                     bar.reset();
                 }
-                let extra: String = record.metrics.iter().map(|(k, v)| format!(" {k}={v:.4}")).collect();
+                let extra: String = record
+                    .metrics
+                    .iter()
+                    .map(|(k, v)| format!(" {k}={v:.4}"))
+                    .collect();
                 let line = format!(
                     "epoch {}/{epochs}: loss {:.4} train acc {:.4} test acc {:.4} ({:.0} img/s, {:.1} s){extra}",
-                    record.epoch, record.loss, record.train_accuracy, record.test_accuracy, record.images_per_second, record.seconds
+                    record.epoch,
+                    record.loss,
+                    record.train_accuracy,
+                    record.test_accuracy,
+                    record.images_per_second,
+                    record.seconds
                 );
                 match &self.bar {
                     Some(bar) => bar.println(line),
@@ -99,7 +126,10 @@ impl Observer for Progress {
                 }
             }
             Event::Interrupted { record } => {
-                tracing::info!("stopped after {} steps; checkpoint saved, continue with --resume", record.steps_done);
+                tracing::info!(
+                    "stopped after {} steps; checkpoint saved, continue with --resume",
+                    record.steps_done
+                );
             }
         }
     }
@@ -118,12 +148,15 @@ pub fn run(cmd: TrainCmd) -> anyhow::Result<()> {
     });
     let args = TrainArgs {
         method: cmd.method,
-        method_options: MethodOptions { weight_decay: cmd.weight_decay },
+        method_options: MethodOptions {
+            weight_decay: cmd.weight_decay,
+        },
         dataset: cmd.dataset,
         data_dir: cmd.data_dir,
         epochs: cmd.epochs,
         batch_size: cmd.batch_size,
         lr: cmd.lr,
+        lr_schedule: cmd.lr_schedule,
         seed: cmd.seed,
         augment: cmd.augment,
         train_limit: cmd.train_limit,
@@ -159,7 +192,10 @@ pub fn run(cmd: TrainCmd) -> anyhow::Result<()> {
     if let Some(bar) = &progress.bar {
         bar.finish_and_clear();
     }
-    let acc = record.final_test_accuracy().map(|a| format!("{:.2} %", 100.0 * a)).unwrap_or_else(|| "n/a".into());
+    let acc = record
+        .final_test_accuracy()
+        .map(|a| format!("{:.2} %", 100.0 * a))
+        .unwrap_or_else(|| "n/a".into());
     match record.status {
         RunStatus::Complete => println!(
             "done: {} on {} for {} epochs; test accuracy {acc} on {} images; checkpoint {}",

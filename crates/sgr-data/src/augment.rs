@@ -19,7 +19,12 @@ pub struct Augment {
 
 impl Augment {
     pub fn none() -> Self {
-        Self { crop: false, flip: false, pad: 4, pad_value: 0.0 }
+        Self {
+            crop: false,
+            flip: false,
+            pad: 4,
+            pad_value: 0.0,
+        }
     }
 
     pub fn is_identity(&self) -> bool {
@@ -28,13 +33,20 @@ impl Augment {
 
     /// Parses a comma-separated list of parts: `none`, `crop`, `flip` (e.g. `crop,flip`).
     pub fn parse_parts(spec: &str, pad_value: f32) -> Result<Self, String> {
-        let mut aug = Self { pad_value, ..Self::none() };
+        let mut aug = Self {
+            pad_value,
+            ..Self::none()
+        };
         for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
             match part {
                 "none" => {}
                 "crop" => aug.crop = true,
                 "flip" => aug.flip = true,
-                other => return Err(format!("unknown augmentation '{other}': expected none, crop, flip or a list such as crop,flip")),
+                other => {
+                    return Err(format!(
+                        "unknown augmentation '{other}': expected none, crop, flip or a list such as crop,flip"
+                    ));
+                }
             }
         }
         Ok(aug)
@@ -49,18 +61,31 @@ impl Augment {
         if self.flip {
             parts.push("flip".to_string());
         }
-        if parts.is_empty() { "none".to_string() } else { parts.join("+") }
+        if parts.is_empty() {
+            "none".to_string()
+        } else {
+            parts.join("+")
+        }
     }
 
     /// Writes one augmented image (`c × h × w`, values in [0, 1]) into `out`, drawing its randomness from `rng`.
     ///
     /// The same random draws are made whatever the image holds, so a batch is reproducible from its seed.
-    pub fn apply<R: Rng>(&self, src: &[u8], (c, h, w): (usize, usize, usize), out: &mut [f32], rng: &mut R) {
+    pub fn apply<R: Rng>(
+        &self,
+        src: &[u8],
+        (c, h, w): (usize, usize, usize),
+        out: &mut [f32],
+        rng: &mut R,
+    ) {
         debug_assert_eq!(src.len(), c * h * w);
         debug_assert_eq!(out.len(), c * h * w);
         let p = self.pad as i64;
         let (dy, dx) = if self.crop && p > 0 {
-            (rng.random_range(0..=2 * p) - p, rng.random_range(0..=2 * p) - p)
+            (
+                rng.random_range(0..=2 * p) - p,
+                rng.random_range(0..=2 * p) - p,
+            )
         } else {
             (0, 0)
         };

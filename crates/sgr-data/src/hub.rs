@@ -12,8 +12,16 @@ use crate::{DatasetName, ImageSet, Split};
 
 fn download_error(name: DatasetName, e: impl std::fmt::Display) -> DataError {
     // One line: the first line of the underlying error, never a stack of HTTP errors.
-    let reason = e.to_string().lines().next().unwrap_or("unknown error").to_string();
-    DataError::Download { dataset: name.to_string(), reason }
+    let reason = e
+        .to_string()
+        .lines()
+        .next()
+        .unwrap_or("unknown error")
+        .to_string();
+    DataError::Download {
+        dataset: name.to_string(),
+        reason,
+    }
 }
 
 pub(crate) fn load(name: DatasetName, split: Split) -> Result<ImageSet> {
@@ -29,7 +37,12 @@ pub(crate) fn load(name: DatasetName, split: Split) -> Result<ImageSet> {
     for shard in 0..64 {
         let filename = format!("{prefix}/{}/{shard:04}.parquet", split.as_str());
         tracing::info!(dataset = %name, file = %filename, "downloading from the hugging face hub");
-        match repo.download_file().filename(filename).revision("refs/convert/parquet".to_string()).send() {
+        match repo
+            .download_file()
+            .filename(filename)
+            .revision("refs/convert/parquet".to_string())
+            .send()
+        {
             Ok(path) => files.push(path),
             Err(e) if shard == 0 => return Err(download_error(name, e)),
             Err(_) => break,
@@ -41,11 +54,21 @@ pub(crate) fn load(name: DatasetName, split: Split) -> Result<ImageSet> {
     for f in &files {
         read_parquet(name, f, (c, h, w), &mut pixels, &mut labels)?;
     }
-    Ok(ImageSet { name: format!("{name}/{}", split.as_str()), channels: c, height: h, width: w, pixels, labels })
+    Ok(ImageSet {
+        name: format!("{name}/{}", split.as_str()),
+        channels: c,
+        height: h,
+        width: w,
+        pixels,
+        labels,
+    })
 }
 
 fn bad(path: &Path, reason: impl std::fmt::Display) -> DataError {
-    DataError::Io { path: path.to_owned(), source: std::io::Error::new(std::io::ErrorKind::InvalidData, reason.to_string()) }
+    DataError::Io {
+        path: path.to_owned(),
+        source: std::io::Error::new(std::io::ErrorKind::InvalidData, reason.to_string()),
+    }
 }
 
 fn read_parquet(
@@ -55,7 +78,10 @@ fn read_parquet(
     pixels: &mut Vec<u8>,
     labels: &mut Vec<u8>,
 ) -> Result<()> {
-    let file = std::fs::File::open(path).map_err(|source| DataError::Io { path: path.to_owned(), source })?;
+    let file = std::fs::File::open(path).map_err(|source| DataError::Io {
+        path: path.to_owned(),
+        source,
+    })?;
     let reader = SerializedFileReader::new(file).map_err(|e| bad(path, e))?;
     for (index, row) in reader.into_iter().enumerate() {
         let row = row.map_err(|e| bad(path, e))?;
@@ -76,10 +102,17 @@ fn read_parquet(
             }
         }
         let (Some(png_bytes), Some(label)) = (image, label) else {
-            return Err(bad(path, format!("row {index} of {name} has no image or label")));
+            return Err(bad(
+                path,
+                format!("row {index} of {name} has no image or label"),
+            ));
         };
         if !(0..10).contains(&label) {
-            return Err(DataError::BadLabel { path: path.to_owned(), index, label: label.clamp(0, 255) as u8 });
+            return Err(DataError::BadLabel {
+                path: path.to_owned(),
+                index,
+                label: label.clamp(0, 255) as u8,
+            });
         }
         decode_png(path, &png_bytes, (c, h, w), pixels)?;
         labels.push(label as u8);
@@ -88,14 +121,29 @@ fn read_parquet(
 }
 
 /// Decodes a PNG into `C × H × W` bytes appended to `out`.
-fn decode_png(path: &Path, bytes: &[u8], (c, h, w): (usize, usize, usize), out: &mut Vec<u8>) -> Result<()> {
+fn decode_png(
+    path: &Path,
+    bytes: &[u8],
+    (c, h, w): (usize, usize, usize),
+    out: &mut Vec<u8>,
+) -> Result<()> {
     let decoder = png::Decoder::new(std::io::Cursor::new(bytes));
     let mut reader = decoder.read_info().map_err(|e| bad(path, e))?;
-    let size = reader.output_buffer_size().ok_or_else(|| bad(path, "PNG too large"))?;
+    let size = reader
+        .output_buffer_size()
+        .ok_or_else(|| bad(path, "PNG too large"))?;
     let mut buf = vec![0u8; size];
     let info = reader.next_frame(&mut buf).map_err(|e| bad(path, e))?;
-    if (info.height as usize, info.width as usize) != (h, w) || info.bit_depth != png::BitDepth::Eight {
-        return Err(bad(path, format!("PNG of {}x{} at {:?}, expected {h}x{w} 8-bit", info.height, info.width, info.bit_depth)));
+    if (info.height as usize, info.width as usize) != (h, w)
+        || info.bit_depth != png::BitDepth::Eight
+    {
+        return Err(bad(
+            path,
+            format!(
+                "PNG of {}x{} at {:?}, expected {h}x{w} 8-bit",
+                info.height, info.width, info.bit_depth
+            ),
+        ));
     }
     let data = &buf[..info.buffer_size()];
     let src_channels = match info.color_type {

@@ -10,7 +10,10 @@ const LABELS_MAGIC: u32 = 0x0000_0801;
 
 /// Reads a whole file, transparently decompressing it when it starts with the gzip magic bytes.
 pub(crate) fn read_maybe_gz(path: &Path) -> Result<Vec<u8>> {
-    let raw = std::fs::read(path).map_err(|source| DataError::Io { path: path.to_owned(), source })?;
+    let raw = std::fs::read(path).map_err(|source| DataError::Io {
+        path: path.to_owned(),
+        source,
+    })?;
     decode_maybe_gz(path, raw)
 }
 
@@ -19,7 +22,10 @@ pub(crate) fn decode_maybe_gz(path: &Path, raw: Vec<u8>) -> Result<Vec<u8>> {
         let mut out = Vec::with_capacity(raw.len() * 4);
         flate2::read::MultiGzDecoder::new(raw.as_slice())
             .read_to_end(&mut out)
-            .map_err(|source| DataError::Gzip { path: path.to_owned(), source })?;
+            .map_err(|source| DataError::Gzip {
+                path: path.to_owned(),
+                source,
+            })?;
         Ok(out)
     } else {
         Ok(raw)
@@ -30,16 +36,35 @@ fn be_u32(bytes: &[u8], at: usize) -> u32 {
     u32::from_be_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]])
 }
 
-fn check_header(path: &Path, bytes: &[u8], header: usize, magic: u32, what: &'static str) -> Result<()> {
+fn check_header(
+    path: &Path,
+    bytes: &[u8],
+    header: usize,
+    magic: u32,
+    what: &'static str,
+) -> Result<()> {
     if bytes.len() < 4 {
-        return Err(DataError::Truncated { path: path.to_owned(), expected: header, found: bytes.len() });
+        return Err(DataError::Truncated {
+            path: path.to_owned(),
+            expected: header,
+            found: bytes.len(),
+        });
     }
     let found = be_u32(bytes, 0);
     if found != magic {
-        return Err(DataError::BadMagic { path: path.to_owned(), expected: magic, found, what });
+        return Err(DataError::BadMagic {
+            path: path.to_owned(),
+            expected: magic,
+            found,
+            what,
+        });
     }
     if bytes.len() < header {
-        return Err(DataError::Truncated { path: path.to_owned(), expected: header, found: bytes.len() });
+        return Err(DataError::Truncated {
+            path: path.to_owned(),
+            expected: header,
+            found: bytes.len(),
+        });
     }
     Ok(())
 }
@@ -62,14 +87,29 @@ pub(crate) fn parse_images(path: &Path, bytes: &[u8]) -> Result<IdxImages> {
         .checked_mul(rows)
         .and_then(|v| v.checked_mul(cols))
         .and_then(|v| v.checked_add(16))
-        .ok_or_else(|| DataError::Truncated { path: path.to_owned(), expected: usize::MAX, found: bytes.len() })?;
+        .ok_or_else(|| DataError::Truncated {
+            path: path.to_owned(),
+            expected: usize::MAX,
+            found: bytes.len(),
+        })?;
     if bytes.len() < expected {
-        return Err(DataError::Truncated { path: path.to_owned(), expected, found: bytes.len() });
+        return Err(DataError::Truncated {
+            path: path.to_owned(),
+            expected,
+            found: bytes.len(),
+        });
     }
     if n == 0 {
-        return Err(DataError::Empty { path: path.to_owned() });
+        return Err(DataError::Empty {
+            path: path.to_owned(),
+        });
     }
-    Ok(IdxImages { n, rows, cols, pixels: bytes[16..expected].to_vec() })
+    Ok(IdxImages {
+        n,
+        rows,
+        cols,
+        pixels: bytes[16..expected].to_vec(),
+    })
 }
 
 pub(crate) fn parse_labels(path: &Path, bytes: &[u8]) -> Result<Vec<u8>> {
@@ -77,11 +117,19 @@ pub(crate) fn parse_labels(path: &Path, bytes: &[u8]) -> Result<Vec<u8>> {
     let n = be_u32(bytes, 4) as usize;
     let expected = n + 8;
     if bytes.len() < expected {
-        return Err(DataError::Truncated { path: path.to_owned(), expected, found: bytes.len() });
+        return Err(DataError::Truncated {
+            path: path.to_owned(),
+            expected,
+            found: bytes.len(),
+        });
     }
     let labels = bytes[8..expected].to_vec();
     if let Some((index, &label)) = labels.iter().enumerate().find(|(_, l)| **l > 9) {
-        return Err(DataError::BadLabel { path: path.to_owned(), index, label });
+        return Err(DataError::BadLabel {
+            path: path.to_owned(),
+            index,
+            label,
+        });
     }
     Ok(labels)
 }

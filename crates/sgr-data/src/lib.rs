@@ -42,8 +42,12 @@ pub enum DatasetName {
 }
 
 impl DatasetName {
-    pub const ALL: [DatasetName; 4] =
-        [DatasetName::MnistSubset, DatasetName::Mnist, DatasetName::FashionMnist, DatasetName::Cifar10];
+    pub const ALL: [DatasetName; 4] = [
+        DatasetName::MnistSubset,
+        DatasetName::Mnist,
+        DatasetName::FashionMnist,
+        DatasetName::Cifar10,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -77,26 +81,48 @@ impl DatasetName {
     pub fn default_augment(self) -> Augment {
         let pad_value = self.pad_value();
         match self {
-            DatasetName::Cifar10 => Augment { crop: true, flip: true, pad: 4, pad_value },
-            _ => Augment { pad_value, ..Augment::none() },
+            DatasetName::Cifar10 => Augment {
+                crop: true,
+                flip: true,
+                pad: 4,
+                pad_value,
+            },
+            _ => Augment {
+                pad_value,
+                ..Augment::none()
+            },
         }
     }
 
     /// Human-readable class names, index = label.
     pub fn class_names(self) -> [&'static str; 10] {
         match self {
-            DatasetName::Cifar10 => {
-                ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
-            }
-            DatasetName::FashionMnist => {
-                ["t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "boot"]
-            }
+            DatasetName::Cifar10 => [
+                "airplane",
+                "automobile",
+                "bird",
+                "cat",
+                "deer",
+                "dog",
+                "frog",
+                "horse",
+                "ship",
+                "truck",
+            ],
+            DatasetName::FashionMnist => [
+                "t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker",
+                "bag", "boot",
+            ],
             _ => ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"],
         }
     }
 
     fn known() -> String {
-        Self::ALL.iter().map(|d| d.as_str()).collect::<Vec<_>>().join(", ")
+        Self::ALL
+            .iter()
+            .map(|d| d.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 }
 
@@ -115,7 +141,12 @@ impl FromStr for DatasetName {
             "mnist" => DatasetName::Mnist,
             "fashion-mnist" | "fashionmnist" => DatasetName::FashionMnist,
             "cifar10" | "cifar-10" => DatasetName::Cifar10,
-            _ => return Err(DataError::UnknownDataset { name: s.to_string(), known: Self::known() }),
+            _ => {
+                return Err(DataError::UnknownDataset {
+                    name: s.to_string(),
+                    known: Self::known(),
+                });
+            }
         };
         Ok(name)
     }
@@ -190,27 +221,45 @@ impl ImageSet {
         match augment {
             Some((aug, rng)) if !aug.is_identity() => {
                 for (k, &i) in indices.iter().enumerate() {
-                    aug.apply(&self.pixels[i * d..(i + 1) * d], self.shape(), &mut buf[k * d..(k + 1) * d], rng);
+                    aug.apply(
+                        &self.pixels[i * d..(i + 1) * d],
+                        self.shape(),
+                        &mut buf[k * d..(k + 1) * d],
+                        rng,
+                    );
                 }
             }
             _ => {
                 for (k, &i) in indices.iter().enumerate() {
-                    for (o, &p) in buf[k * d..(k + 1) * d].iter_mut().zip(&self.pixels[i * d..(i + 1) * d]) {
+                    for (o, &p) in buf[k * d..(k + 1) * d]
+                        .iter_mut()
+                        .zip(&self.pixels[i * d..(i + 1) * d])
+                    {
                         *o = p as f32 / 255.0;
                     }
                 }
             }
         }
-        let x = Tensor::from_vec(buf, (indices.len(), self.channels, self.height, self.width), &Device::Cpu)?
-            .to_dtype(dtype)?
-            .to_device(device)?;
+        let x = Tensor::from_vec(
+            buf,
+            (indices.len(), self.channels, self.height, self.width),
+            &Device::Cpu,
+        )?
+        .to_dtype(dtype)?
+        .to_device(device)?;
         let labels: Vec<u32> = indices.iter().map(|&i| self.labels[i] as u32).collect();
         let y = Tensor::from_vec(labels, indices.len(), &Device::Cpu)?.to_device(device)?;
         Ok((x, y))
     }
 
     /// Images `start..end` in order, without augmentation.
-    pub fn range(&self, start: usize, end: usize, dtype: DType, device: &Device) -> Result<(Tensor, Tensor)> {
+    pub fn range(
+        &self,
+        start: usize,
+        end: usize,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<(Tensor, Tensor)> {
         let idx: Vec<usize> = (start..end.min(self.len())).collect();
         self.batch(&idx, None, dtype, device)
     }
@@ -229,7 +278,11 @@ impl ImageSet {
                 sum_sq[k] += v * v;
             }
         }
-        sum.iter().zip(&sum_sq).map(|(s, s2)| s2 / n - (s / n) * (s / n)).sum::<f64>() / d as f64
+        sum.iter()
+            .zip(&sum_sq)
+            .map(|(s, s2)| s2 / n - (s / n) * (s / n))
+            .sum::<f64>()
+            / d as f64
     }
 
     /// Number of images of each class.
@@ -261,12 +314,16 @@ pub fn describe_source(name: DatasetName, data_dir: Option<&Path>) -> String {
 /// Loads both splits of `name`: from `data_dir` when given, from the embedded subset for
 /// [`DatasetName::MnistSubset`], else through the Hugging Face hub (feature `hub`).
 pub fn load(name: DatasetName, data_dir: Option<&Path>) -> Result<Splits> {
-    Ok(Splits { train: load_split(name, data_dir, Split::Train)?, test: load_split(name, data_dir, Split::Test)? })
+    Ok(Splits {
+        train: load_split(name, data_dir, Split::Train)?,
+        test: load_split(name, data_dir, Split::Test)?,
+    })
 }
 
 /// Loads one split; see [`load`].
 pub fn load_split(name: DatasetName, data_dir: Option<&Path>, split: Split) -> Result<ImageSet> {
-    let _span = tracing::info_span!("load", dataset = name.as_str(), split = split.as_str()).entered();
+    let _span =
+        tracing::info_span!("load", dataset = name.as_str(), split = split.as_str()).entered();
     let set = match (name, data_dir) {
         (DatasetName::Cifar10, Some(dir)) => load_cifar_dir(dir, split)?,
         (_, Some(dir)) => load_idx_dir(name, dir, split)?,
@@ -284,7 +341,9 @@ fn download(name: DatasetName, split: Split) -> Result<ImageSet> {
 
 #[cfg(not(feature = "hub"))]
 fn download(name: DatasetName, _split: Split) -> Result<ImageSet> {
-    Err(DataError::NoHub { dataset: name.to_string() })
+    Err(DataError::NoHub {
+        dataset: name.to_string(),
+    })
 }
 
 fn idx_stems(split: Split) -> (&'static str, &'static str) {
@@ -294,19 +353,31 @@ fn idx_stems(split: Split) -> (&'static str, &'static str) {
     }
 }
 
-fn find_file(dataset: DatasetName, dir: &Path, what: &str, candidates: &[String]) -> Result<PathBuf> {
+fn find_file(
+    dataset: DatasetName,
+    dir: &Path,
+    what: &str,
+    candidates: &[String],
+) -> Result<PathBuf> {
     if !dir.is_dir() {
         return Err(DataError::Io {
             path: dir.to_owned(),
-            source: std::io::Error::new(std::io::ErrorKind::NotFound, "--data-dir is not a directory"),
+            source: std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "--data-dir is not a directory",
+            ),
         });
     }
-    candidates.iter().map(|c| dir.join(c)).find(|p| p.is_file()).ok_or_else(|| DataError::MissingFile {
-        dataset: dataset.to_string(),
-        what: what.to_string(),
-        dir: dir.to_owned(),
-        tried: candidates.join(", "),
-    })
+    candidates
+        .iter()
+        .map(|c| dir.join(c))
+        .find(|p| p.is_file())
+        .ok_or_else(|| DataError::MissingFile {
+            dataset: dataset.to_string(),
+            what: what.to_string(),
+            dir: dir.to_owned(),
+            tried: candidates.join(", "),
+        })
 }
 
 /// Loads MNIST or Fashion-MNIST IDX files (raw or `.gz`) from `dir`.
@@ -320,8 +391,18 @@ pub fn load_idx_dir(name: DatasetName, dir: &Path, split: Split) -> Result<Image
             format!("{stem}.{kind}-ubyte.gz"),
         ]
     };
-    let img_path = find_file(name, dir, &format!("{} images", split.as_str()), &candidates(img_stem, "idx3"))?;
-    let lbl_path = find_file(name, dir, &format!("{} labels", split.as_str()), &candidates(lbl_stem, "idx1"))?;
+    let img_path = find_file(
+        name,
+        dir,
+        &format!("{} images", split.as_str()),
+        &candidates(img_stem, "idx3"),
+    )?;
+    let lbl_path = find_file(
+        name,
+        dir,
+        &format!("{} labels", split.as_str()),
+        &candidates(lbl_stem, "idx1"),
+    )?;
     let images = idx::parse_images(&img_path, &idx::read_maybe_gz(&img_path)?)?;
     let labels = idx::parse_labels(&lbl_path, &idx::read_maybe_gz(&lbl_path)?)?;
     idx_set(name, split, &img_path, images, &lbl_path, labels)
@@ -365,25 +446,40 @@ fn idx_set(
 /// for training, `test_batch.bin` (or any `test_batch*.bin`) for testing. Files may hold any number of records.
 pub fn load_cifar_dir(dir: &Path, split: Split) -> Result<ImageSet> {
     let nested = dir.join("cifar-10-batches-bin");
-    let dir = if nested.is_dir() { nested.as_path() } else { dir };
+    let dir = if nested.is_dir() {
+        nested.as_path()
+    } else {
+        dir
+    };
     if !dir.is_dir() {
         return Err(DataError::Io {
             path: dir.to_owned(),
-            source: std::io::Error::new(std::io::ErrorKind::NotFound, "--data-dir is not a directory"),
+            source: std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "--data-dir is not a directory",
+            ),
         });
     }
     let files: Vec<PathBuf> = match split {
-        Split::Train => (1..=5).map(|k| dir.join(format!("data_batch_{k}.bin"))).filter(|p| p.is_file()).collect(),
+        Split::Train => (1..=5)
+            .map(|k| dir.join(format!("data_batch_{k}.bin")))
+            .filter(|p| p.is_file())
+            .collect(),
         Split::Test => {
             let exact = dir.join("test_batch.bin");
             if exact.is_file() {
                 vec![exact]
             } else {
                 let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
-                    .map_err(|source| DataError::Io { path: dir.to_owned(), source })?
+                    .map_err(|source| DataError::Io {
+                        path: dir.to_owned(),
+                        source,
+                    })?
                     .filter_map(|e| e.ok().map(|e| e.path()))
                     .filter(|p| {
-                        p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("test_batch") && n.ends_with(".bin"))
+                        p.file_name()
+                            .and_then(|n| n.to_str())
+                            .is_some_and(|n| n.starts_with("test_batch") && n.ends_with(".bin"))
                     })
                     .collect();
                 found.sort();
@@ -406,24 +502,45 @@ pub fn load_cifar_dir(dir: &Path, split: Split) -> Result<ImageSet> {
     let mut pixels = Vec::new();
     let mut labels = Vec::new();
     for f in &files {
-        let bytes = std::fs::read(f).map_err(|source| DataError::Io { path: f.clone(), source })?;
+        let bytes = std::fs::read(f).map_err(|source| DataError::Io {
+            path: f.clone(),
+            source,
+        })?;
         let (p, l) = cifar::parse(f, &bytes)?;
         pixels.extend(p);
         labels.extend(l);
     }
-    Ok(ImageSet { name: format!("cifar10/{}", split.as_str()), channels: 3, height: 32, width: 32, pixels, labels })
+    Ok(ImageSet {
+        name: format!("cifar10/{}", split.as_str()),
+        channels: 3,
+        height: 32,
+        width: 32,
+        pixels,
+        labels,
+    })
 }
 
 /// Parses CIFAR-10 records from bytes already in memory (`path` only names them in errors).
 pub fn parse_cifar(path: &Path, bytes: &[u8], split: Split) -> Result<ImageSet> {
     let (pixels, labels) = cifar::parse(path, bytes)?;
-    Ok(ImageSet { name: format!("cifar10/{}", split.as_str()), channels: 3, height: 32, width: 32, pixels, labels })
+    Ok(ImageSet {
+        name: format!("cifar10/{}", split.as_str()),
+        channels: 3,
+        height: 32,
+        width: 32,
+        pixels,
+        labels,
+    })
 }
 
-static SUBSET_TRAIN_IMAGES: &[u8] = include_bytes!("../../../assets/mnist-subset/train-images-idx3-ubyte.gz");
-static SUBSET_TRAIN_LABELS: &[u8] = include_bytes!("../../../assets/mnist-subset/train-labels-idx1-ubyte.gz");
-static SUBSET_TEST_IMAGES: &[u8] = include_bytes!("../../../assets/mnist-subset/t10k-images-idx3-ubyte.gz");
-static SUBSET_TEST_LABELS: &[u8] = include_bytes!("../../../assets/mnist-subset/t10k-labels-idx1-ubyte.gz");
+static SUBSET_TRAIN_IMAGES: &[u8] =
+    include_bytes!("../../../assets/mnist-subset/train-images-idx3-ubyte.gz");
+static SUBSET_TRAIN_LABELS: &[u8] =
+    include_bytes!("../../../assets/mnist-subset/train-labels-idx1-ubyte.gz");
+static SUBSET_TEST_IMAGES: &[u8] =
+    include_bytes!("../../../assets/mnist-subset/t10k-images-idx3-ubyte.gz");
+static SUBSET_TEST_LABELS: &[u8] =
+    include_bytes!("../../../assets/mnist-subset/t10k-labels-idx1-ubyte.gz");
 
 pub(crate) fn embedded_subset(split: Split) -> Result<ImageSet> {
     let (img, lbl, img_name, lbl_name) = match split {
@@ -443,7 +560,14 @@ pub(crate) fn embedded_subset(split: Split) -> Result<ImageSet> {
     let (img_path, lbl_path) = (Path::new(img_name), Path::new(lbl_name));
     let images = idx::parse_images(img_path, &idx::decode_maybe_gz(img_path, img.to_vec())?)?;
     let labels = idx::parse_labels(lbl_path, &idx::decode_maybe_gz(lbl_path, lbl.to_vec())?)?;
-    idx_set(DatasetName::MnistSubset, split, img_path, images, lbl_path, labels)
+    idx_set(
+        DatasetName::MnistSubset,
+        split,
+        img_path,
+        images,
+        lbl_path,
+        labels,
+    )
 }
 
 /// A ChaCha8 generator for a seed and a stream of integers (epoch, batch, …): independent streams that do

@@ -5,14 +5,20 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device};
-use sgr_data::{Augment, DataError, DatasetName, Split, load, load_cifar_dir, load_idx_dir, load_split, seeded_rng};
+use sgr_data::{
+    Augment, DataError, DatasetName, Split, load, load_cifar_dir, load_idx_dir, load_split,
+    seeded_rng,
+};
 
 fn shared_data() -> Option<PathBuf> {
     let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data");
     if p.is_dir() {
         Some(p)
     } else {
-        eprintln!("SKIPPED: {} not found (full-size loader checks need the shared data folder)", p.display());
+        eprintln!(
+            "SKIPPED: {} not found (full-size loader checks need the shared data folder)",
+            p.display()
+        );
         None
     }
 }
@@ -28,20 +34,34 @@ fn embedded_subset_is_the_head_of_mnist() {
     // Every class is present and pixel values span the full byte range.
     assert!(d.train.class_counts().iter().all(|&c| c > 350));
     assert_eq!(d.train.pixels.iter().max(), Some(&255));
-    // c of Algorithm 1 for MNIST in [0,1] units is about 0.095.
+    // c of Algorithm 1: the mean diagonal of the data covariance (mean per-pixel variance), computed
+    // independently with numpy as x.var(0).mean() = 0.06714357139314323. (The pooled variance of all
+    // pixels, x.var() = 0.0946, is a different quantity.)
     let c = d.train.mean_pixel_variance();
-    assert!((c - 0.095).abs() < 0.01, "mean pixel variance {c}");
+    assert!(
+        (c - 0.06714357139314323).abs() < 1e-9,
+        "mean pixel variance {c}"
+    );
 }
 
 #[test]
 fn full_mnist_label_counts_match_the_published_ones() {
     let Some(root) = shared_data() else { return };
     let d = load(DatasetName::Mnist, Some(&root.join("mnist"))).unwrap();
-    assert_eq!(d.train.class_counts(), [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]);
-    assert_eq!(d.test.class_counts(), [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]);
+    assert_eq!(
+        d.train.class_counts(),
+        [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
+    );
+    assert_eq!(
+        d.test.class_counts(),
+        [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
+    );
     // The embedded subset is exactly the first images of the full set.
     let sub = load(DatasetName::MnistSubset, None).unwrap();
-    assert_eq!(&d.train.pixels[..sub.train.pixels.len()], &sub.train.pixels[..]);
+    assert_eq!(
+        &d.train.pixels[..sub.train.pixels.len()],
+        &sub.train.pixels[..]
+    );
     assert_eq!(&d.test.labels[..1000], &sub.test.labels[..]);
 }
 
@@ -57,14 +77,30 @@ fn fashion_mnist_loads() {
 #[test]
 fn cifar_sample_loads_with_any_record_count() {
     let Some(root) = shared_data() else { return };
-    let t = load_split(DatasetName::Cifar10, Some(&root.join("cifar10-sample")), Split::Test).unwrap();
+    let t = load_split(
+        DatasetName::Cifar10,
+        Some(&root.join("cifar10-sample")),
+        Split::Test,
+    )
+    .unwrap();
     assert_eq!(t.len(), 20);
     assert_eq!(t.shape(), (3, 32, 32));
-    assert_eq!(t.labels, vec![3, 8, 8, 0, 6, 6, 1, 6, 3, 1, 0, 9, 5, 7, 9, 8, 5, 7, 8, 6]);
+    assert_eq!(
+        t.labels,
+        vec![3, 8, 8, 0, 6, 6, 1, 6, 3, 1, 0, 9, 5, 7, 9, 8, 5, 7, 8, 6]
+    );
     // No training batches there: a clear error naming the folder and the files looked for.
-    let e = load_split(DatasetName::Cifar10, Some(&root.join("cifar10-sample")), Split::Train).unwrap_err();
+    let e = load_split(
+        DatasetName::Cifar10,
+        Some(&root.join("cifar10-sample")),
+        Split::Train,
+    )
+    .unwrap_err();
     let msg = e.to_string();
-    assert!(msg.contains("cifar10-sample") && msg.contains("data_batch_1.bin"), "{msg}");
+    assert!(
+        msg.contains("cifar10-sample") && msg.contains("data_batch_1.bin"),
+        "{msg}"
+    );
 }
 
 // ---------- fixtures ----------
@@ -102,7 +138,10 @@ fn write(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
 fn mnist_fixture(dir: &Path, n_img: u32, labels: &[u8], compress: bool) {
     let imgs = idx_images(n_img, 28, 28, |i| (i % 251) as u8);
     let lbls = idx_labels(labels);
-    for (stem, bytes) in [("t10k-images-idx3-ubyte", imgs), ("t10k-labels-idx1-ubyte", lbls)] {
+    for (stem, bytes) in [
+        ("t10k-images-idx3-ubyte", imgs),
+        ("t10k-labels-idx1-ubyte", lbls),
+    ] {
         if compress {
             write(dir, &format!("{stem}.gz"), &gz(&bytes));
         } else {
@@ -135,7 +174,10 @@ fn wrong_magic_number_names_the_file() {
     // Swap: a labels file where the images should be.
     write(d.path(), "t10k-images-idx3-ubyte", &idx_labels(&[0, 1]));
     let msg = err_msg(load_idx_dir(DatasetName::Mnist, d.path(), Split::Test));
-    assert!(msg.contains("t10k-images-idx3-ubyte") && msg.contains("magic"), "{msg}");
+    assert!(
+        msg.contains("t10k-images-idx3-ubyte") && msg.contains("magic"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -145,7 +187,10 @@ fn truncated_file_names_the_file() {
     let full = idx_images(2, 28, 28, |_| 7);
     write(d.path(), "t10k-images-idx3-ubyte", &full[..full.len() - 10]);
     let msg = err_msg(load_idx_dir(DatasetName::Mnist, d.path(), Split::Test));
-    assert!(msg.contains("t10k-images-idx3-ubyte") && msg.contains("truncated"), "{msg}");
+    assert!(
+        msg.contains("t10k-images-idx3-ubyte") && msg.contains("truncated"),
+        "{msg}"
+    );
     // A truncated header, too.
     write(d.path(), "t10k-images-idx3-ubyte", &full[..10]);
     let msg = err_msg(load_idx_dir(DatasetName::Mnist, d.path(), Split::Test));
@@ -167,26 +212,46 @@ fn image_label_count_mismatch_names_both_files() {
     let d = tempfile::tempdir().unwrap();
     mnist_fixture(d.path(), 3, &[0, 1], true);
     let msg = err_msg(load_idx_dir(DatasetName::Mnist, d.path(), Split::Test));
-    assert!(msg.contains("t10k-images") && msg.contains("t10k-labels") && msg.contains("3 images") && msg.contains("2 labels"), "{msg}");
+    assert!(
+        msg.contains("t10k-images")
+            && msg.contains("t10k-labels")
+            && msg.contains("3 images")
+            && msg.contains("2 labels"),
+        "{msg}"
+    );
 }
 
 #[test]
 fn wrong_image_size_and_bad_labels_are_errors() {
     let d = tempfile::tempdir().unwrap();
-    write(d.path(), "t10k-images-idx3-ubyte", &idx_images(1, 32, 32, |_| 0));
+    write(
+        d.path(),
+        "t10k-images-idx3-ubyte",
+        &idx_images(1, 32, 32, |_| 0),
+    );
     write(d.path(), "t10k-labels-idx1-ubyte", &idx_labels(&[0]));
     let msg = err_msg(load_idx_dir(DatasetName::Mnist, d.path(), Split::Test));
     assert!(msg.contains("32x32") && msg.contains("28x28"), "{msg}");
     mnist_fixture(d.path(), 2, &[0, 12], false);
     let msg = err_msg(load_idx_dir(DatasetName::Mnist, d.path(), Split::Test));
-    assert!(msg.contains("t10k-labels-idx1-ubyte") && msg.contains("label 12"), "{msg}");
+    assert!(
+        msg.contains("t10k-labels-idx1-ubyte") && msg.contains("label 12"),
+        "{msg}"
+    );
 }
 
 #[test]
 fn missing_files_and_folders_are_named() {
     let d = tempfile::tempdir().unwrap();
-    let msg = err_msg(load_idx_dir(DatasetName::FashionMnist, d.path(), Split::Train));
-    assert!(msg.contains("fashion-mnist") && msg.contains("train-images-idx3-ubyte.gz"), "{msg}");
+    let msg = err_msg(load_idx_dir(
+        DatasetName::FashionMnist,
+        d.path(),
+        Split::Train,
+    ));
+    assert!(
+        msg.contains("fashion-mnist") && msg.contains("train-images-idx3-ubyte.gz"),
+        "{msg}"
+    );
     let nowhere = d.path().join("nope");
     let msg = err_msg(load(DatasetName::Mnist, Some(&nowhere)));
     assert!(msg.contains("nope"), "{msg}");
@@ -197,7 +262,10 @@ fn cifar_size_not_a_multiple_of_the_record_is_an_error() {
     let d = tempfile::tempdir().unwrap();
     write(d.path(), "test_batch.bin", &vec![1u8; 3073 * 2 + 5]);
     let msg = err_msg(load_cifar_dir(d.path(), Split::Test));
-    assert!(msg.contains("test_batch.bin") && msg.contains("3073"), "{msg}");
+    assert!(
+        msg.contains("test_batch.bin") && msg.contains("3073"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -215,22 +283,42 @@ fn cifar_records_decode_channel_planes() {
     assert_eq!(t.labels, vec![7, 2]);
     let (x, y) = t.range(0, 2, DType::F32, &Device::Cpu).unwrap();
     assert_eq!(x.dims(), &[2, 3, 32, 32]);
-    let v = x.get(0).unwrap().flatten_from(1).unwrap().mean(1).unwrap().to_vec1::<f32>().unwrap();
+    let v = x
+        .get(0)
+        .unwrap()
+        .flatten_from(1)
+        .unwrap()
+        .mean(1)
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
     assert!((v[0] - 10.0 / 255.0).abs() < 1e-6 && (v[2] - 30.0 / 255.0).abs() < 1e-6);
     assert_eq!(y.to_vec1::<u32>().unwrap(), vec![7, 2]);
     // A bad label byte in a CIFAR record.
     rec[0] = 10;
     write(d.path(), "data_batch_1.bin", &rec);
     let msg = err_msg(load_cifar_dir(d.path(), Split::Train));
-    assert!(msg.contains("data_batch_1.bin") && msg.contains("label 10"), "{msg}");
+    assert!(
+        msg.contains("data_batch_1.bin") && msg.contains("label 10"),
+        "{msg}"
+    );
 }
 
 #[test]
 fn unknown_dataset_name_lists_the_known_ones() {
     let msg = err_msg("imagenet".parse::<DatasetName>());
-    assert!(msg.contains("imagenet") && msg.contains("mnist") && msg.contains("cifar10"), "{msg}");
-    assert_eq!("CIFAR-10".parse::<DatasetName>().unwrap(), DatasetName::Cifar10);
-    assert_eq!("fashion_mnist".parse::<DatasetName>().unwrap(), DatasetName::FashionMnist);
+    assert!(
+        msg.contains("imagenet") && msg.contains("mnist") && msg.contains("cifar10"),
+        "{msg}"
+    );
+    assert_eq!(
+        "CIFAR-10".parse::<DatasetName>().unwrap(),
+        DatasetName::Cifar10
+    );
+    assert_eq!(
+        "fashion_mnist".parse::<DatasetName>().unwrap(),
+        DatasetName::FashionMnist
+    );
 }
 
 #[test]
@@ -255,14 +343,23 @@ fn one_pixel_image(h: usize, w: usize, at: (usize, usize)) -> Vec<u8> {
 fn crop_shifts_content_and_pads_with_the_fill_value() {
     let (h, w) = (10, 12);
     let src = one_pixel_image(h, w, (5, 6));
-    let aug = Augment { crop: true, flip: false, pad: 4, pad_value: 0.5 };
+    let aug = Augment {
+        crop: true,
+        flip: false,
+        pad: 4,
+        pad_value: 0.5,
+    };
     let mut seen_shifts = std::collections::HashSet::new();
     for s in 0..200 {
         let mut rng = seeded_rng(1, &[s]);
         let mut out = vec![0f32; h * w];
         aug.apply(&src, (1, h, w), &mut out, &mut rng);
         let hot: Vec<usize> = (0..h * w).filter(|&k| out[k] == 1.0).collect();
-        assert_eq!(hot.len(), 1, "the bright pixel is always inside a ±4 crop of a centred pixel");
+        assert_eq!(
+            hot.len(),
+            1,
+            "the bright pixel is always inside a ±4 crop of a centred pixel"
+        );
         let (i, j) = (hot[0] / w, hot[0] % w);
         let (di, dj) = (5 - i as i64, 6 - j as i64);
         assert!(di.abs() <= 4 && dj.abs() <= 4);
@@ -270,16 +367,28 @@ fn crop_shifts_content_and_pads_with_the_fill_value() {
         // Every other pixel is either a source zero or the pad value.
         assert!(out.iter().all(|&v| v == 0.0 || v == 0.5 || v == 1.0));
         let pads = out.iter().filter(|&&v| v == 0.5).count();
-        assert_eq!(pads, h * w - (h - di.unsigned_abs() as usize) * (w - dj.unsigned_abs() as usize));
+        assert_eq!(
+            pads,
+            h * w - (h - di.unsigned_abs() as usize) * (w - dj.unsigned_abs() as usize)
+        );
     }
-    assert!(seen_shifts.len() > 40, "crops cover the 81 offsets: saw {}", seen_shifts.len());
+    assert!(
+        seen_shifts.len() > 40,
+        "crops cover the 81 offsets: saw {}",
+        seen_shifts.len()
+    );
 }
 
 #[test]
 fn flip_mirrors_about_half_the_time_and_is_seeded() {
     let (h, w) = (4, 5);
     let src = one_pixel_image(h, w, (1, 0));
-    let aug = Augment { crop: false, flip: true, pad: 4, pad_value: 0.0 };
+    let aug = Augment {
+        crop: false,
+        flip: true,
+        pad: 4,
+        pad_value: 0.0,
+    };
     let mut flips = 0;
     for s in 0..400 {
         let mut out = vec![0f32; h * w];
@@ -300,17 +409,69 @@ fn flip_mirrors_about_half_the_time_and_is_seeded() {
 fn batches_are_reproducible_and_identity_augmentation_is_exact() {
     let d = load(DatasetName::MnistSubset, None).unwrap();
     let idx = [3usize, 1, 4, 1, 5];
-    let aug = Augment { crop: true, flip: true, pad: 4, pad_value: 0.0 };
-    let a = d.train.batch(&idx, Some((&aug, &mut seeded_rng(9, &[1]))), DType::F32, &Device::Cpu).unwrap().0;
-    let b = d.train.batch(&idx, Some((&aug, &mut seeded_rng(9, &[1]))), DType::F32, &Device::Cpu).unwrap().0;
-    let c = d.train.batch(&idx, Some((&aug, &mut seeded_rng(9, &[2]))), DType::F32, &Device::Cpu).unwrap().0;
+    let aug = Augment {
+        crop: true,
+        flip: true,
+        pad: 4,
+        pad_value: 0.0,
+    };
+    let a = d
+        .train
+        .batch(
+            &idx,
+            Some((&aug, &mut seeded_rng(9, &[1]))),
+            DType::F32,
+            &Device::Cpu,
+        )
+        .unwrap()
+        .0;
+    let b = d
+        .train
+        .batch(
+            &idx,
+            Some((&aug, &mut seeded_rng(9, &[1]))),
+            DType::F32,
+            &Device::Cpu,
+        )
+        .unwrap()
+        .0;
+    let c = d
+        .train
+        .batch(
+            &idx,
+            Some((&aug, &mut seeded_rng(9, &[2]))),
+            DType::F32,
+            &Device::Cpu,
+        )
+        .unwrap()
+        .0;
     let diff = |x: &candle_core::Tensor, y: &candle_core::Tensor| {
-        x.sub(y).unwrap().abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap()
+        x.sub(y)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
     };
     assert_eq!(diff(&a, &b), 0.0);
     assert!(diff(&a, &c) > 0.0);
-    let plain = d.train.batch(&idx, None, DType::F32, &Device::Cpu).unwrap().0;
-    let none = d.train.batch(&idx, Some((&Augment::none(), &mut seeded_rng(9, &[1]))), DType::F32, &Device::Cpu).unwrap().0;
+    let plain = d
+        .train
+        .batch(&idx, None, DType::F32, &Device::Cpu)
+        .unwrap()
+        .0;
+    let none = d
+        .train
+        .batch(
+            &idx,
+            Some((&Augment::none(), &mut seeded_rng(9, &[1]))),
+            DType::F32,
+            &Device::Cpu,
+        )
+        .unwrap()
+        .0;
     assert_eq!(diff(&plain, &none), 0.0);
     let v = plain.flatten_all().unwrap().to_vec1::<f32>().unwrap();
     assert!(v.iter().all(|&p| (0.0..=1.0).contains(&p)));
@@ -320,10 +481,25 @@ fn batches_are_reproducible_and_identity_augmentation_is_exact() {
 
 #[test]
 fn augment_specs_parse() {
-    assert_eq!(Augment::parse_parts("crop,flip", 0.5).unwrap(), Augment { crop: true, flip: true, pad: 4, pad_value: 0.5 });
+    assert_eq!(
+        Augment::parse_parts("crop,flip", 0.5).unwrap(),
+        Augment {
+            crop: true,
+            flip: true,
+            pad: 4,
+            pad_value: 0.5
+        }
+    );
     assert!(Augment::parse_parts("none", 0.0).unwrap().is_identity());
-    assert!(Augment::parse_parts("rotate", 0.0).unwrap_err().contains("rotate"));
-    assert_eq!(DatasetName::Cifar10.default_augment().describe(), "crop(pad 4, fill 0.5)+flip");
+    assert!(
+        Augment::parse_parts("rotate", 0.0)
+            .unwrap_err()
+            .contains("rotate")
+    );
+    assert_eq!(
+        DatasetName::Cifar10.default_augment().describe(),
+        "crop(pad 4, fill 0.5)+flip"
+    );
     assert_eq!(DatasetName::Mnist.default_augment().describe(), "none");
 }
 

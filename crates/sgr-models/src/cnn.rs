@@ -22,18 +22,41 @@ pub struct CnnConfig {
 impl CnnConfig {
     /// MNIST: params = [32, 32, 64, 64, 200, 200, 10] on 1×28×28.
     pub fn mnist() -> Self {
-        Self { in_channels: 1, height: 28, width: 28, convs: [32, 32, 64, 64], hidden: [200, 200], classes: 10 }
+        Self {
+            in_channels: 1,
+            height: 28,
+            width: 28,
+            convs: [32, 32, 64, 64],
+            hidden: [200, 200],
+            classes: 10,
+        }
     }
 
     /// CIFAR-10: params = [64, 64, 128, 128, 256, 256, 10] on 3×32×32.
     pub fn cifar10() -> Self {
-        Self { in_channels: 3, height: 32, width: 32, convs: [64, 64, 128, 128], hidden: [256, 256], classes: 10 }
+        Self {
+            in_channels: 3,
+            height: 32,
+            width: 32,
+            convs: [64, 64, 128, 128],
+            hidden: [256, 256],
+            classes: 10,
+        }
     }
 
     /// The paper's model for images of `channels` channels: CIFAR's for colour, MNIST's otherwise.
     pub fn for_image(channels: usize, height: usize, width: usize) -> Self {
-        let base = if channels == 3 { Self::cifar10() } else { Self::mnist() };
-        Self { in_channels: channels, height, width, ..base }
+        let base = if channels == 3 {
+            Self::cifar10()
+        } else {
+            Self::mnist()
+        };
+        Self {
+            in_channels: channels,
+            height,
+            width,
+            ..base
+        }
     }
 
     /// Spatial size after the feature blocks: each block is two valid 3×3 convs then a 2×2 pool.
@@ -61,7 +84,12 @@ impl CnnConfig {
             out.push((format!("conv{}.weight", k + 1), vec![c[k], ins[k], 3, 3]));
             out.push((format!("conv{}.bias", k + 1), vec![c[k]]));
         }
-        let dims = [self.flat_features(), self.hidden[0], self.hidden[1], self.classes];
+        let dims = [
+            self.flat_features(),
+            self.hidden[0],
+            self.hidden[1],
+            self.classes,
+        ];
         for k in 0..3 {
             out.push((format!("fc{}.weight", k + 1), vec![dims[k + 1], dims[k]]));
             out.push((format!("fc{}.bias", k + 1), vec![dims[k + 1]]));
@@ -71,7 +99,11 @@ impl CnnConfig {
 
     /// A short name stored in checkpoint metadata.
     pub fn arch_name(&self) -> &'static str {
-        if self.in_channels == 3 { "cifar10-cnn" } else { "mnist-cnn" }
+        if self.in_channels == 3 {
+            "cifar10-cnn"
+        } else {
+            "mnist-cnn"
+        }
     }
 }
 
@@ -94,8 +126,16 @@ impl Cnn {
     pub fn new(config: CnnConfig, vb: VarBuilder<'_>) -> Result<Self> {
         let shapes = config.param_shapes();
         let get = |i: usize| vb.get(shapes[i].1.as_slice(), &shapes[i].0);
-        let conv = |i: usize| -> Result<Conv2d> { Ok(Conv2d::new(get(2 * i)?, Some(get(2 * i + 1)?), Conv2dConfig::default())) };
-        let fc = |i: usize| -> Result<Linear> { Ok(Linear::new(get(8 + 2 * i)?, Some(get(9 + 2 * i)?))) };
+        let conv = |i: usize| -> Result<Conv2d> {
+            Ok(Conv2d::new(
+                get(2 * i)?,
+                Some(get(2 * i + 1)?),
+                Conv2dConfig::default(),
+            ))
+        };
+        let fc = |i: usize| -> Result<Linear> {
+            Ok(Linear::new(get(8 + 2 * i)?, Some(get(9 + 2 * i)?)))
+        };
         Ok(Self {
             conv1: conv(0)?,
             conv2: conv(1)?,
@@ -130,15 +170,32 @@ impl Module for Cnn {
 
 /// Fills `varmap` with PyTorch's default initialisation (weights and biases uniform in ±1/√fan_in),
 /// drawn from a ChaCha8 generator seeded with `seed`, so the same seed gives the same model.
-pub fn init_params(varmap: &VarMap, config: &CnnConfig, seed: u64, dtype: DType, device: &Device) -> Result<()> {
+pub fn init_params(
+    varmap: &VarMap,
+    config: &CnnConfig,
+    seed: u64,
+    dtype: DType,
+    device: &Device,
+) -> Result<()> {
     use rand::SeedableRng;
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-    let mut data = varmap.data().lock().map_err(|_| candle_core::Error::Msg("VarMap lock poisoned".into()))?;
+    let mut data = varmap
+        .data()
+        .lock()
+        .map_err(|_| candle_core::Error::Msg("VarMap lock poisoned".into()))?;
     for (name, shape) in config.param_shapes() {
-        let fan_in: usize = if name.ends_with("weight") { shape[1..].iter().product() } else { 0 };
+        let fan_in: usize = if name.ends_with("weight") {
+            shape[1..].iter().product()
+        } else {
+            0
+        };
         let fan_in = if fan_in == 0 {
             // Bias: fan-in of the matching weight.
-            let wshape = config.param_shapes().into_iter().find(|(n, _)| *n == name.replace("bias", "weight")).map(|(_, s)| s);
+            let wshape = config
+                .param_shapes()
+                .into_iter()
+                .find(|(n, _)| *n == name.replace("bias", "weight"))
+                .map(|(_, s)| s);
             wshape.map(|s| s[1..].iter().product()).unwrap_or(1)
         } else {
             fan_in
@@ -146,7 +203,9 @@ pub fn init_params(varmap: &VarMap, config: &CnnConfig, seed: u64, dtype: DType,
         let bound = 1.0 / (fan_in as f64).sqrt();
         let n: usize = shape.iter().product();
         let vals: Vec<f64> = (0..n).map(|_| rng.random_range(-bound..bound)).collect();
-        let t = Tensor::from_vec(vals, shape.as_slice(), &Device::Cpu)?.to_dtype(dtype)?.to_device(device)?;
+        let t = Tensor::from_vec(vals, shape.as_slice(), &Device::Cpu)?
+            .to_dtype(dtype)?
+            .to_device(device)?;
         data.insert(name, Var::from_tensor(&t)?);
     }
     Ok(())

@@ -16,7 +16,9 @@ impl std::str::FromStr for DeviceKind {
             "cpu" => Ok(DeviceKind::Cpu),
             "cuda" | "gpu" => Ok(DeviceKind::Cuda),
             "metal" => Ok(DeviceKind::Metal),
-            other => Err(format!("unknown device '{other}': expected cpu, cuda or metal")),
+            other => Err(format!(
+                "unknown device '{other}': expected cpu, cuda or metal"
+            )),
         }
     }
 }

@@ -25,6 +25,10 @@ pub fn standardize(x: &Tensor) -> Result<Tensor> {
 pub fn max_pool2x2(x: &Tensor) -> Result<Tensor> {
     let (b, c, h, w) = x.dims4()?;
     let (h2, w2) = (h / 2, w / 2);
-    let x = if h % 2 == 1 || w % 2 == 1 { x.narrow(2, 0, 2 * h2)?.narrow(3, 0, 2 * w2)? } else { x.clone() };
+    let x = if h % 2 == 1 || w % 2 == 1 {
+        x.narrow(2, 0, 2 * h2)?.narrow(3, 0, 2 * w2)?
+    } else {
+        x.clone()
+    };
     x.reshape((b, c, h2, 2, w2, 2))?.max(5)?.max(3)
 }

@@ -9,12 +9,26 @@ fn save_load_round_trip_keeps_predictions_and_infers_the_architecture() {
     let dir = tempfile::tempdir().unwrap();
     for config in [CnnConfig::mnist(), CnnConfig::cifar10()] {
         let (m, vm) = model(config.clone(), 42, DType::F32);
-        let path = dir.path().join(format!("{}.safetensors", config.arch_name()));
+        let path = dir
+            .path()
+            .join(format!("{}.safetensors", config.arch_name()));
         save_model(&vm, &config, &path).unwrap();
         let (m2, _) = load_model(&path, DType::F32, &Device::Cpu).unwrap();
         assert_eq!(m2.config(), &config);
-        let x = rand_tensor(&[3, config.in_channels, config.height, config.width], 1, 0.0, 1.0).to_dtype(DType::F32).unwrap();
-        let d = (m.forward(&x).unwrap() - m2.forward(&x).unwrap()).unwrap().abs().unwrap().max_all().unwrap();
+        let x = rand_tensor(
+            &[3, config.in_channels, config.height, config.width],
+            1,
+            0.0,
+            1.0,
+        )
+        .to_dtype(DType::F32)
+        .unwrap();
+        let d = (m.forward(&x).unwrap() - m2.forward(&x).unwrap())
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap();
         assert_eq!(scalar(&d), 0.0);
         // PyTorch names, layouts and metadata.
         let bytes = std::fs::read(&path).unwrap();
@@ -22,10 +36,26 @@ fn save_load_round_trip_keeps_predictions_and_infers_the_architecture() {
         let mut names = st.names();
         names.sort();
         assert_eq!(names.len(), 14);
-        assert_eq!(st.tensor("conv1.weight").unwrap().shape(), &[config.convs[0], config.in_channels, 3, 3]);
-        assert_eq!(st.tensor("fc1.weight").unwrap().shape(), &[config.hidden[0], config.flat_features()]);
+        assert_eq!(
+            st.tensor("conv1.weight").unwrap().shape(),
+            &[config.convs[0], config.in_channels, 3, 3]
+        );
+        assert_eq!(
+            st.tensor("fc1.weight").unwrap().shape(),
+            &[config.hidden[0], config.flat_features()]
+        );
         let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
-        assert_eq!(meta.metadata().as_ref().unwrap()["sgr.arch"], config.arch_name());
+        let info: serde_json::Value =
+            serde_json::from_str(&meta.metadata().as_ref().unwrap()["sgr"]).unwrap();
+        assert_eq!(info["arch"], config.arch_name());
+        assert_eq!(info["config"]["convs"][0], config.convs[0]);
+        // Same parameters, same bytes.
+        let again = dir.path().join("again.safetensors");
+        save_model(&vm, &config, &again).unwrap();
+        assert!(
+            bytes == std::fs::read(&again).unwrap(),
+            "saving is deterministic"
+        );
     }
 }
 
@@ -34,9 +64,32 @@ fn same_seed_same_model_other_seed_other_model() {
     let a = model(CnnConfig::mnist(), 5, DType::F32).1;
     let b = model(CnnConfig::mnist(), 5, DType::F32).1;
     let c = model(CnnConfig::mnist(), 6, DType::F32).1;
-    let get = |vm: &candle_nn::VarMap| vm.data().lock().unwrap()["conv1.weight"].as_tensor().clone();
-    assert_eq!(scalar(&(get(&a) - get(&b)).unwrap().abs().unwrap().sum_all().unwrap()), 0.0);
-    assert!(scalar(&(get(&a) - get(&c)).unwrap().abs().unwrap().sum_all().unwrap()) > 0.0);
+    let get = |vm: &candle_nn::VarMap| {
+        vm.data().lock().unwrap()["conv1.weight"]
+            .as_tensor()
+            .clone()
+    };
+    assert_eq!(
+        scalar(
+            &(get(&a) - get(&b))
+                .unwrap()
+                .abs()
+                .unwrap()
+                .sum_all()
+                .unwrap()
+        ),
+        0.0
+    );
+    assert!(
+        scalar(
+            &(get(&a) - get(&c))
+                .unwrap()
+                .abs()
+                .unwrap()
+                .sum_all()
+                .unwrap()
+        ) > 0.0
+    );
     // PyTorch's default bound 1/sqrt(fan_in): conv1 fan_in = 9.
     let max = scalar(&get(&a).abs().unwrap().max_all().unwrap());
     assert!(max <= 1.0 / 3.0 && max > 0.3);
@@ -47,15 +100,31 @@ fn bad_checkpoints_give_errors_naming_the_file() {
     let dir = tempfile::tempdir().unwrap();
     let junk = dir.path().join("junk.safetensors");
     std::fs::write(&junk, b"not a safetensors file").unwrap();
-    let msg = load_model(&junk, DType::F32, &Device::Cpu).unwrap_err().to_string();
+    let msg = load_model(&junk, DType::F32, &Device::Cpu)
+        .err()
+        .expect("should fail")
+        .to_string();
     assert!(msg.contains("junk.safetensors"), "{msg}");
     let missing = dir.path().join("missing.safetensors");
-    let msg = load_model(&missing, DType::F32, &Device::Cpu).unwrap_err().to_string();
+    let msg = load_model(&missing, DType::F32, &Device::Cpu)
+        .err()
+        .expect("should fail")
+        .to_string();
     assert!(msg.contains("missing.safetensors"), "{msg}");
     // A file with a tensor missing.
     let t = candle_core::Tensor::zeros((32, 1, 3, 3), DType::F32, &Device::Cpu).unwrap();
     let partial = dir.path().join("partial.safetensors");
-    candle_core::safetensors::save(&[("conv1.weight".to_string(), t)].into_iter().collect(), &partial).unwrap();
-    let msg = load_model(&partial, DType::F32, &Device::Cpu).unwrap_err().to_string();
-    assert!(msg.contains("partial.safetensors") && msg.contains("conv2.weight"), "{msg}");
+    candle_core::safetensors::save(
+        &[("conv1.weight".to_string(), t)].into_iter().collect(),
+        &partial,
+    )
+    .unwrap();
+    let msg = load_model(&partial, DType::F32, &Device::Cpu)
+        .err()
+        .expect("should fail")
+        .to_string();
+    assert!(
+        msg.contains("partial.safetensors") && msg.contains("conv2.weight"),
+        "{msg}"
+    );
 }

@@ -16,7 +16,12 @@ pub struct AdamConfig {
 impl Default for AdamConfig {
     /// The paper's learning rate 1e-3 and the usual moments (PyTorch's defaults).
     fn default() -> Self {
-        Self { lr: 1e-3, beta1: 0.9, beta2: 0.999, eps: 1e-8 }
+        Self {
+            lr: 1e-3,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+        }
     }
 }
 
@@ -34,13 +39,27 @@ pub struct Adam {
 impl Adam {
     pub fn new(mut vars: Vec<(String, Var)>, config: AdamConfig) -> Result<Self> {
         vars.sort_by(|a, b| a.0.cmp(&b.0));
-        let m = vars.iter().map(|(_, v)| v.as_tensor().zeros_like()).collect::<Result<Vec<_>>>()?;
+        let m = vars
+            .iter()
+            .map(|(_, v)| v.as_tensor().zeros_like())
+            .collect::<Result<Vec<_>>>()?;
         let v = m.clone();
-        Ok(Self { config, vars, m, v, step: 0 })
+        Ok(Self {
+            config,
+            vars,
+            m,
+            v,
+            step: 0,
+        })
     }
 
     pub fn config(&self) -> &AdamConfig {
         &self.config
+    }
+
+    /// Changes the learning rate for the following steps (for schedules).
+    pub fn set_lr(&mut self, lr: f64) {
+        self.config.lr = lr;
     }
 
     pub fn step_count(&self) -> u64 {
@@ -50,13 +69,20 @@ impl Adam {
     /// One update from the gradients in `grads`.
     pub fn step(&mut self, grads: &GradStore) -> Result<()> {
         self.step += 1;
-        let AdamConfig { lr, beta1, beta2, eps } = self.config;
+        let AdamConfig {
+            lr,
+            beta1,
+            beta2,
+            eps,
+        } = self.config;
         let bc1 = 1.0 - beta1.powi(self.step as i32);
         let bc2 = 1.0 - beta2.powi(self.step as i32);
         for (i, (name, var)) in self.vars.iter().enumerate() {
             let g = grads
                 .get(var.as_tensor())
-                .ok_or_else(|| candle_core::Error::Msg(format!("Adam: no gradient for parameter {name}")))?
+                .ok_or_else(|| {
+                    candle_core::Error::Msg(format!("Adam: no gradient for parameter {name}"))
+                })?
                 .detach();
             let m = ((&self.m[i] * beta1)? + (&g * (1.0 - beta1))?)?;
             let v = ((&self.v[i] * beta2)? + (g.sqr()? * (1.0 - beta2))?)?;
@@ -77,19 +103,34 @@ impl Adam {
             out.insert(format!("adam.v.{name}"), self.v[i].clone());
         }
         let step = [(self.step >> 32) as u32, self.step as u32];
-        out.insert("adam.step".into(), Tensor::new(&step, &candle_core::Device::Cpu)?);
+        out.insert(
+            "adam.step".into(),
+            Tensor::new(&step, &candle_core::Device::Cpu)?,
+        );
         Ok(out)
     }
 
     /// Restores a state written by [`Adam::state`].
     pub fn load_state(&mut self, state: &HashMap<String, Tensor>) -> Result<()> {
-        let get = |k: &str| state.get(k).ok_or_else(|| candle_core::Error::Msg(format!("optimizer state lacks {k}")));
+        let get = |k: &str| {
+            state
+                .get(k)
+                .ok_or_else(|| candle_core::Error::Msg(format!("optimizer state lacks {k}")))
+        };
         for (i, (name, var)) in self.vars.iter().enumerate() {
             let t = var.as_tensor();
-            let m = get(&format!("adam.m.{name}"))?.to_dtype(t.dtype())?.to_device(t.device())?;
-            let v = get(&format!("adam.v.{name}"))?.to_dtype(t.dtype())?.to_device(t.device())?;
+            let m = get(&format!("adam.m.{name}"))?
+                .to_dtype(t.dtype())?
+                .to_device(t.device())?;
+            let v = get(&format!("adam.v.{name}"))?
+                .to_dtype(t.dtype())?
+                .to_device(t.device())?;
             if m.dims() != t.dims() || v.dims() != t.dims() {
-                candle_core::bail!("optimizer state for {name} has shape {:?}, parameter has {:?}", m.dims(), t.dims());
+                candle_core::bail!(
+                    "optimizer state for {name} has shape {:?}, parameter has {:?}",
+                    m.dims(),
+                    t.dims()
+                );
             }
             self.m[i] = m;
             self.v[i] = v;

@@ -18,17 +18,33 @@ pub enum TrainError {
     },
     #[error("{path}: {reason}")]
     BadRecord { path: PathBuf, reason: String },
-    #[error("{dir} already holds a run (run.json); pass --resume to continue it or choose another --out")]
+    #[error(
+        "{dir} already holds a run (run.json); pass --resume to continue it or choose another --out"
+    )]
     RunExists { dir: PathBuf },
     #[error("--resume: {dir} holds no run.json to resume from")]
     NothingToResume { dir: PathBuf },
-    #[error("--resume: {flag} is {given} but the run in {dir} was started with {stored}; drop the flag or use another --out")]
-    ResumeMismatch { dir: PathBuf, flag: &'static str, given: String, stored: String },
+    #[error(
+        "--resume: {flag} is {given} but the run in {dir} was started with {stored}; drop the flag or use another --out"
+    )]
+    ResumeMismatch {
+        dir: PathBuf,
+        flag: &'static str,
+        given: String,
+        stored: String,
+    },
     #[error(
         "loss became {value} at epoch {epoch}, step {step}; training stopped. The last good checkpoint \
          (after {epochs_done} epochs, {steps_done} steps) is kept in {dir}. Try a smaller --lr or regularisation strength"
     )]
-    NonFinite { value: f64, epoch: usize, step: u64, epochs_done: usize, steps_done: u64, dir: PathBuf },
+    NonFinite {
+        value: f64,
+        epoch: usize,
+        step: u64,
+        epochs_done: usize,
+        steps_done: u64,
+        dir: PathBuf,
+    },
     #[error("{0}")]
     Config(String),
 }

@@ -17,6 +17,15 @@ mod trainer;
 
 pub use adam::{Adam, AdamConfig};
 pub use error::{Result, TrainError};
-pub use method::{Clean, METHODS, Method, MethodOptions, StepInput, StepOutput, UnknownMethod, WeightDecay, build_method, cross_entropy};
-pub use run::{EpochRecord, MODEL_FILE, PartialEpoch, RUN_FILE, RunRecord, RunStatus, STATE_FILE, model_path, read_record};
-pub use trainer::{Event, Observer, Quiet, TrainArgs, count_correct, default_epochs, evaluate, train};
+pub use method::{
+    Clean, METHODS, Method, MethodOptions, StepInput, StepOutput, UnknownMethod, WeightDecay,
+    build_method, cross_entropy,
+};
+pub use run::{
+    EpochRecord, LrSchedule, MODEL_FILE, PartialEpoch, RUN_FILE, RunRecord, RunStatus, STATE_FILE,
+    model_path, read_record,
+};
+pub use trainer::{
+    Event, Observer, Quiet, TrainArgs, count_correct, default_epochs, default_lr_schedule,
+    evaluate, train,
+};

@@ -28,7 +28,10 @@ pub struct StepInput<'a> {
 
 impl std::fmt::Debug for StepInput<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("StepInput").field("x", &self.x.shape()).field("step", &self.step).finish_non_exhaustive()
+        f.debug_struct("StepInput")
+            .field("x", &self.x.shape())
+            .field("step", &self.step)
+            .finish_non_exhaustive()
     }
 }
 
@@ -80,7 +83,11 @@ pub fn build_method(
     match name {
         "clean" => Ok(Box::new(Clean { options })),
         "wdecay" => {
-            let default = if dataset == DatasetName::Cifar10 { 5e-4 } else { 2e-4 };
+            let default = if dataset == DatasetName::Cifar10 {
+                5e-4
+            } else {
+                2e-4
+            };
             options.weight_decay.get_or_insert(default);
             Ok(Box::new(WeightDecay { options }))
         }
@@ -109,7 +116,11 @@ impl Method for Clean {
     fn loss(&mut self, input: &StepInput<'_>) -> Result<StepOutput> {
         let logits = input.model.forward(input.x)?;
         let loss = cross_entropy(&logits, input.y)?;
-        Ok(StepOutput { loss, logits, metrics: vec![] })
+        Ok(StepOutput {
+            loss,
+            logits,
+            metrics: vec![],
+        })
     }
 }
 
@@ -132,8 +143,15 @@ impl Method for WeightDecay {
         let logits = input.model.forward(input.x)?;
         let ce = cross_entropy(&logits, input.y)?;
         let weights: Vec<Var> = {
-            let data = input.params.data().lock().map_err(|_| candle_core::Error::Msg("VarMap lock poisoned".into()))?;
-            let mut named: Vec<_> = data.iter().filter(|(n, _)| n.ends_with(".weight")).collect();
+            let data = input
+                .params
+                .data()
+                .lock()
+                .map_err(|_| candle_core::Error::Msg("VarMap lock poisoned".into()))?;
+            let mut named: Vec<_> = data
+                .iter()
+                .filter(|(n, _)| n.ends_with(".weight"))
+                .collect();
             named.sort_by(|a, b| a.0.cmp(b.0));
             named.into_iter().map(|(_, v)| v.clone()).collect()
         };
@@ -143,6 +161,10 @@ impl Method for WeightDecay {
         }
         let penalty = (l2 * (wd / 2.0))?;
         let loss = (&ce + &penalty)?;
-        Ok(StepOutput { loss, logits, metrics: vec![("l2_penalty".into(), penalty)] })
+        Ok(StepOutput {
+            loss,
+            logits,
+            metrics: vec![("l2_penalty".into(), penalty)],
+        })
     }
 }

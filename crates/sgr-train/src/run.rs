@@ -54,6 +54,51 @@ pub enum RunStatus {
     Complete,
 }
 
+/// How the learning rate evolves over the run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LrSchedule {
+    /// The paper's constant rate.
+    Constant,
+    /// Half-cosine decay from the base rate to 0 over all steps of the run (`lr·(1 + cos(π·t/T))/2`).
+    Cosine,
+}
+
+impl LrSchedule {
+    /// The rate for step `t` (0-based) of `total` steps.
+    pub fn lr_at(self, base: f64, t: u64, total: u64) -> f64 {
+        match self {
+            LrSchedule::Constant => base,
+            LrSchedule::Cosine => {
+                let frac = (t as f64 / total.max(1) as f64).min(1.0);
+                base * 0.5 * (1.0 + (std::f64::consts::PI * frac).cos())
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for LrSchedule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            LrSchedule::Constant => "constant",
+            LrSchedule::Cosine => "cosine",
+        })
+    }
+}
+
+impl std::str::FromStr for LrSchedule {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "constant" => Ok(LrSchedule::Constant),
+            "cosine" => Ok(LrSchedule::Cosine),
+            other => Err(format!(
+                "unknown learning-rate schedule '{other}': expected constant or cosine"
+            )),
+        }
+    }
+}
+
 /// Everything about a run: `run.json`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct RunRecord {
@@ -67,7 +112,9 @@ pub struct RunRecord {
     pub image_shape: [usize; 3],
     pub epochs: usize,
     pub batch_size: usize,
+    /// Adam's settings; `optimizer.lr` is the base learning rate of the schedule.
     pub optimizer: AdamConfig,
+    pub lr_schedule: LrSchedule,
     pub seed: u64,
     pub augment: Augment,
     pub device: String,
@@ -90,13 +137,22 @@ impl RunRecord {
 
 pub fn read_record(dir: &Path) -> Result<RunRecord> {
     let path = dir.join(RUN_FILE);
-    let text = std::fs::read_to_string(&path).map_err(|source| TrainError::Io { path: path.clone(), source })?;
-    serde_json::from_str(&text).map_err(|e| TrainError::BadRecord { path, reason: e.to_string() })
+    let text = std::fs::read_to_string(&path).map_err(|source| TrainError::Io {
+        path: path.clone(),
+        source,
+    })?;
+    serde_json::from_str(&text).map_err(|e| TrainError::BadRecord {
+        path,
+        reason: e.to_string(),
+    })
 }
 
 pub(crate) fn write_record(dir: &Path, record: &RunRecord) -> Result<()> {
     let path = dir.join(RUN_FILE);
-    let text = serde_json::to_string_pretty(record).map_err(|e| TrainError::BadRecord { path: path.clone(), reason: e.to_string() })?;
+    let text = serde_json::to_string_pretty(record).map_err(|e| TrainError::BadRecord {
+        path: path.clone(),
+        reason: e.to_string(),
+    })?;
     write_atomic(&path, text.as_bytes()).map_err(|source| TrainError::Io { path, source })
 }
 
@@ -106,18 +162,35 @@ pub(crate) fn write_tensors(path: &Path, tensors: &HashMap<String, Tensor>) -> R
         named.push((k, t.to_device(&Device::Cpu)?));
     }
     named.sort_by(|a, b| a.0.cmp(b.0));
-    let bytes = safetensors::serialize(named.iter().map(|(n, t)| (n.as_str(), t)), None)
-        .map_err(|e| TrainError::BadRecord { path: path.to_owned(), reason: e.to_string() })?;
-    write_atomic(path, &bytes).map_err(|source| TrainError::Io { path: path.to_owned(), source })
+    let bytes =
+        safetensors::serialize(named.iter().map(|(n, t)| (n.as_str(), t)), None).map_err(|e| {
+            TrainError::BadRecord {
+                path: path.to_owned(),
+                reason: e.to_string(),
+            }
+        })?;
+    write_atomic(path, &bytes).map_err(|source| TrainError::Io {
+        path: path.to_owned(),
+        source,
+    })
 }
 
 pub(crate) fn read_tensors(path: &Path) -> Result<HashMap<String, Tensor>> {
-    let bytes = std::fs::read(path).map_err(|source| TrainError::Io { path: path.to_owned(), source })?;
-    candle_core::safetensors::load_buffer(&bytes, &Device::Cpu)
-        .map_err(|e| TrainError::BadRecord { path: path.to_owned(), reason: e.to_string() })
+    let bytes = std::fs::read(path).map_err(|source| TrainError::Io {
+        path: path.to_owned(),
+        source,
+    })?;
+    candle_core::safetensors::load_buffer(&bytes, &Device::Cpu).map_err(|e| TrainError::BadRecord {
+        path: path.to_owned(),
+        reason: e.to_string(),
+    })
 }
 
 /// The model file of a checkpoint given as a folder or a file.
 pub fn model_path(checkpoint: &Path) -> PathBuf {
-    if checkpoint.is_dir() { checkpoint.join(MODEL_FILE) } else { checkpoint.to_owned() }
+    if checkpoint.is_dir() {
+        checkpoint.join(MODEL_FILE)
+    } else {
+        checkpoint.to_owned()
+    }
 }

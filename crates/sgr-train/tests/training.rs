@@ -7,7 +7,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use candle_core::{DType, Device, Tensor, Var};
 use sgr_data::DatasetName;
-use sgr_train::{Adam, AdamConfig, Event, MethodOptions, Observer, Quiet, RunStatus, TrainArgs, read_record, train};
+use sgr_train::{
+    Adam, AdamConfig, Event, LrSchedule, MethodOptions, Observer, Quiet, RunStatus, TrainArgs,
+    read_record, train,
+};
 
 fn small_args(epochs: usize) -> TrainArgs {
     TrainArgs {
@@ -19,6 +22,9 @@ fn small_args(epochs: usize) -> TrainArgs {
         test_limit: Some(100),
         seed: Some(3),
         augment: Some("crop".into()),
+        // Extending a run (--resume --epochs) keeps a constant rate exact; a cosine schedule's horizon
+        // changes with the epoch count (checked separately below).
+        lr_schedule: Some(LrSchedule::Constant),
         ..TrainArgs::default()
     }
 }
@@ -57,33 +63,100 @@ fn training_is_deterministic_and_resumes_exactly() {
     // Same seed, same bytes.
     let again = tempfile::tempdir().unwrap();
     train(small_args(2), again.path(), false, &no, &mut Quiet).unwrap();
-    assert_eq!(model_bytes(straight.path()), model_bytes(again.path()));
+    assert!(
+        model_bytes(straight.path()) == model_bytes(again.path()),
+        "model files differ"
+    );
 
     // Another seed, other bytes.
     let other = tempfile::tempdir().unwrap();
-    train(TrainArgs { seed: Some(4), ..small_args(1) }, other.path(), false, &no, &mut Quiet).unwrap();
-    assert_ne!(model_bytes(straight.path()), model_bytes(other.path()));
+    train(
+        TrainArgs {
+            seed: Some(4),
+            ..small_args(1)
+        },
+        other.path(),
+        false,
+        &no,
+        &mut Quiet,
+    )
+    .unwrap();
+    assert!(
+        model_bytes(straight.path()) != model_bytes(other.path()),
+        "model files should differ"
+    );
 
     // One epoch, then --resume to two: identical to two straight.
     let split = tempfile::tempdir().unwrap();
     train(small_args(1), split.path(), false, &no, &mut Quiet).unwrap();
-    let resumed = train(TrainArgs { epochs: Some(2), ..TrainArgs::default() }, split.path(), true, &no, &mut Quiet).unwrap();
-    assert_eq!(model_bytes(straight.path()), model_bytes(split.path()));
-    let metrics = |h: &[sgr_train::EpochRecord]| h.iter().map(|e| (e.loss, e.train_accuracy, e.test_accuracy)).collect::<Vec<_>>();
+    let resumed = train(
+        TrainArgs {
+            epochs: Some(2),
+            ..TrainArgs::default()
+        },
+        split.path(),
+        true,
+        &no,
+        &mut Quiet,
+    )
+    .unwrap();
+    assert!(
+        model_bytes(straight.path()) == model_bytes(split.path()),
+        "model files differ"
+    );
+    let metrics = |h: &[sgr_train::EpochRecord]| {
+        h.iter()
+            .map(|e| (e.loss, e.train_accuracy, e.test_accuracy))
+            .collect::<Vec<_>>()
+    };
     assert_eq!(metrics(&resumed.history), metrics(&r.history));
 
-    // Interrupted mid-epoch (after 3 of 5 steps of epoch 1), then resumed: identical again.
+    // Interrupted mid-epoch (after 3 of 5 steps of epoch 1), then resumed: identical again, here with the
+    // cosine schedule.
+    let cosine = || TrainArgs {
+        lr_schedule: Some(LrSchedule::Cosine),
+        ..small_args(2)
+    };
+    let straight = tempfile::tempdir().unwrap();
+    let r = train(cosine(), straight.path(), false, &no, &mut Quiet).unwrap();
     let interrupted = tempfile::tempdir().unwrap();
     let stop = AtomicBool::new(false);
-    let rec = train(small_args(2), interrupted.path(), false, &stop, &mut StopAfter { after: 3, seen: 0, stop: &stop }).unwrap();
-    assert_eq!((rec.status, rec.steps_done, rec.partial.batches), (RunStatus::Interrupted, 3, 3));
+    let rec = train(
+        cosine(),
+        interrupted.path(),
+        false,
+        &stop,
+        &mut StopAfter {
+            after: 3,
+            seen: 0,
+            stop: &stop,
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        (rec.status, rec.steps_done, rec.partial.batches),
+        (RunStatus::Interrupted, 3, 3)
+    );
     let on_disk = read_record(interrupted.path()).unwrap();
     assert_eq!(on_disk.status, RunStatus::Interrupted);
     assert_eq!(on_disk.steps_done, 3);
-    let done = train(TrainArgs::default(), interrupted.path(), true, &no, &mut Quiet).unwrap();
+    let done = train(
+        TrainArgs::default(),
+        interrupted.path(),
+        true,
+        &no,
+        &mut Quiet,
+    )
+    .unwrap();
     assert_eq!(done.status, RunStatus::Complete);
-    assert_eq!(model_bytes(straight.path()), model_bytes(interrupted.path()));
-    assert_eq!(done.history[0].loss, r.history[0].loss, "epoch metrics survive the interruption");
+    assert!(
+        model_bytes(straight.path()) == model_bytes(interrupted.path()),
+        "model files differ"
+    );
+    assert_eq!(
+        done.history[0].loss, r.history[0].loss,
+        "epoch metrics survive the interruption"
+    );
     assert_eq!(done.history[1].test_accuracy, r.history[1].test_accuracy);
 }
 
@@ -93,30 +166,75 @@ fn refuses_to_overwrite_and_to_resume_with_other_settings() {
     let dir = tempfile::tempdir().unwrap();
     train(small_args(1), dir.path(), false, &no, &mut Quiet).unwrap();
     let before = model_bytes(dir.path());
-    let msg = train(small_args(1), dir.path(), false, &no, &mut Quiet).unwrap_err().to_string();
-    assert!(msg.contains("--resume") && msg.contains(&dir.path().display().to_string()), "{msg}");
-    let msg = train(TrainArgs { lr: Some(0.5), ..TrainArgs::default() }, dir.path(), true, &no, &mut Quiet)
+    let msg = train(small_args(1), dir.path(), false, &no, &mut Quiet)
         .unwrap_err()
         .to_string();
-    assert!(msg.contains("--lr") && msg.contains("0.5") && msg.contains("0.001"), "{msg}");
-    let msg = train(TrainArgs { method: Some("wdecay".into()), ..TrainArgs::default() }, dir.path(), true, &no, &mut Quiet)
-        .unwrap_err()
-        .to_string();
+    assert!(
+        msg.contains("--resume") && msg.contains(&dir.path().display().to_string()),
+        "{msg}"
+    );
+    let msg = train(
+        TrainArgs {
+            lr: Some(0.5),
+            ..TrainArgs::default()
+        },
+        dir.path(),
+        true,
+        &no,
+        &mut Quiet,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        msg.contains("--lr") && msg.contains("0.5") && msg.contains("0.001"),
+        "{msg}"
+    );
+    let msg = train(
+        TrainArgs {
+            method: Some("wdecay".into()),
+            ..TrainArgs::default()
+        },
+        dir.path(),
+        true,
+        &no,
+        &mut Quiet,
+    )
+    .unwrap_err()
+    .to_string();
     assert!(msg.contains("--method"), "{msg}");
-    assert_eq!(before, model_bytes(dir.path()), "failed attempts leave the run untouched");
+    assert!(
+        before == model_bytes(dir.path()),
+        "failed attempts leave the run untouched"
+    );
     let empty = tempfile::tempdir().unwrap();
-    let msg = train(TrainArgs::default(), empty.path(), true, &no, &mut Quiet).unwrap_err().to_string();
-    assert!(msg.contains("no run.json"), "{msg}");
-    let msg = train(TrainArgs { method: Some("magic".into()), ..small_args(1) }, empty.path(), false, &no, &mut Quiet)
+    let msg = train(TrainArgs::default(), empty.path(), true, &no, &mut Quiet)
         .unwrap_err()
         .to_string();
+    assert!(msg.contains("no run.json"), "{msg}");
+    let msg = train(
+        TrainArgs {
+            method: Some("magic".into()),
+            ..small_args(1)
+        },
+        empty.path(),
+        false,
+        &no,
+        &mut Quiet,
+    )
+    .unwrap_err()
+    .to_string();
     assert!(msg.contains("magic") && msg.contains("clean"), "{msg}");
 }
 
 #[test]
 fn adam_matches_hand_computed_updates_and_restores_exactly() {
     let w = Var::from_tensor(&Tensor::new(&[1.0f64, -2.0], &Device::Cpu).unwrap()).unwrap();
-    let cfg = AdamConfig { lr: 0.1, beta1: 0.9, beta2: 0.999, eps: 1e-8 };
+    let cfg = AdamConfig {
+        lr: 0.1,
+        beta1: 0.9,
+        beta2: 0.999,
+        eps: 1e-8,
+    };
     let mut adam = Adam::new(vec![("w".into(), w.clone())], cfg.clone()).unwrap();
     // Loss Σ c·w with c = [3, −0.5]: constant gradient, so m̂ = g and v̂ = g² at every step and each step
     // moves w by −lr·g/(|g| + eps).
@@ -139,7 +257,17 @@ fn adam_matches_hand_computed_updates_and_restores_exactly() {
         m = 0.9 * m + 0.1 * g;
         v = 0.999 * v + 0.001 * g * g;
         x -= 0.1 * (m / (1.0 - 0.9f64.powi(t))) / ((v / (1.0 - 0.999f64.powi(t))).sqrt() + 1e-8);
-        adam2.step(&w2.as_tensor().sqr().unwrap().sum_all().unwrap().backward().unwrap()).unwrap();
+        adam2
+            .step(
+                &w2.as_tensor()
+                    .sqr()
+                    .unwrap()
+                    .sum_all()
+                    .unwrap()
+                    .backward()
+                    .unwrap(),
+            )
+            .unwrap();
     }
     assert!((w2.as_tensor().to_vec1::<f64>().unwrap()[0] - x).abs() < 1e-12);
 
@@ -151,12 +279,18 @@ fn adam_matches_hand_computed_updates_and_restores_exactly() {
     assert_eq!(restored.step_count(), 3);
     adam.step(&loss(&w).backward().unwrap()).unwrap();
     restored.step(&loss(&w_copy).backward().unwrap()).unwrap();
-    assert_eq!(w.as_tensor().to_vec1::<f64>().unwrap(), w_copy.as_tensor().to_vec1::<f64>().unwrap());
+    assert_eq!(
+        w.as_tensor().to_vec1::<f64>().unwrap(),
+        w_copy.as_tensor().to_vec1::<f64>().unwrap()
+    );
 
     // A parameter without a gradient is an error, not a silent skip.
     let orphan = Var::from_tensor(&Tensor::new(&[1.0f64], &Device::Cpu).unwrap()).unwrap();
     let mut a3 = Adam::new(vec![("orphan".into(), orphan)], AdamConfig::default()).unwrap();
-    let msg = a3.step(&loss(&w).backward().unwrap()).unwrap_err().to_string();
+    let msg = a3
+        .step(&loss(&w).backward().unwrap())
+        .unwrap_err()
+        .to_string();
     assert!(msg.contains("orphan"), "{msg}");
 }
 
@@ -171,12 +305,29 @@ fn weight_decay_adds_half_wd_times_squared_weights() {
     let model = Cnn::new(cfg, VarBuilder::from_varmap(&vm, DType::F64, &Device::Cpu)).unwrap();
     let x = Tensor::rand(0f64, 1f64, (4, 1, 28, 28), &Device::Cpu).unwrap();
     let y = Tensor::new(&[0u32, 1, 2, 3], &Device::Cpu).unwrap();
-    let input = StepInput { model: &model, params: &vm, x: &x, y: &y, step: 0 };
-    let clean = build_method("clean", DatasetName::Mnist, MethodOptions::default()).unwrap().loss(&input).unwrap();
+    let input = StepInput {
+        model: &model,
+        params: &vm,
+        x: &x,
+        y: &y,
+        step: 0,
+    };
+    let clean = build_method("clean", DatasetName::Mnist, MethodOptions::default())
+        .unwrap()
+        .loss(&input)
+        .unwrap();
     let mut wd = build_method("wdecay", DatasetName::Mnist, MethodOptions::default()).unwrap();
-    assert_eq!(wd.options().weight_decay, Some(2e-4), "paper's MNIST default");
+    assert_eq!(
+        wd.options().weight_decay,
+        Some(2e-4),
+        "paper's MNIST default"
+    );
     let cifar = build_method("wdecay", DatasetName::Cifar10, MethodOptions::default()).unwrap();
-    assert_eq!(cifar.options().weight_decay, Some(5e-4), "paper's CIFAR-10 default");
+    assert_eq!(
+        cifar.options().weight_decay,
+        Some(5e-4),
+        "paper's CIFAR-10 default"
+    );
     let out = wd.loss(&input).unwrap();
     let sq: f64 = vm
         .data()
@@ -184,7 +335,15 @@ fn weight_decay_adds_half_wd_times_squared_weights() {
         .unwrap()
         .iter()
         .filter(|(n, _)| n.ends_with("weight"))
-        .map(|(_, v)| v.as_tensor().sqr().unwrap().sum_all().unwrap().to_scalar::<f64>().unwrap())
+        .map(|(_, v)| {
+            v.as_tensor()
+                .sqr()
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar::<f64>()
+                .unwrap()
+        })
         .sum();
     let expected = clean.loss.to_scalar::<f64>().unwrap() + 1e-4 * sq;
     assert!((out.loss.to_scalar::<f64>().unwrap() - expected).abs() < 1e-12);

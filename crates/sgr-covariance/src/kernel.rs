@@ -1,0 +1,522 @@
+//! Stationary covariances on images and the fast product `Σ v` as a differentiable Candle op.
+//!
+//! A [`KernelSet`] stands for `Σ[(c,p),(c',q)] = K_{cc'}(q − p)` on `C × H × W` images, with displacements
+//! `|dy| ≤ ry`, `|dx| ≤ rx` (zero beyond). `Σ v` is then `out_c(p) = Σ_{c'} Σ_δ K_{cc'}(δ) v_{c'}(p + δ)`: a 2-D
+//! correlation per channel pair with zero padding at the borders. With intra/inter structure
+//! (`K_{cc} = K_intra`, `K_{cc'} = K_inter`), `out_c = (K_intra − K_inter) ⋆ v_c + K_inter ⋆ Σ_{c'} v_{c'}` needs
+//! `C + 1` correlations instead of `C²`. Small kernels run as direct correlations (row-wise axpy, parallel over
+//! the batch); large ones through FFTs.
+
+use std::sync::{Arc, OnceLock};
+
+use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Shape, Tensor};
+use rayon::prelude::*;
+use rustfft::num_complex::Complex64;
+
+use crate::error::{CovError, Result};
+use crate::fft::{Plan2d, fast_len};
+
+/// How channels relate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ChannelStructure {
+    /// One kernel for equal channels, one for different channels (Fig. 2 of the paper).
+    IntraInter,
+    /// A full `C × C` table of kernels, `K_{c'c}(−δ) = K_{cc'}(δ)`.
+    Full,
+}
+
+impl ChannelStructure {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChannelStructure::IntraInter => "intra-inter",
+            ChannelStructure::Full => "full",
+        }
+    }
+}
+
+/// Kernel tables of a stationary covariance; see the module documentation.
+#[derive(Clone, Debug)]
+pub struct KernelSet {
+    pub(crate) c: usize,
+    pub(crate) h: usize,
+    pub(crate) w: usize,
+    pub(crate) ry: usize,
+    pub(crate) rx: usize,
+    pub(crate) structure: ChannelStructure,
+    /// IntraInter: `[intra, inter]`; Full: `C·C` tables, row-major over `(c, c')`. Each table is
+    /// `(2ry+1) × (2rx+1)`, entry `(dy + ry, dx + rx)`.
+    pub(crate) tables: Vec<f64>,
+    fft: Arc<OnceLock<FftKernels>>,
+}
+
+#[derive(Debug)]
+struct FftKernels {
+    plan: Plan2d,
+    /// Transforms of the (flipped, wrapped) kernels: IntraInter `[intra − inter, inter]` (or `[intra]` for
+    /// C = 1); Full `C·C`.
+    spectra: Vec<Vec<Complex64>>,
+}
+
+impl KernelSet {
+    /// Builds a kernel set, checking sizes, finiteness and symmetry (`Σ` must be symmetric for the product's
+    /// gradient to be the product itself).
+    pub fn new(
+        (c, h, w): (usize, usize, usize),
+        (ry, rx): (usize, usize),
+        structure: ChannelStructure,
+        tables: Vec<f64>,
+    ) -> Result<Self> {
+        if c == 0 || h == 0 || w == 0 {
+            return Err(CovError::Invalid(format!("empty image shape {c}x{h}x{w}")));
+        }
+        let (ry, rx) = (ry.min(h - 1), rx.min(w - 1));
+        let n = match structure {
+            ChannelStructure::IntraInter => 2,
+            ChannelStructure::Full => c * c,
+        };
+        let _ = n;
+        let ks = Self {
+            c,
+            h,
+            w,
+            ry,
+            rx,
+            structure,
+            tables,
+            fft: Arc::new(OnceLock::new()),
+        };
+        let expected = ks.n_tables() * ks.table_len();
+        if ks.tables.len() != expected {
+            return Err(CovError::Shape {
+                what: "kernel tables",
+                got: vec![ks.tables.len()],
+                expected: format!(
+                    "{} tables of {}x{} = {expected} values",
+                    ks.n_tables(),
+                    2 * ry + 1,
+                    2 * rx + 1
+                ),
+            });
+        }
+        if ks.tables.iter().any(|v| !v.is_finite()) {
+            return Err(CovError::NonFinite {
+                what: "kernel tables",
+            });
+        }
+        ks.check_symmetry()?;
+        Ok(ks)
+    }
+
+    pub fn shape(&self) -> (usize, usize, usize) {
+        (self.c, self.h, self.w)
+    }
+
+    pub fn dim(&self) -> usize {
+        self.c * self.h * self.w
+    }
+
+    pub fn half_extent(&self) -> (usize, usize) {
+        (self.ry, self.rx)
+    }
+
+    pub fn structure(&self) -> ChannelStructure {
+        self.structure
+    }
+
+    pub(crate) fn n_tables(&self) -> usize {
+        match self.structure {
+            ChannelStructure::IntraInter => 2,
+            ChannelStructure::Full => self.c * self.c,
+        }
+    }
+
+    pub(crate) fn table_len(&self) -> usize {
+        (2 * self.ry + 1) * (2 * self.rx + 1)
+    }
+
+    fn table(&self, k: usize) -> &[f64] {
+        let n = self.table_len();
+        &self.tables[k * n..(k + 1) * n]
+    }
+
+    /// `K_{cc'}(dy, dx)`, zero outside the extent.
+    pub fn value(&self, c: usize, c2: usize, dy: i64, dx: i64) -> f64 {
+        if dy.unsigned_abs() as usize > self.ry || dx.unsigned_abs() as usize > self.rx {
+            return 0.0;
+        }
+        let k = match self.structure {
+            ChannelStructure::IntraInter => usize::from(c != c2),
+            ChannelStructure::Full => c * self.c + c2,
+        };
+        let idx =
+            (dy + self.ry as i64) as usize * (2 * self.rx + 1) + (dx + self.rx as i64) as usize;
+        self.table(k)[idx]
+    }
+
+    fn check_symmetry(&self) -> Result<()> {
+        let scale = self
+            .tables
+            .iter()
+            .fold(0f64, |m, v| m.max(v.abs()))
+            .max(f64::MIN_POSITIVE);
+        let (ry, rx) = (self.ry as i64, self.rx as i64);
+        for c in 0..self.c {
+            for c2 in 0..self.c {
+                for dy in -ry..=ry {
+                    for dx in -rx..=rx {
+                        let a = self.value(c, c2, dy, dx);
+                        let b = self.value(c2, c, -dy, -dx);
+                        if (a - b).abs() > 1e-9 * scale {
+                            return Err(CovError::NotSymmetric(format!(
+                                "K[{c},{c2}]({dy},{dx}) = {a} but K[{c2},{c}]({},{}) = {b}",
+                                -dy, -dx
+                            )));
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Mean of the diagonal of `Σ`: the average of `K_{cc}(0)` over channels.
+    pub fn mean_diag(&self) -> f64 {
+        (0..self.c).map(|c| self.value(c, c, 0, 0)).sum::<f64>() / self.c as f64
+    }
+
+    /// The same covariance times `s`.
+    pub fn scaled(&self, s: f64) -> Self {
+        Self {
+            tables: self.tables.iter().map(|v| v * s).collect(),
+            fft: Arc::new(OnceLock::new()),
+            ..self.clone()
+        }
+    }
+
+    /// The `d × d` matrix (f64, CPU), `d = C·H·W`, indices in `(c, i, j)` row-major order.
+    pub fn to_dense(&self) -> Result<Tensor> {
+        let (c, h, w) = (self.c, self.h, self.w);
+        let d = self.dim();
+        let mut m = vec![0f64; d * d];
+        for a in 0..d {
+            let (ca, ia, ja) = (a / (h * w), (a / w) % h, a % w);
+            for b in 0..d {
+                let (cb, ib, jb) = (b / (h * w), (b / w) % h, b % w);
+                m[a * d + b] = self.value(ca, cb, ib as i64 - ia as i64, jb as i64 - ja as i64);
+            }
+        }
+        let _ = c;
+        Ok(Tensor::from_vec(m, (d, d), &Device::Cpu)?)
+    }
+
+    /// The kernel as a `(C, C, 2r+1, 2r+1)` convolution weight with `r = max(ry, rx)`, for the reference path.
+    pub fn conv_weight(&self, dtype: DType, device: &Device) -> Result<(Tensor, usize)> {
+        let r = self.ry.max(self.rx);
+        let k = 2 * r + 1;
+        let c = self.c;
+        let mut wv = vec![0f64; c * c * k * k];
+        for a in 0..c {
+            for b in 0..c {
+                for dy in -(r as i64)..=r as i64 {
+                    for dx in -(r as i64)..=r as i64 {
+                        wv[((a * c + b) * k + (dy + r as i64) as usize) * k
+                            + (dx + r as i64) as usize] = self.value(a, b, dy, dx);
+                    }
+                }
+            }
+        }
+        Ok((
+            Tensor::from_vec(wv, (c, c, k, k), device)?.to_dtype(dtype)?,
+            r,
+        ))
+    }
+
+    /// `Σ v` for `v` of shape `(B, C, H, W)` or `(B, C·H·W)`, differentiable to any order. On CPU a
+    /// custom op; on other devices the reference composition of tensor ops ([`KernelSet::matvec_reference`]).
+    pub fn matvec(self: &Arc<Self>, v: &Tensor) -> Result<Tensor> {
+        let dims = self.check_input(v)?;
+        if !v.device().is_cpu() {
+            return self.matvec_reference(v);
+        }
+        let b = dims[0];
+        let flat = v.reshape((b, self.dim()))?.contiguous()?;
+        Ok(flat
+            .apply_op1(CovMatvec { k: self.clone() })?
+            .reshape(dims)?)
+    }
+
+    /// The slow reference: one `conv2d` with the full `C × C` kernel table. Differentiable through candle's
+    /// own ops; used on GPUs and as the oracle in tests.
+    pub fn matvec_reference(&self, v: &Tensor) -> Result<Tensor> {
+        let dims = self.check_input(v)?;
+        let b = dims[0];
+        let x = v.reshape((b, self.c, self.h, self.w))?;
+        let (weight, r) = self.conv_weight(v.dtype(), v.device())?;
+        // conv2d pads both axes by r; crop back if the kernel was squared up.
+        let out = x.conv2d(&weight, r, 1, 1, 1)?;
+        Ok(out.reshape(dims)?)
+    }
+
+    fn check_input(&self, v: &Tensor) -> Result<Vec<usize>> {
+        let dims = v.dims().to_vec();
+        let ok = match dims.as_slice() {
+            [_, d] => *d == self.dim(),
+            [_, c, h, w] => (*c, *h, *w) == (self.c, self.h, self.w),
+            _ => false,
+        };
+        if !ok {
+            return Err(CovError::Shape {
+                what: "the vector batch",
+                got: dims,
+                expected: format!(
+                    "(B, {}, {}, {}) or (B, {})",
+                    self.c,
+                    self.h,
+                    self.w,
+                    self.dim()
+                ),
+            });
+        }
+        if !matches!(v.dtype(), DType::F32 | DType::F64) {
+            return Err(CovError::Invalid(format!(
+                "matvec needs f32 or f64, got {:?}",
+                v.dtype()
+            )));
+        }
+        Ok(dims)
+    }
+
+    // ---------- CPU kernels ----------
+
+    fn nonzeros(&self, k: usize) -> usize {
+        self.table(k).iter().filter(|v| **v != 0.0).count()
+    }
+
+    fn use_fft(&self) -> bool {
+        let (ny, nx) = (fast_len(self.h + self.ry), fast_len(self.w + self.rx));
+        let n = (ny * nx) as f64;
+        let fft_cost = 2.0 * 5.0 * n * n.log2() + 8.0 * n;
+        let max_nnz = (0..self.n_tables())
+            .map(|k| self.nonzeros(k))
+            .max()
+            .unwrap_or(0) as f64;
+        let direct_cost = 2.0 * max_nnz * (self.h * self.w) as f64;
+        fft_cost < direct_cost
+    }
+
+    fn fft_kernels(&self) -> &FftKernels {
+        self.fft.get_or_init(|| {
+            let plan = Plan2d::new(fast_len(self.h + self.ry), fast_len(self.w + self.rx));
+            let spectrum = |f: &dyn Fn(i64, i64) -> f64| {
+                // g(m) = K(−m) placed with wrap-around: circular convolution with g is correlation with K.
+                let mut buf = vec![Complex64::new(0.0, 0.0); plan.ny * plan.nx];
+                for dy in -(self.ry as i64)..=self.ry as i64 {
+                    for dx in -(self.rx as i64)..=self.rx as i64 {
+                        let (my, mx) = (
+                            (-dy).rem_euclid(plan.ny as i64) as usize,
+                            (-dx).rem_euclid(plan.nx as i64) as usize,
+                        );
+                        buf[my * plan.nx + mx] = Complex64::new(f(dy, dx), 0.0);
+                    }
+                }
+                plan.forward(&mut buf);
+                buf
+            };
+            let spectra = match self.structure {
+                ChannelStructure::IntraInter if self.c == 1 => {
+                    vec![spectrum(&|dy, dx| self.value(0, 0, dy, dx))]
+                }
+                ChannelStructure::IntraInter => vec![
+                    spectrum(&|dy, dx| self.value(0, 0, dy, dx) - self.value(0, 1, dy, dx)),
+                    spectrum(&|dy, dx| self.value(0, 1, dy, dx)),
+                ],
+                ChannelStructure::Full => (0..self.c * self.c)
+                    .map(|k| spectrum(&|dy, dx| self.value(k / self.c, k % self.c, dy, dx)))
+                    .collect(),
+            };
+            FftKernels { plan, spectra }
+        })
+    }
+
+    /// `dst += K ⋆ src` on one `h × w` plane with kernel `k(dy, dx)` given as a table.
+    fn correlate_plane(&self, table: &[f64], src: &[f64], dst: &mut [f64]) {
+        let (h, w, ry, rx) = (self.h as i64, self.w as i64, self.ry as i64, self.rx as i64);
+        let kw = 2 * rx + 1;
+        for dy in -ry..=ry {
+            let (i0, i1) = ((-dy).max(0), (h - dy).min(h));
+            for dx in -rx..=rx {
+                let wgt = table[((dy + ry) * kw + dx + rx) as usize];
+                if wgt == 0.0 {
+                    continue;
+                }
+                let (j0, j1) = ((-dx).max(0), (w - dx).min(w));
+                if j0 >= j1 {
+                    continue;
+                }
+                let len = (j1 - j0) as usize;
+                for i in i0..i1 {
+                    let s = ((i + dy) * w + j0 + dx) as usize;
+                    let d = (i * w + j0) as usize;
+                    for (o, x) in dst[d..d + len].iter_mut().zip(&src[s..s + len]) {
+                        *o += wgt * x;
+                    }
+                }
+            }
+        }
+    }
+
+    /// `Σ v` for one image (`C·H·W` values), direct path.
+    fn apply_direct(&self, v: &[f64], out: &mut [f64], diff: &[f64]) {
+        let hw = self.h * self.w;
+        match self.structure {
+            ChannelStructure::IntraInter if self.c == 1 => {
+                self.correlate_plane(self.table(0), v, out)
+            }
+            ChannelStructure::IntraInter => {
+                let mut sum = vec![0f64; hw];
+                for c in 0..self.c {
+                    for (s, x) in sum.iter_mut().zip(&v[c * hw..(c + 1) * hw]) {
+                        *s += x;
+                    }
+                }
+                let mut shared = vec![0f64; hw];
+                self.correlate_plane(self.table(1), &sum, &mut shared);
+                for c in 0..self.c {
+                    let o = &mut out[c * hw..(c + 1) * hw];
+                    o.copy_from_slice(&shared);
+                    self.correlate_plane(diff, &v[c * hw..(c + 1) * hw], o);
+                }
+            }
+            ChannelStructure::Full => {
+                for c in 0..self.c {
+                    for c2 in 0..self.c {
+                        let (src, dst) =
+                            (&v[c2 * hw..(c2 + 1) * hw], &mut out[c * hw..(c + 1) * hw]);
+                        self.correlate_plane(self.table(c * self.c + c2), src, dst);
+                    }
+                }
+            }
+        }
+    }
+
+    /// `Σ v` for one image, FFT path.
+    fn apply_fft(&self, v: &[f64], out: &mut [f64]) {
+        let fk = self.fft_kernels();
+        let (h, w) = (self.h, self.w);
+        let hw = h * w;
+        let plan = &fk.plan;
+        let spectra: Vec<Vec<Complex64>> = (0..self.c)
+            .map(|c| plan.forward_real(&v[c * hw..(c + 1) * hw], h, w))
+            .collect();
+        let n = plan.ny * plan.nx;
+        let mut acc = vec![Complex64::new(0.0, 0.0); n];
+        let sum: Option<Vec<Complex64>> = (self.structure == ChannelStructure::IntraInter
+            && self.c > 1)
+            .then(|| (0..n).map(|k| spectra.iter().map(|s| s[k]).sum()).collect());
+        for c in 0..self.c {
+            match self.structure {
+                ChannelStructure::IntraInter if self.c == 1 => {
+                    for (a, (x, k)) in acc.iter_mut().zip(spectra[0].iter().zip(&fk.spectra[0])) {
+                        *a = x * k;
+                    }
+                }
+                ChannelStructure::IntraInter => {
+                    let s = sum.as_ref().map(|s| s.as_slice()).unwrap_or(&[]);
+                    for k in 0..n {
+                        acc[k] = spectra[c][k] * fk.spectra[0][k] + s[k] * fk.spectra[1][k];
+                    }
+                }
+                ChannelStructure::Full => {
+                    acc.iter_mut().for_each(|a| *a = Complex64::new(0.0, 0.0));
+                    for c2 in 0..self.c {
+                        let ks = &fk.spectra[c * self.c + c2];
+                        for k in 0..n {
+                            acc[k] += spectra[c2][k] * ks[k];
+                        }
+                    }
+                }
+            }
+            plan.inverse(&mut acc);
+            for i in 0..h {
+                for j in 0..w {
+                    out[c * hw + i * w + j] = acc[i * plan.nx + j].re;
+                }
+            }
+        }
+    }
+
+    /// `Σ v` for a batch stored row-major as `B × (C·H·W)` f64 values.
+    pub(crate) fn apply_batch_f64(&self, v: &[f64]) -> Vec<f64> {
+        let d = self.dim();
+        let mut out = vec![0f64; v.len()];
+        let fft = self.use_fft();
+        let diff: Vec<f64> = if self.structure == ChannelStructure::IntraInter && self.c > 1 {
+            self.table(0)
+                .iter()
+                .zip(self.table(1))
+                .map(|(a, b)| a - b)
+                .collect()
+        } else {
+            vec![]
+        };
+        out.par_chunks_mut(d)
+            .zip(v.par_chunks(d))
+            .for_each(|(o, x)| {
+                if fft {
+                    self.apply_fft(x, o)
+                } else {
+                    self.apply_direct(x, o, &diff)
+                }
+            });
+        out
+    }
+}
+
+/// The custom op behind [`KernelSet::matvec`]: forward on CPU, and a backward that is the op itself
+/// (`Σ` is symmetric), so gradients of any order flow through it.
+#[derive(Clone, Debug)]
+struct CovMatvec {
+    k: Arc<KernelSet>,
+}
+
+impl CustomOp1 for CovMatvec {
+    fn name(&self) -> &'static str {
+        "sgr-cov-matvec"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &CpuStorage,
+        layout: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (start, end) = layout.contiguous_offsets().ok_or_else(|| {
+            candle_core::Error::Msg("sgr-cov-matvec: input must be contiguous".into())
+        })?;
+        let shape = layout.shape().clone();
+        let _span = tracing::trace_span!("cov_matvec", n = end - start).entered();
+        let out = match storage {
+            CpuStorage::F64(v) => CpuStorage::F64(self.k.apply_batch_f64(&v[start..end])),
+            CpuStorage::F32(v) => {
+                let x: Vec<f64> = v[start..end].iter().map(|&a| a as f64).collect();
+                CpuStorage::F32(
+                    self.k
+                        .apply_batch_f64(&x)
+                        .into_iter()
+                        .map(|a| a as f32)
+                        .collect(),
+                )
+            }
+            _ => candle_core::bail!("sgr-cov-matvec: unsupported dtype (f32 and f64 only)"),
+        };
+        Ok((out, shape))
+    }
+
+    fn bwd(
+        &self,
+        _arg: &Tensor,
+        _res: &Tensor,
+        grad_res: &Tensor,
+    ) -> candle_core::Result<Option<Tensor>> {
+        Ok(Some(grad_res.contiguous()?.apply_op1(self.clone())?))
+    }
+}

@@ -1,0 +1,22 @@
+#![doc = include_str!("../README.md")]
+
+mod covfun;
+mod ema;
+mod error;
+mod estimate;
+mod fft;
+mod io;
+mod kernel;
+pub mod linalg;
+mod repr;
+mod sample;
+mod stationary;
+
+pub use covfun::CovFun;
+pub use ema::{Ema, LinComb, MeanEma};
+pub use error::{CovError, Result};
+pub use io::{from_tensors, load, save, to_tensors};
+pub use kernel::{ChannelStructure, KernelSet};
+pub use repr::{Covariance, Dense, Identity, Scaled};
+pub use sample::{CirculantSampler, DenseSampler};
+pub use stationary::Stationary;
