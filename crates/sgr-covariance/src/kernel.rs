@@ -338,67 +338,6 @@ impl KernelSet {
         })
     }
 
-    /// `dst += K ⋆ src` on one `h × w` plane with kernel `k(dy, dx)` given as a table.
-    fn correlate_plane(&self, table: &[f64], src: &[f64], dst: &mut [f64]) {
-        let (h, w, ry, rx) = (self.h as i64, self.w as i64, self.ry as i64, self.rx as i64);
-        let kw = 2 * rx + 1;
-        for dy in -ry..=ry {
-            let (i0, i1) = ((-dy).max(0), (h - dy).min(h));
-            for dx in -rx..=rx {
-                let wgt = table[((dy + ry) * kw + dx + rx) as usize];
-                if wgt == 0.0 {
-                    continue;
-                }
-                let (j0, j1) = ((-dx).max(0), (w - dx).min(w));
-                if j0 >= j1 {
-                    continue;
-                }
-                let len = (j1 - j0) as usize;
-                for i in i0..i1 {
-                    let s = ((i + dy) * w + j0 + dx) as usize;
-                    let d = (i * w + j0) as usize;
-                    for (o, x) in dst[d..d + len].iter_mut().zip(&src[s..s + len]) {
-                        *o += wgt * x;
-                    }
-                }
-            }
-        }
-    }
-
-    /// `Σ v` for one image (`C·H·W` values), direct path.
-    fn apply_direct(&self, v: &[f64], out: &mut [f64], diff: &[f64]) {
-        let hw = self.h * self.w;
-        match self.structure {
-            ChannelStructure::IntraInter if self.c == 1 => {
-                self.correlate_plane(self.table(0), v, out)
-            }
-            ChannelStructure::IntraInter => {
-                let mut sum = vec![0f64; hw];
-                for c in 0..self.c {
-                    for (s, x) in sum.iter_mut().zip(&v[c * hw..(c + 1) * hw]) {
-                        *s += x;
-                    }
-                }
-                let mut shared = vec![0f64; hw];
-                self.correlate_plane(self.table(1), &sum, &mut shared);
-                for c in 0..self.c {
-                    let o = &mut out[c * hw..(c + 1) * hw];
-                    o.copy_from_slice(&shared);
-                    self.correlate_plane(diff, &v[c * hw..(c + 1) * hw], o);
-                }
-            }
-            ChannelStructure::Full => {
-                for c in 0..self.c {
-                    for c2 in 0..self.c {
-                        let (src, dst) =
-                            (&v[c2 * hw..(c2 + 1) * hw], &mut out[c * hw..(c + 1) * hw]);
-                        self.correlate_plane(self.table(c * self.c + c2), src, dst);
-                    }
-                }
-            }
-        }
-    }
-
     /// `Σ v` for one image, FFT path.
     fn apply_fft(&self, v: &[f64], out: &mut [f64]) {
         let fk = self.fft_kernels();
@@ -445,32 +384,166 @@ impl KernelSet {
         }
     }
 
-    /// `Σ v` for a batch stored row-major as `B × (C·H·W)` f64 values.
-    pub(crate) fn apply_batch_f64(&self, v: &[f64]) -> Vec<f64> {
+    /// `Σ v` for a batch stored row-major as `B × (C·H·W)` values: the FFT path per image for long ranges,
+    /// else direct correlations on a batch-innermost layout (long contiguous axpys, parallel over rows).
+    pub(crate) fn apply_batch<T: Elem>(&self, v: &[T]) -> Vec<T> {
         let d = self.dim();
-        let mut out = vec![0f64; v.len()];
-        let fft = self.use_fft();
-        let diff: Vec<f64> = if self.structure == ChannelStructure::IntraInter && self.c > 1 {
-            self.table(0)
-                .iter()
-                .zip(self.table(1))
-                .map(|(a, b)| a - b)
+        if self.use_fft() {
+            let mut out = vec![T::zero(); v.len()];
+            out.par_chunks_mut(d)
+                .zip(v.par_chunks(d))
+                .for_each(|(o, x)| {
+                    let xf: Vec<f64> = x.iter().map(|a| a.to_f64().unwrap_or(f64::NAN)).collect();
+                    let mut of = vec![0f64; d];
+                    self.apply_fft(&xf, &mut of);
+                    o.iter_mut()
+                        .zip(of)
+                        .for_each(|(a, b)| *a = T::from(b).unwrap_or_else(T::nan));
+                });
+            return out;
+        }
+        self.apply_direct_batch(v)
+    }
+
+    fn apply_direct_batch<T: Elem>(&self, v: &[T]) -> Vec<T> {
+        let d = self.dim();
+        let mut out = vec![T::zero(); v.len()];
+        let convert = |t: &[f64]| -> Vec<T> {
+            t.iter()
+                .map(|&x| T::from(x).unwrap_or_else(T::nan))
                 .collect()
-        } else {
-            vec![]
         };
+        // Kernels as tap lists (dy, dx, weight), zeros skipped; for intra/inter: [intra − inter, inter].
+        let tables: Vec<Vec<T>> = match self.structure {
+            ChannelStructure::IntraInter if self.c == 1 => vec![convert(self.table(0))],
+            ChannelStructure::IntraInter => {
+                let diff: Vec<f64> = self
+                    .table(0)
+                    .iter()
+                    .zip(self.table(1))
+                    .map(|(a, x)| a - x)
+                    .collect();
+                vec![convert(&diff), convert(self.table(1))]
+            }
+            ChannelStructure::Full => (0..self.n_tables())
+                .map(|k| convert(self.table(k)))
+                .collect(),
+        };
+        let taps: Vec<Vec<(usize, T)>> = tables.iter().map(|t| self.taps(t)).collect();
         out.par_chunks_mut(d)
             .zip(v.par_chunks(d))
-            .for_each(|(o, x)| {
-                if fft {
-                    self.apply_fft(x, o)
-                } else {
-                    self.apply_direct(x, o, &diff)
-                }
-            });
+            .for_each(|(o, x)| self.apply_direct_image(x, o, &taps));
         out
     }
+
+    /// Nonzero taps of a table as (offset into a padded plane, weight).
+    fn taps<T: Elem>(&self, table: &[T]) -> Vec<(usize, T)> {
+        let (ry, rx) = (self.ry as i64, self.rx as i64);
+        let pw = self.w + 2 * self.rx + PAD_LANES;
+        let kw = 2 * rx + 1;
+        let mut taps = Vec::new();
+        for dy in -ry..=ry {
+            for dx in -rx..=rx {
+                let wgt = table[((dy + ry) * kw + dx + rx) as usize];
+                if wgt != T::zero() {
+                    taps.push((((dy + ry) as usize) * pw + (dx + rx) as usize, wgt));
+                }
+            }
+        }
+        taps
+    }
+
+    /// `Σ v` for one image by direct correlation on zero-padded planes: every output row is processed in
+    /// blocks of `PAD_LANES` pixels held in registers while all taps add into them.
+    fn apply_direct_image<T: Elem>(&self, v: &[T], out: &mut [T], taps: &[Vec<(usize, T)>]) {
+        let (c, h, w, ry, rx) = (self.c, self.h, self.w, self.ry, self.rx);
+        let hw = h * w;
+        let pw = w + 2 * rx + PAD_LANES;
+        let ph = h + 2 * ry;
+        let pad = |plane: &[T], buf: &mut Vec<T>| {
+            buf.clear();
+            buf.resize(ph * pw, T::zero());
+            for i in 0..h {
+                buf[(i + ry) * pw + rx..(i + ry) * pw + rx + w]
+                    .copy_from_slice(&plane[i * w..(i + 1) * w]);
+            }
+        };
+        let mut padded: Vec<Vec<T>> = vec![Vec::new(); c];
+        for ch in 0..c {
+            pad(&v[ch * hw..(ch + 1) * hw], &mut padded[ch]);
+        }
+        match self.structure {
+            ChannelStructure::IntraInter if c == 1 => {
+                correlate_padded(&padded[0], &taps[0], &mut out[..hw], h, w, pw, false)
+            }
+            ChannelStructure::IntraInter => {
+                let mut sum = vec![T::zero(); ph * pw];
+                for p in &padded {
+                    sum.iter_mut().zip(p).for_each(|(s, &x)| *s += x);
+                }
+                let mut shared = vec![T::zero(); hw];
+                correlate_padded(&sum, &taps[1], &mut shared, h, w, pw, false);
+                for ch in 0..c {
+                    let o = &mut out[ch * hw..(ch + 1) * hw];
+                    o.copy_from_slice(&shared);
+                    correlate_padded(&padded[ch], &taps[0], o, h, w, pw, true);
+                }
+            }
+            ChannelStructure::Full => {
+                for ch in 0..c {
+                    let o = &mut out[ch * hw..(ch + 1) * hw];
+                    for (c2, p) in padded.iter().enumerate() {
+                        correlate_padded(p, &taps[ch * c + c2], o, h, w, pw, c2 > 0);
+                    }
+                }
+            }
+        }
+    }
 }
+
+/// Extra zero columns on the right of a padded plane, so a full block can always be read.
+const PAD_LANES: usize = 16;
+
+/// `out (+)= K ⋆ plane` where `plane` is zero-padded (`ry` rows above/below, `rx` columns left, `rx + 16`
+/// right) and taps are offsets into it.
+fn correlate_padded<T: Elem>(
+    plane: &[T],
+    taps: &[(usize, T)],
+    out: &mut [T],
+    h: usize,
+    w: usize,
+    pw: usize,
+    add: bool,
+) {
+    for i in 0..h {
+        let row = &mut out[i * w..(i + 1) * w];
+        let mut j = 0;
+        while j < w {
+            let n = PAD_LANES.min(w - j);
+            let mut acc = [T::zero(); PAD_LANES];
+            if add {
+                acc[..n].copy_from_slice(&row[j..j + n]);
+            }
+            let base = i * pw + j;
+            for &(off, wgt) in taps {
+                let s = &plane[base + off..base + off + PAD_LANES];
+                for k in 0..PAD_LANES {
+                    acc[k] += wgt * s[k];
+                }
+            }
+            row[j..j + n].copy_from_slice(&acc[..n]);
+            j += PAD_LANES;
+        }
+    }
+}
+
+/// Element types of the CPU kernels.
+pub(crate) trait Elem:
+    num_traits::Float + std::ops::AddAssign + Send + Sync + 'static
+{
+}
+impl Elem for f32 {}
+impl Elem for f64 {}
 
 /// The custom op behind [`KernelSet::matvec`]: forward on CPU, and a backward that is the op itself
 /// (`Σ` is symmetric), so gradients of any order flow through it.
@@ -495,17 +568,8 @@ impl CustomOp1 for CovMatvec {
         let shape = layout.shape().clone();
         let _span = tracing::trace_span!("cov_matvec", n = end - start).entered();
         let out = match storage {
-            CpuStorage::F64(v) => CpuStorage::F64(self.k.apply_batch_f64(&v[start..end])),
-            CpuStorage::F32(v) => {
-                let x: Vec<f64> = v[start..end].iter().map(|&a| a as f64).collect();
-                CpuStorage::F32(
-                    self.k
-                        .apply_batch_f64(&x)
-                        .into_iter()
-                        .map(|a| a as f32)
-                        .collect(),
-                )
-            }
+            CpuStorage::F64(v) => CpuStorage::F64(self.k.apply_batch(&v[start..end])),
+            CpuStorage::F32(v) => CpuStorage::F32(self.k.apply_batch(&v[start..end])),
             _ => candle_core::bail!("sgr-cov-matvec: unsupported dtype (f32 and f64 only)"),
         };
         Ok((out, shape))
