@@ -2,8 +2,8 @@
 
 use std::sync::Arc;
 
-use rustfft::num_complex::Complex64;
-use rustfft::{Fft, FftPlanner};
+use rustfft::num_complex::Complex;
+use rustfft::{Fft, FftNum, FftPlanner};
 
 /// The smallest 2^a·3^b·5^c ≥ n (sizes rustfft transforms fastest).
 pub(crate) fn fast_len(n: usize) -> usize {
@@ -24,22 +24,22 @@ pub(crate) fn fast_len(n: usize) -> usize {
 
 /// Forward and inverse plans for an `ny × nx` grid.
 #[derive(Clone)]
-pub(crate) struct Plan2d {
+pub(crate) struct Plan2d<T: FftNum = f64> {
     pub ny: usize,
     pub nx: usize,
-    fy: Arc<dyn Fft<f64>>,
-    fx: Arc<dyn Fft<f64>>,
-    iy: Arc<dyn Fft<f64>>,
-    ix: Arc<dyn Fft<f64>>,
+    fy: Arc<dyn Fft<T>>,
+    fx: Arc<dyn Fft<T>>,
+    iy: Arc<dyn Fft<T>>,
+    ix: Arc<dyn Fft<T>>,
 }
 
-impl std::fmt::Debug for Plan2d {
+impl<T: FftNum> std::fmt::Debug for Plan2d<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "Plan2d({}x{})", self.ny, self.nx)
     }
 }
 
-impl Plan2d {
+impl<T: FftNum + num_traits::Float> Plan2d<T> {
     pub fn new(ny: usize, nx: usize) -> Self {
         let mut p = FftPlanner::new();
         Self {
@@ -52,7 +52,7 @@ impl Plan2d {
         }
     }
 
-    fn run(&self, data: &mut [Complex64], inverse: bool) {
+    fn run(&self, data: &mut [Complex<T>], inverse: bool) {
         let (ny, nx) = (self.ny, self.nx);
         let (fx, fy) = if inverse {
             (&self.ix, &self.iy)
@@ -61,7 +61,7 @@ impl Plan2d {
         };
         fx.process(data);
         // Columns: transpose, transform rows, transpose back.
-        let mut t = vec![Complex64::new(0.0, 0.0); ny * nx];
+        let mut t = vec![Complex::new(T::zero(), T::zero()); ny * nx];
         for i in 0..ny {
             for j in 0..nx {
                 t[j * ny + i] = data[i * nx + j];
@@ -74,26 +74,60 @@ impl Plan2d {
             }
         }
         if inverse {
-            let s = 1.0 / (ny * nx) as f64;
-            data.iter_mut().for_each(|z| *z *= s);
+            let s = T::one() / T::from(ny * nx).unwrap_or_else(T::one);
+            data.iter_mut().for_each(|z| *z = *z * s);
         }
     }
 
-    pub fn forward(&self, data: &mut [Complex64]) {
+    /// Forward transform of a grid whose rows `rows..ny` are zero, returned **transposed** (`nx × ny`, index
+    /// `kx * ny + ky`): one transpose instead of two, and no work on the zero rows.
+    pub fn forward_t(&self, data: &mut [Complex<T>], rows: usize) -> Vec<Complex<T>> {
+        let (ny, nx) = (self.ny, self.nx);
+        let rows = rows.min(ny);
+        self.fx.process(&mut data[..rows * nx]);
+        let mut t = vec![Complex::new(T::zero(), T::zero()); ny * nx];
+        for i in 0..rows {
+            for j in 0..nx {
+                t[j * ny + i] = data[i * nx + j];
+            }
+        }
+        self.fy.process(&mut t);
+        t
+    }
+
+    /// Inverse of [`Plan2d::forward_t`] (normalised), computing only the first `rows` rows of the result
+    /// into `out` (`rows × nx`).
+    pub fn inverse_t(&self, t: &mut [Complex<T>], rows: usize, out: &mut Vec<Complex<T>>) {
+        let (ny, nx) = (self.ny, self.nx);
+        let rows = rows.min(ny);
+        self.iy.process(t);
+        out.clear();
+        out.resize(rows * nx, Complex::new(T::zero(), T::zero()));
+        for i in 0..rows {
+            for j in 0..nx {
+                out[i * nx + j] = t[j * ny + i];
+            }
+        }
+        self.ix.process(out);
+        let s = T::one() / T::from(ny * nx).unwrap_or_else(T::one);
+        out.iter_mut().for_each(|z| *z = *z * s);
+    }
+
+    pub fn forward(&self, data: &mut [Complex<T>]) {
         self.run(data, false)
     }
 
     /// Inverse transform, normalised (forward then inverse is the identity).
-    pub fn inverse(&self, data: &mut [Complex64]) {
+    pub fn inverse(&self, data: &mut [Complex<T>]) {
         self.run(data, true)
     }
 
     /// Transform of a real `h × w` plane zero-padded into the grid (top-left corner).
-    pub fn forward_real(&self, plane: &[f64], h: usize, w: usize) -> Vec<Complex64> {
-        let mut buf = vec![Complex64::new(0.0, 0.0); self.ny * self.nx];
+    pub fn forward_real(&self, plane: &[T], h: usize, w: usize) -> Vec<Complex<T>> {
+        let mut buf = vec![Complex::new(T::zero(), T::zero()); self.ny * self.nx];
         for i in 0..h {
             for j in 0..w {
-                buf[i * self.nx + j] = Complex64::new(plane[i * w + j], 0.0);
+                buf[i * self.nx + j] = Complex::new(plane[i * w + j], T::zero());
             }
         }
         self.forward(&mut buf);
