@@ -151,6 +151,30 @@ impl Cnn {
     pub fn config(&self) -> &CnnConfig {
         &self.config
     }
+
+    /// The same network with its parameters as plain (detached) tensors: backward passes through it compute
+    /// input gradients only, not parameter gradients, which makes attacks about twice as fast. Later changes
+    /// to the trained parameters are not seen by the frozen copy.
+    pub fn frozen(&self) -> Self {
+        let conv = |c: &Conv2d| {
+            Conv2d::new(
+                c.weight().detach(),
+                c.bias().map(|b| b.detach()),
+                *c.config(),
+            )
+        };
+        let fc = |l: &Linear| Linear::new(l.weight().detach(), l.bias().map(|b| b.detach()));
+        Self {
+            conv1: conv(&self.conv1),
+            conv2: conv(&self.conv2),
+            conv3: conv(&self.conv3),
+            conv4: conv(&self.conv4),
+            fc1: fc(&self.fc1),
+            fc2: fc(&self.fc2),
+            fc3: fc(&self.fc3),
+            config: self.config.clone(),
+        }
+    }
 }
 
 impl Module for Cnn {
