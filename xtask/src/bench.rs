@@ -115,6 +115,33 @@ fn bench_model(
             Ok(())
         })?,
     ));
+    // Attacks run on the frozen copy (no parameter gradients).
+    let frozen = model.frozen();
+    out.push((
+        "input_grad_frozen".to_string(),
+        time_ms(reps, || {
+            sgr_attacks::loss_gradient(&frozen, &x, &y)?;
+            Ok(())
+        })?,
+    ));
+    if name == "mnist" {
+        let eps = 32.0 / 255.0;
+        let few = reps.clamp(1, 3);
+        out.push((
+            "pgd10_attack".to_string(),
+            time_ms(few, || {
+                sgr_attacks::Attack::run(&sgr_attacks::Pgd::whitebox(), &frozen, &x, &y, eps)?;
+                Ok(())
+            })?,
+        ));
+        out.push((
+            "deepfool_attack".to_string(),
+            time_ms(few, || {
+                sgr_attacks::DeepFool::default().attack(&frozen, &x)?;
+                Ok(())
+            })?,
+        ));
+    }
     tracing::debug!(model = name, "benchmarked");
     Ok(out)
 }
