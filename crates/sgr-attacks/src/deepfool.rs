@@ -42,6 +42,25 @@ fn to_rows(t: &Tensor) -> Result<Vec<Vec<f64>>> {
         .to_vec2::<f64>()
 }
 
+/// The current points of the examples in `active`, as a batch shaped like the input (`shape[0]` replaced).
+fn gather_rows(
+    rows: &[Vec<f64>],
+    active: &[usize],
+    shape: &[usize],
+    dtype: DType,
+    device: &Device,
+) -> Result<Tensor> {
+    let flat: Vec<f64> = active
+        .iter()
+        .flat_map(|&i| rows[i].iter().copied())
+        .collect();
+    let mut cur_shape = shape.to_vec();
+    cur_shape[0] = active.len();
+    Tensor::from_vec(flat, cur_shape.as_slice(), &Device::Cpu)?
+        .to_dtype(dtype)?
+        .to_device(device)
+}
+
 impl DeepFool {
     pub fn attack(&self, model: &dyn Module, x: &Tensor) -> Result<DeepFoolResult> {
         let _span = tracing::debug_span!("deepfool", max_iter = self.max_iter).entered();
@@ -60,16 +79,7 @@ impl DeepFool {
             if active.is_empty() {
                 break;
             }
-            // Current points of the active examples.
-            let flat: Vec<f64> = active
-                .iter()
-                .flat_map(|&i| adv_rows[i].iter().copied())
-                .collect();
-            let mut cur_shape = shape.clone();
-            cur_shape[0] = active.len();
-            let xa = Tensor::from_vec(flat, cur_shape.as_slice(), &Device::Cpu)?
-                .to_dtype(dtype)?
-                .to_device(&device)?;
+            let xa = gather_rows(&adv_rows, &active, &shape, dtype, &device)?;
             let xv = Var::from_tensor(&xa)?;
             let logits = model.forward(xv.as_tensor())?;
             let k = logits.dim(1)?;
@@ -140,15 +150,7 @@ impl DeepFool {
         }
         // Examples still active after the last step: check them once more.
         if !active.is_empty() {
-            let flat: Vec<f64> = active
-                .iter()
-                .flat_map(|&i| adv_rows[i].iter().copied())
-                .collect();
-            let mut cur_shape = shape.clone();
-            cur_shape[0] = active.len();
-            let xa = Tensor::from_vec(flat, cur_shape.as_slice(), &Device::Cpu)?
-                .to_dtype(dtype)?
-                .to_device(&device)?;
+            let xa = gather_rows(&adv_rows, &active, &shape, dtype, &device)?;
             let pred = model.forward(&xa)?.argmax(D::Minus1)?.to_vec1::<u32>()?;
             for (a, &i) in active.iter().enumerate() {
                 fooled[i] = pred[a] != k0[i];
