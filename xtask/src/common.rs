@@ -5,7 +5,9 @@ use sgr_models::DeviceKind;
 
 pub fn init_logging() {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("SGR_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    // hf-hub logs its own retries at ERROR; the download error we return already says what failed.
+    let filter = EnvFilter::try_from_env("SGR_LOG")
+        .unwrap_or_else(|_| EnvFilter::new("info,hf_hub=off,hf_xet=off"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
