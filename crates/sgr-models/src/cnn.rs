@@ -118,6 +118,7 @@ pub struct Cnn {
     fc2: Linear,
     fc3: Linear,
     config: CnnConfig,
+    plain_ops: bool,
 }
 
 impl Cnn {
@@ -145,11 +146,26 @@ impl Cnn {
             fc2: fc(1)?,
             fc3: fc(2)?,
             config,
+            plain_ops: false,
         })
     }
 
     pub fn config(&self) -> &CnnConfig {
         &self.config
+    }
+
+    /// Use candle's own convolution everywhere (for comparison). By default, CPU tensors go through
+    /// [`crate::ops::conv2d_valid`], whose backward runs on gemm; other devices always use candle's kernels.
+    pub fn set_plain_ops(&mut self, plain: bool) {
+        self.plain_ops = plain;
+    }
+
+    fn conv(&self, layer: &Conv2d, x: &Tensor) -> Result<Tensor> {
+        if self.plain_ops || !x.device().is_cpu() {
+            layer.forward(x)
+        } else {
+            crate::ops::conv2d_valid(x, layer.weight(), layer.bias())
+        }
     }
 
     /// The same network with its parameters as plain (detached) tensors: backward passes through it compute
@@ -173,6 +189,7 @@ impl Cnn {
             fc2: fc(&self.fc2),
             fc3: fc(&self.fc3),
             config: self.config.clone(),
+            plain_ops: self.plain_ops,
         }
     }
 }
@@ -181,10 +198,10 @@ impl Module for Cnn {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let _span = tracing::trace_span!("cnn_forward").entered();
         let x = standardize(x)?;
-        let x = self.conv1.forward(&x)?.relu()?;
-        let x = max_pool2x2(&self.conv2.forward(&x)?.relu()?)?;
-        let x = self.conv3.forward(&x)?.relu()?;
-        let x = max_pool2x2(&self.conv4.forward(&x)?.relu()?)?;
+        let x = self.conv(&self.conv1, &x)?.relu()?;
+        let x = max_pool2x2(&self.conv(&self.conv2, &x)?.relu()?)?;
+        let x = self.conv(&self.conv3, &x)?.relu()?;
+        let x = max_pool2x2(&self.conv(&self.conv4, &x)?.relu()?)?;
         let x = x.flatten_from(1)?;
         let x = self.fc1.forward(&x)?.relu()?;
         let x = self.fc2.forward(&x)?.relu()?;

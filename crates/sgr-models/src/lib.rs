@@ -13,6 +13,7 @@ mod cnn;
 mod device;
 pub mod fsutil;
 mod layers;
+pub mod ops;
 
 pub use checkpoint::{ModelError, load_model, load_model_from_tensors, save_model};
 pub use cnn::{Cnn, CnnConfig, init_params};
