@@ -225,3 +225,65 @@ fn bad_input_gives_one_clear_error() {
         assert!(msg.to_lowercase().contains("cuda"), "{msg}");
     }
 }
+
+#[test]
+fn ctrl_c_saves_and_the_run_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("r");
+    let run_s = run.to_str().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .args([
+            "train",
+            "--train-limit",
+            "640",
+            "--test-limit",
+            "64",
+            "--batch-size",
+            "32",
+            "--epochs",
+            "50",
+            "--out",
+            run_s,
+        ])
+        .env("SGR_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait for the first checkpoint (written before the first step), then a little training.
+    let start = std::time::Instant::now();
+    while !run.join("run.json").is_file() && start.elapsed().as_secs() < 60 {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("--resume"), "{stdout}");
+    let record: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("run.json")).unwrap()).unwrap();
+    assert_eq!(record["status"], "interrupted");
+    let steps = record["steps_done"].as_u64().unwrap();
+    assert!(steps > 0 && steps < 50 * 20, "stopped after {steps} steps");
+    // Resume for one more epoch's worth and finish.
+    ok(&xtask(&[
+        "train",
+        "--out",
+        run_s,
+        "--resume",
+        "--epochs",
+        &(record["epochs_done"].as_u64().unwrap() + 1).to_string(),
+    ]));
+    let record: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("run.json")).unwrap()).unwrap();
+    assert_eq!(record["status"], "complete");
+}
