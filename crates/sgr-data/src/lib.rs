@@ -520,19 +520,6 @@ pub fn load_cifar_dir(dir: &Path, split: Split) -> Result<ImageSet> {
     })
 }
 
-/// Parses CIFAR-10 records from bytes already in memory (`path` only names them in errors).
-pub fn parse_cifar(path: &Path, bytes: &[u8], split: Split) -> Result<ImageSet> {
-    let (pixels, labels) = cifar::parse(path, bytes)?;
-    Ok(ImageSet {
-        name: format!("cifar10/{}", split.as_str()),
-        channels: 3,
-        height: 32,
-        width: 32,
-        pixels,
-        labels,
-    })
-}
-
 static SUBSET_TRAIN_IMAGES: &[u8] =
     include_bytes!("../../../assets/mnist-subset/train-images-idx3-ubyte.gz");
 static SUBSET_TRAIN_LABELS: &[u8] =
