@@ -23,7 +23,7 @@ pub struct TrainCmd {
     /// Without it: the embedded subset for mnist-subset, a hub download otherwise (feature `hub`).
     #[arg(long)]
     data_dir: Option<PathBuf>,
-    /// Epochs to train in total (default: 8 on mnist-subset, 50 otherwise; on --resume: extends the run).
+    /// Epochs to train in total (default: 12 on mnist-subset, 50 otherwise; on --resume: extends the run).
     #[arg(long)]
     epochs: Option<usize>,
     #[arg(long)]

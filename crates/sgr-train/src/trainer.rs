@@ -51,7 +51,7 @@ pub fn default_lr_schedule(dataset: DatasetName) -> LrSchedule {
 /// Default number of epochs: enough for the embedded subset to converge, the paper's 50 otherwise.
 pub fn default_epochs(dataset: DatasetName) -> usize {
     match dataset {
-        DatasetName::MnistSubset => 8,
+        DatasetName::MnistSubset => 12,
         _ => 50,
     }
 }
