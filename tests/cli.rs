@@ -231,7 +231,7 @@ fn ctrl_c_saves_and_the_run_resumes() {
     let dir = tempfile::tempdir().unwrap();
     let run = dir.path().join("r");
     let run_s = run.to_str().unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_xtask"))
+    let child = Command::new(env!("CARGO_BIN_EXE_xtask"))
         .args([
             "train",
             "--train-limit",

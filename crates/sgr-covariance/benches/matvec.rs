@@ -4,7 +4,7 @@
 use std::hint::black_box;
 use std::time::Duration;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{Device, Tensor};
 use criterion::{Criterion, criterion_group, criterion_main};
 use sgr_covariance::{ChannelStructure, CovFun, Covariance, Dense};
 
@@ -55,7 +55,6 @@ fn bench(c: &mut Criterion) {
             );
         }
         group.finish();
-        let _ = DType::F32;
     }
 }
 

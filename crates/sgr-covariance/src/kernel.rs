@@ -72,11 +72,6 @@ impl KernelSet {
             return Err(CovError::Invalid(format!("empty image shape {c}x{h}x{w}")));
         }
         let (ry, rx) = (ry.min(h - 1), rx.min(w - 1));
-        let n = match structure {
-            ChannelStructure::IntraInter => 2,
-            ChannelStructure::Full => c * c,
-        };
-        let _ = n;
         let ks = Self {
             c,
             h,
@@ -199,7 +194,7 @@ impl KernelSet {
 
     /// The `d × d` matrix (f64, CPU), `d = C·H·W`, indices in `(c, i, j)` row-major order.
     pub fn to_dense(&self) -> Result<Tensor> {
-        let (c, h, w) = (self.c, self.h, self.w);
+        let (h, w) = (self.h, self.w);
         let d = self.dim();
         let mut m = vec![0f64; d * d];
         for a in 0..d {
@@ -209,7 +204,6 @@ impl KernelSet {
                 m[a * d + b] = self.value(ca, cb, ib as i64 - ia as i64, jb as i64 - ja as i64);
             }
         }
-        let _ = c;
         Ok(Tensor::from_vec(m, (d, d), &Device::Cpu)?)
     }
 
@@ -262,25 +256,7 @@ impl KernelSet {
     }
 
     fn check_input(&self, v: &Tensor) -> Result<Vec<usize>> {
-        let dims = v.dims().to_vec();
-        let ok = match dims.as_slice() {
-            [_, d] => *d == self.dim(),
-            [_, c, h, w] => (*c, *h, *w) == (self.c, self.h, self.w),
-            _ => false,
-        };
-        if !ok {
-            return Err(CovError::Shape {
-                what: "the vector batch",
-                got: dims,
-                expected: format!(
-                    "(B, {}, {}, {}) or (B, {})",
-                    self.c,
-                    self.h,
-                    self.w,
-                    self.dim()
-                ),
-            });
-        }
+        let dims = crate::repr::check_batch(self.shape(), v)?;
         if !matches!(v.dtype(), DType::F32 | DType::F64) {
             return Err(CovError::Invalid(format!(
                 "matvec needs f32 or f64, got {:?}",

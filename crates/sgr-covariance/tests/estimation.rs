@@ -4,7 +4,7 @@ mod common;
 
 use std::sync::Arc;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::Tensor;
 use common::{max_abs_diff, rand_tensor};
 use sgr_covariance::linalg::symmetric_eigenvalues;
 use sgr_covariance::{
@@ -40,8 +40,6 @@ fn empirical(samples: &Tensor) -> Vec<f64> {
 fn covfun_estimate_matches_a_direct_computation() {
     // Hand-rolled estimator on a tiny batch: average of ξ_c(p) ξ_c'(p+δ) binned by round(|δ|).
     let xi = rand_tensor(&[3, 2, 4, 5], 11, -1.0, 1.0);
-    let v = xi.to_vec3::<f64>().ok();
-    let _ = v;
     let x = xi.flatten_all().unwrap().to_vec1::<f64>().unwrap();
     let at =
         |b: usize, c: usize, i: i64, j: i64| x[((b * 2 + c) * 4 + i as usize) * 5 + j as usize];
@@ -302,5 +300,4 @@ fn save_and_load_round_trip_every_kind() {
     std::fs::write(&junk, b"nope").unwrap();
     let msg = sgr_covariance::load(&junk).unwrap_err().to_string();
     assert!(msg.contains("junk.safetensors"), "{msg}");
-    let _ = (DType::F32, Device::Cpu, Tensor::new(&[0f32], &Device::Cpu));
 }

@@ -14,14 +14,12 @@ fn random_covfun(
     structure: ChannelStructure,
     seed: u64,
 ) -> CovFun {
-    let c = shape.0;
     let curve = |a: usize, b: usize, r: usize| {
         let (lo, hi) = (a.min(b), a.max(b));
         // Deterministic pseudo-random values, symmetric in (a, b).
         let x = ((seed as usize * 31 + lo * 7 + hi * 13 + r * 17) % 97) as f64 / 97.0;
         if a == b { 1.0 + x } else { x - 0.5 }
     };
-    let _ = c;
     CovFun::from_fn(shape, radius, structure, curve).unwrap()
 }
 

@@ -224,23 +224,12 @@ pub fn init_params(
         .data()
         .lock()
         .map_err(|_| candle_core::Error::Msg("VarMap lock poisoned".into()))?;
+    let mut fan_in = 1usize;
     for (name, shape) in config.param_shapes() {
-        let fan_in: usize = if name.ends_with("weight") {
-            shape[1..].iter().product()
-        } else {
-            0
-        };
-        let fan_in = if fan_in == 0 {
-            // Bias: fan-in of the matching weight.
-            let wshape = config
-                .param_shapes()
-                .into_iter()
-                .find(|(n, _)| *n == name.replace("bias", "weight"))
-                .map(|(_, s)| s);
-            wshape.map(|s| s[1..].iter().product()).unwrap_or(1)
-        } else {
-            fan_in
-        };
+        // param_shapes lists each weight before its bias; a bias uses its weight's fan-in.
+        if name.ends_with("weight") {
+            fan_in = shape[1..].iter().product();
+        }
         let bound = 1.0 / (fan_in as f64).sqrt();
         let n: usize = shape.iter().product();
         let vals: Vec<f64> = (0..n).map(|_| rng.random_range(-bound..bound)).collect();
