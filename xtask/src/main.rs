@@ -34,7 +34,14 @@ enum Command {
     Bench(bench::BenchCmd),
 }
 
+#[allow(unsafe_code)]
 fn main() -> std::process::ExitCode {
+    // Exact double backprop (the gn/sgr methods' default) needs Candle to keep the graphs of gradients; it
+    // reads this variable once per thread, at that thread's first backward pass. Set it before anything
+    // else runs. SAFETY: no other thread exists yet, so nothing reads the environment concurrently.
+    if std::env::var_os(sgr_regularizers::DOUBLE_BACKPROP_ENV).is_none() {
+        unsafe { std::env::set_var(sgr_regularizers::DOUBLE_BACKPROP_ENV, "1") };
+    }
     common::init_logging();
     let cli = Cli::parse();
     let result = match cli.command {

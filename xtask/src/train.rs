@@ -13,7 +13,8 @@ use crate::common::{parse_dataset, parse_device, stderr_is_terminal};
 
 #[derive(Debug, Args)]
 pub struct TrainCmd {
-    /// Training method: clean or wdecay.
+    /// Training method: clean, wdecay, fgsm, pgd, gn, sgr-grad, sgr-sign, fgsm-sgr, pgd-sgr or lrc
+    /// (default clean).
     #[arg(long)]
     method: Option<String>,
     /// mnist-subset (embedded, the default), mnist, fashion-mnist or cifar10.
@@ -43,6 +44,51 @@ pub struct TrainCmd {
     /// L2 coefficient for --method wdecay (default 2e-4 MNIST, 5e-4 CIFAR-10).
     #[arg(long)]
     weight_decay: Option<f64>,
+    /// Regularisation strength λ (gn/sgr methods; paper defaults per data set, e.g. sgr-sign 1.0 on MNIST),
+    /// or the weight of the perturbed loss for fgsm, pgd and lrc (default 0.5).
+    #[arg(long)]
+    lambda: Option<f64>,
+    /// Perturbation budget in units of 1/255 for fgsm, pgd, fgsm-sgr, pgd-sgr (default 32 MNIST, 4 CIFAR-10)
+    /// and the noise scale of lrc (default 76.5, i.e. 0.3).
+    #[arg(long)]
+    eps: Option<f64>,
+    /// PGD iterations for pgd and pgd-sgr (default 10, step ε/5).
+    #[arg(long)]
+    pgd_steps: Option<usize>,
+    /// Σ of the sgr methods: dense (default up to 1,024 pixels), covfun (default above), data, lrc.
+    #[arg(long)]
+    cov: Option<String>,
+    /// Radius of --cov covfun (default 8).
+    #[arg(long)]
+    cov_radius: Option<usize>,
+    /// Project --cov covfun onto the PSD cone before use: true (default) or false (the paper's raw estimate).
+    #[arg(long)]
+    cov_psd: Option<bool>,
+    /// Decay length ζ of --cov lrc and of the lrc method's noise (default 8).
+    #[arg(long)]
+    zeta: Option<f64>,
+    /// EMA rate β of the covariance estimate (default 0.1).
+    #[arg(long)]
+    beta: Option<f64>,
+    /// Second-order gradients of gn/sgr: exact (double backprop), fd (central differences) or fd-forward.
+    #[arg(long)]
+    second_order: Option<String>,
+    /// Largest pixel displacement of the finite-difference modes (default 1e-3).
+    #[arg(long)]
+    fd_step: Option<f64>,
+    /// Add the uncentred term of eq. 12 (sgr methods).
+    #[arg(long)]
+    uncentred: bool,
+    /// Labels the perturbations ξ are made for: true or predicted (default: true for sgr-grad/sgr-sign,
+    /// predicted for fgsm-sgr/pgd-sgr).
+    #[arg(long)]
+    xi_labels: Option<String>,
+    /// The mean diagonal Σ is scaled to (default: the training set's mean pixel variance, Algorithm 1).
+    #[arg(long)]
+    scale_to: Option<f64>,
+    /// Test images for the PGD check after training (default 1000; 0 skips it).
+    #[arg(long)]
+    pgd_eval_images: Option<usize>,
     /// Use only the first N training images.
     #[arg(long)]
     train_limit: Option<usize>,
@@ -150,6 +196,19 @@ pub fn run(cmd: TrainCmd) -> anyhow::Result<()> {
         method: cmd.method,
         method_options: MethodOptions {
             weight_decay: cmd.weight_decay,
+            lambda: cmd.lambda,
+            eps: cmd.eps,
+            pgd_steps: cmd.pgd_steps,
+            cov: cmd.cov,
+            cov_radius: cmd.cov_radius,
+            cov_psd: cmd.cov_psd,
+            zeta: cmd.zeta,
+            beta: cmd.beta,
+            second_order: cmd.second_order,
+            fd_step: cmd.fd_step,
+            uncentred: cmd.uncentred.then_some(true),
+            xi_labels: cmd.xi_labels,
+            scale_to: cmd.scale_to,
         },
         dataset: cmd.dataset,
         data_dir: cmd.data_dir,
@@ -163,6 +222,7 @@ pub fn run(cmd: TrainCmd) -> anyhow::Result<()> {
         test_limit: cmd.test_limit,
         device: cmd.device,
         dtype,
+        pgd_eval_images: cmd.pgd_eval_images,
     };
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -197,14 +257,32 @@ pub fn run(cmd: TrainCmd) -> anyhow::Result<()> {
         .map(|a| format!("{:.2} %", 100.0 * a))
         .unwrap_or_else(|| "n/a".into());
     match record.status {
-        RunStatus::Complete => println!(
-            "done: {} on {} for {} epochs; test accuracy {acc} on {} images; checkpoint {}",
-            record.method,
-            record.dataset,
-            record.epochs_done,
-            record.test_images,
-            out.join(sgr_train::MODEL_FILE).display()
-        ),
+        RunStatus::Complete => {
+            println!(
+                "done: {} on {} for {} epochs; test accuracy {acc} on {} images; checkpoint {}",
+                record.method,
+                record.dataset,
+                record.epochs_done,
+                record.test_images,
+                out.join(sgr_train::MODEL_FILE).display()
+            );
+            if let Some(omega) = record.history.last().and_then(|e| e.metrics.get("omega")) {
+                println!(
+                    "regularizer Ω (mean over the last epoch): {omega:.6}; λ = {}",
+                    record.method_options.lambda.unwrap_or(0.0)
+                );
+            }
+            if let Some(f) = &record.final_eval {
+                println!(
+                    "{} at ε = {}/255: accuracy {:.2} % on the first {} test images (clean {:.2} %)",
+                    f.attack,
+                    f.eps_255,
+                    100.0 * f.pgd_accuracy,
+                    f.images,
+                    100.0 * f.clean_accuracy
+                );
+            }
+        }
         _ => println!(
             "stopped after epoch {} (step {}); test accuracy so far {acc}; resume with: cargo xtask train --out {} --resume",
             record.epochs_done,

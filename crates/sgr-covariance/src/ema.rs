@@ -95,6 +95,13 @@ impl MeanEma {
         Ok(Self { beta, mean: None })
     }
 
+    /// Restores a saved mean (per-item shape, any dtype; kept as f64 on the CPU).
+    pub fn with_state(beta: f64, mean: &Tensor) -> Result<Self> {
+        let mut e = Self::new(beta)?;
+        e.mean = Some(mean.to_dtype(DType::F64)?.to_device(&Device::Cpu)?);
+        Ok(e)
+    }
+
     /// Updates with the batch mean of `ξ` (`(B, C, H, W)` or `(B, d)`); the mean keeps the per-item shape.
     pub fn update(&mut self, xi: &Tensor) -> Result<&Tensor> {
         batch_shape(xi)?;

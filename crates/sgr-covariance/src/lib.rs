@@ -8,6 +8,7 @@ mod fft;
 mod io;
 mod kernel;
 pub mod linalg;
+mod psd;
 mod repr;
 mod sample;
 mod stationary;

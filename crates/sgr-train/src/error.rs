@@ -7,7 +7,7 @@ pub enum TrainError {
     #[error(transparent)]
     Model(#[from] sgr_models::ModelError),
     #[error(transparent)]
-    Method(#[from] crate::method::UnknownMethod),
+    Method(#[from] crate::method::MethodError),
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
     #[error("{path}: {source}")]
@@ -29,12 +29,12 @@ pub enum TrainError {
     )]
     ResumeMismatch {
         dir: PathBuf,
-        flag: &'static str,
+        flag: String,
         given: String,
         stored: String,
     },
     #[error(
-        "loss became {value} at epoch {epoch}, step {step}; training stopped. The last good checkpoint \
+        "loss became {value} at epoch {epoch}, step {step} (non-finite or above 1e6: diverging); training stopped. The last good checkpoint \
          (after {epochs_done} epochs, {steps_done} steps) is kept in {dir}. Try a smaller --lr or regularisation strength"
     )]
     NonFinite {

@@ -10,22 +10,26 @@
 //! exactly: the data order of epoch `e` and the augmentation of batch `b` derive from `(seed, e, b)` alone.
 
 mod adam;
+mod adversarial;
 mod error;
 mod method;
 mod run;
+mod sgr;
 mod trainer;
 
 pub use adam::{Adam, AdamConfig};
+pub use adversarial::{Augmented, LRC_EPS_255, default_eps_255};
 pub use error::{Result, TrainError};
 pub use method::{
-    Clean, METHODS, Method, MethodOptions, StepInput, StepOutput, UnknownMethod, WeightDecay,
-    build_method, cross_entropy,
+    Clean, METHODS, Method, MethodContext, MethodError, MethodOptions, StepInput, StepOutput,
+    WeightDecay, build_method, cross_entropy,
 };
 pub use run::{
-    EpochRecord, LrSchedule, MODEL_FILE, PartialEpoch, RUN_FILE, RunRecord, RunStatus, STATE_FILE,
-    model_path, read_record,
+    EpochRecord, FinalEval, LrSchedule, MODEL_FILE, PartialEpoch, RUN_FILE, RunRecord, RunStatus,
+    STATE_FILE, model_path, read_record,
 };
+pub use sgr::{DATA_COV_IMAGES, Sgr, data_covariance, default_lambda};
 pub use trainer::{
-    Event, Observer, Quiet, TrainArgs, count_correct, default_epochs, default_lr_schedule,
-    evaluate, train,
+    Event, FINAL_PGD_IMAGES, MAX_LOSS, Observer, Quiet, TrainArgs, count_correct, default_epochs,
+    default_lr_schedule, evaluate, pgd_accuracy, train,
 };

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use candle_core::{Module, Result, Tensor, Var};
 use candle_nn::VarMap;
 use serde::{Deserialize, Serialize};
-use sgr_data::DatasetName;
+use sgr_data::{DatasetName, ImageSet};
 use sgr_models::Cnn;
 
 /// What a method sees of one training step.
@@ -24,6 +24,8 @@ pub struct StepInput<'a> {
     pub y: &'a Tensor,
     /// Optimiser steps done before this one.
     pub step: u64,
+    /// The run's seed (methods derive their random draws from `(seed, step)`).
+    pub seed: u64,
 }
 
 impl std::fmt::Debug for StepInput<'_> {
@@ -59,39 +61,117 @@ pub trait Method: std::fmt::Debug + Send {
     }
 }
 
-/// Hyper-parameters of the methods, each resolved to the paper's default for the data set when not given.
+/// Hyper-parameters of the methods, each resolved to the paper's default for the data set when not given;
+/// run.json records the resolved values.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct MethodOptions {
     /// L2 coefficient for `wdecay`: the loss gains `wd/2 · Σ‖W‖²` over conv and dense weights.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub weight_decay: Option<f64>,
+    /// Regularisation strength λ (GN/SGR), or the weight of the perturbed loss in eq. 3 (fgsm, pgd, lrc).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lambda: Option<f64>,
+    /// Perturbation budget in units of 1/255: FGSM/PGD for fgsm, pgd, fgsm-sgr, pgd-sgr; the noise scale
+    /// for lrc.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub eps: Option<f64>,
+    /// PGD iterations (step ε/5) for pgd and pgd-sgr.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pgd_steps: Option<usize>,
+    /// Σ of SGR: `dense` or `covfun` (estimated from perturbations), `data` (the training set's
+    /// covariance), `lrc` (synthetic, decay length `zeta`), `identity` (GN).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cov: Option<String>,
+    /// Radius of the covariance function (`cov = covfun`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cov_radius: Option<usize>,
+    /// Project the covariance function onto the PSD cone before use (`cov = covfun`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cov_psd: Option<bool>,
+    /// Decay length ζ of the LRC covariance (`cov = lrc`, and the lrc method's noise).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub zeta: Option<f64>,
+    /// EMA rate β of Σ̂.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub beta: Option<f64>,
+    /// `exact` (double backprop), `fd` (central differences) or `fd-forward`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub second_order: Option<String>,
+    /// Largest pixel displacement of the finite-difference modes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fd_step: Option<f64>,
+    /// Adds the uncentred term of eq. 12.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub uncentred: Option<bool>,
+    /// Labels the perturbations ξ are made for: `true` or `predicted` (the model's most likely label).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub xi_labels: Option<String>,
+    /// `c` of Algorithm 1: the mean diagonal Σ is scaled to (the training set's mean pixel variance).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scale_to: Option<f64>,
+}
+
+impl MethodOptions {
+    /// The first option set here that differs from `stored` (as JSON values), for `--resume` checks.
+    pub fn conflict_with(&self, stored: &MethodOptions) -> Option<(String, String, String)> {
+        let given = serde_json::to_value(self).ok()?;
+        let stored = serde_json::to_value(stored).ok()?;
+        let (given, stored) = (given.as_object()?, stored.as_object()?);
+        given.iter().find_map(|(k, v)| {
+            let s = stored.get(k).cloned().unwrap_or(serde_json::Value::Null);
+            (s != *v).then(|| (k.clone(), v.to_string(), s.to_string()))
+        })
+    }
 }
 
 /// The names [`build_method`] accepts.
-pub const METHODS: &[&str] = &["clean", "wdecay"];
+pub const METHODS: &[&str] = &[
+    "clean", "wdecay", "fgsm", "pgd", "gn", "sgr-grad", "sgr-sign", "fgsm-sgr", "pgd-sgr", "lrc",
+];
 
 #[derive(Debug, thiserror::Error)]
-#[error("unknown method '{0}': expected one of {known}", known = METHODS.join(", "))]
-pub struct UnknownMethod(pub String);
+pub enum MethodError {
+    #[error("unknown method '{0}': expected one of {known}", known = METHODS.join(", "))]
+    Unknown(String),
+    #[error("{0}")]
+    Config(String),
+    #[error(transparent)]
+    Regularizer(#[from] sgr_regularizers::RegError),
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+}
 
-/// Builds a method by name, filling in the paper's defaults for `dataset` where `options` leaves a value unset.
+/// What a method may look at when it is built: the data set and its training split (for `c` and the data
+/// covariance).
+#[derive(Debug)]
+pub struct MethodContext<'a> {
+    pub dataset: DatasetName,
+    pub train: &'a ImageSet,
+}
+
+/// Builds a method by name, filling in the paper's defaults for the data set where `options` leaves a value
+/// unset (the returned method's [`Method::options`] holds every resolved value).
 pub fn build_method(
     name: &str,
-    dataset: DatasetName,
+    ctx: &MethodContext<'_>,
     mut options: MethodOptions,
-) -> std::result::Result<Box<dyn Method>, UnknownMethod> {
+) -> std::result::Result<Box<dyn Method>, MethodError> {
+    let cifar = ctx.dataset == DatasetName::Cifar10;
     match name {
         "clean" => Ok(Box::new(Clean { options })),
         "wdecay" => {
-            let default = if dataset == DatasetName::Cifar10 {
-                5e-4
-            } else {
-                2e-4
-            };
-            options.weight_decay.get_or_insert(default);
+            options
+                .weight_decay
+                .get_or_insert(if cifar { 5e-4 } else { 2e-4 });
             Ok(Box::new(WeightDecay { options }))
         }
-        other => Err(UnknownMethod(other.to_string())),
+        "fgsm" | "pgd" | "lrc" => Ok(Box::new(crate::adversarial::Augmented::new(
+            name, ctx, options,
+        )?)),
+        "gn" | "sgr-grad" | "sgr-sign" | "fgsm-sgr" | "pgd-sgr" => {
+            Ok(Box::new(crate::sgr::Sgr::new(name, ctx, options)?))
+        }
+        other => Err(MethodError::Unknown(other.to_string())),
     }
 }
 

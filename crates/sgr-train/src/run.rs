@@ -127,6 +127,20 @@ pub struct RunRecord {
     /// The epoch in progress (batches done, running sums); empty at an epoch boundary.
     pub partial: PartialEpoch,
     pub history: Vec<EpochRecord>,
+    /// Robustness check at the end of the run (see [`FinalEval`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub final_eval: Option<FinalEval>,
+}
+
+/// Clean and PGD accuracy of the final model on the first `images` test images, at the data set's default ε.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FinalEval {
+    pub attack: String,
+    /// ε in units of 1/255.
+    pub eps_255: f64,
+    pub images: usize,
+    pub clean_accuracy: f64,
+    pub pgd_accuracy: f64,
 }
 
 impl RunRecord {

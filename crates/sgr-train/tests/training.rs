@@ -25,7 +25,21 @@ fn small_args(epochs: usize) -> TrainArgs {
         // Extending a run (--resume --epochs) keeps a constant rate exact; a cosine schedule's horizon
         // changes with the epoch count (checked separately below).
         lr_schedule: Some(LrSchedule::Constant),
+        pgd_eval_images: Some(0),
         ..TrainArgs::default()
+    }
+}
+
+/// A few deterministic images of the given shape (for building methods that look at the training set).
+fn tiny_set(channels: usize, height: usize, width: usize) -> sgr_data::ImageSet {
+    let d = channels * height * width;
+    sgr_data::ImageSet {
+        name: "tiny".into(),
+        channels,
+        height,
+        width,
+        pixels: (0..4 * d).map(|i| (i * 37 % 256) as u8).collect(),
+        labels: vec![0, 1, 2, 3],
     }
 }
 
@@ -298,7 +312,7 @@ fn adam_matches_hand_computed_updates_and_restores_exactly() {
 fn weight_decay_adds_half_wd_times_squared_weights() {
     use candle_nn::{VarBuilder, VarMap};
     use sgr_models::{Cnn, CnnConfig, init_params};
-    use sgr_train::{StepInput, build_method};
+    use sgr_train::{MethodContext, StepInput, build_method};
     let vm = VarMap::new();
     let cfg = CnnConfig::mnist();
     init_params(&vm, &cfg, 1, DType::F64, &Device::Cpu).unwrap();
@@ -311,18 +325,29 @@ fn weight_decay_adds_half_wd_times_squared_weights() {
         x: &x,
         y: &y,
         step: 0,
+        seed: 0,
     };
-    let clean = build_method("clean", DatasetName::Mnist, MethodOptions::default())
+    let train_set = tiny_set(1, 28, 28);
+    let mnist = MethodContext {
+        dataset: DatasetName::Mnist,
+        train: &train_set,
+    };
+    let cifar_set = tiny_set(3, 32, 32);
+    let cifar = MethodContext {
+        dataset: DatasetName::Cifar10,
+        train: &cifar_set,
+    };
+    let clean = build_method("clean", &mnist, MethodOptions::default())
         .unwrap()
         .loss(&input)
         .unwrap();
-    let mut wd = build_method("wdecay", DatasetName::Mnist, MethodOptions::default()).unwrap();
+    let mut wd = build_method("wdecay", &mnist, MethodOptions::default()).unwrap();
     assert_eq!(
         wd.options().weight_decay,
         Some(2e-4),
         "paper's MNIST default"
     );
-    let cifar = build_method("wdecay", DatasetName::Cifar10, MethodOptions::default()).unwrap();
+    let cifar = build_method("wdecay", &cifar, MethodOptions::default()).unwrap();
     assert_eq!(
         cifar.options().weight_decay,
         Some(5e-4),

@@ -1,0 +1,146 @@
+//! Training on perturbed inputs (eq. 3): `(1 − λ)·CE(x) + λ·CE(x̃)`, with `x̃` an FGSM or PGD adversarial
+//! example (made for the model's most likely label, sec. 7.2) or LRC noise (sec. 4.3).
+
+use candle_core::{Module, Result};
+use sgr_attacks::{Attack, Fgsm, NoiseSource, Pgd, WorstOfN, predicted_labels};
+use sgr_data::DatasetName;
+
+use crate::method::{
+    Method, MethodContext, MethodError, MethodOptions, StepInput, StepOutput, cross_entropy,
+};
+
+/// The paper's attack budget for a data set, in units of 1/255: 32 (MNIST-like), 4 (CIFAR-10).
+pub fn default_eps_255(dataset: DatasetName) -> f64 {
+    if dataset == DatasetName::Cifar10 {
+        4.0
+    } else {
+        32.0
+    }
+}
+
+/// The LRC method's default noise scale (ε = 0.3 in pixel units, Fig. 3), in units of 1/255.
+pub const LRC_EPS_255: f64 = 0.3 * 255.0;
+
+/// A 64-bit mix of the run's seed, a stream tag and the step, for per-step random draws.
+pub(crate) fn step_seed(seed: u64, tag: u64, step: u64) -> u64 {
+    let mut z = seed ^ tag.rotate_left(17) ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+pub(crate) fn check_positive(what: &str, v: f64) -> std::result::Result<f64, MethodError> {
+    if v >= 0.0 && v.is_finite() {
+        Ok(v)
+    } else {
+        Err(MethodError::Config(format!(
+            "{what} must be a non-negative number, got {v}"
+        )))
+    }
+}
+
+/// How the perturbed half of the batch is made.
+#[derive(Debug)]
+enum Perturb {
+    Fgsm,
+    Pgd { steps: usize },
+    Lrc(NoiseSource),
+}
+
+/// `fgsm`, `pgd` and `lrc` training.
+#[derive(Debug)]
+pub struct Augmented {
+    name: String,
+    options: MethodOptions,
+    perturb: Perturb,
+    lambda: f64,
+    eps: f64,
+}
+
+impl Augmented {
+    pub fn new(
+        name: &str,
+        ctx: &MethodContext<'_>,
+        mut options: MethodOptions,
+    ) -> std::result::Result<Self, MethodError> {
+        let lambda = check_positive("--lambda", *options.lambda.get_or_insert(0.5))?;
+        if lambda > 1.0 {
+            return Err(MethodError::Config(format!(
+                "--lambda weighs clean and perturbed loss (eq. 3) and must be in [0, 1], got {lambda}"
+            )));
+        }
+        let perturb = match name {
+            "fgsm" => Perturb::Fgsm,
+            "pgd" => Perturb::Pgd {
+                steps: *options.pgd_steps.get_or_insert(10),
+            },
+            _ => {
+                let zeta = *options.zeta.get_or_insert(8.0);
+                if !(zeta > 0.0 && zeta.is_finite()) {
+                    return Err(MethodError::Config(format!(
+                        "--zeta must be positive, got {zeta}"
+                    )));
+                }
+                Perturb::Lrc(NoiseSource::lrc(ctx.train.shape(), zeta)?)
+            }
+        };
+        let default_eps = if name == "lrc" {
+            LRC_EPS_255
+        } else {
+            default_eps_255(ctx.dataset)
+        };
+        let eps = check_positive("--eps", *options.eps.get_or_insert(default_eps))? / 255.0;
+        Ok(Self {
+            name: name.to_string(),
+            options,
+            perturb,
+            lambda,
+            eps,
+        })
+    }
+}
+
+impl Method for Augmented {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn options(&self) -> &MethodOptions {
+        &self.options
+    }
+    fn loss(&mut self, input: &StepInput<'_>) -> Result<StepOutput> {
+        let x = input.x;
+        let perturbed = match &self.perturb {
+            Perturb::Lrc(source) => {
+                let seed = step_seed(input.seed, 0x4C52_4300, input.step);
+                let noise = WorstOfN::draw_noise(source, seed, 0, x.dim(0)?)?
+                    .to_dtype(x.dtype())?
+                    .to_device(x.device())?;
+                (x + (noise * self.eps)?)?.clamp(0.0, 1.0)?
+            }
+            attack => {
+                let frozen = input.model.frozen();
+                let y_hat = predicted_labels(&frozen, x)?;
+                match attack {
+                    Perturb::Fgsm => Fgsm.run(&frozen, x, &y_hat, self.eps)?,
+                    Perturb::Pgd { steps } => Pgd {
+                        steps: *steps,
+                        random_start: true,
+                        seed: step_seed(input.seed, 0x5047_4400, input.step),
+                        ..Pgd::whitebox()
+                    }
+                    .run(&frozen, x, &y_hat, self.eps)?,
+                    Perturb::Lrc(_) => unreachable!(),
+                }
+            }
+        };
+        let logits = input.model.forward(x)?;
+        let clean = cross_entropy(&logits, input.y)?;
+        let adv = cross_entropy(&input.model.forward(&perturbed.detach())?, input.y)?;
+        let loss = ((&clean * (1.0 - self.lambda))? + (&adv * self.lambda)?)?;
+        Ok(StepOutput {
+            loss,
+            logits,
+            metrics: vec![("clean_ce".into(), clean), ("perturbed_ce".into(), adv)],
+        })
+    }
+}
