@@ -1,0 +1,375 @@
+//! Every training method: the paper's defaults, the objectives against their formulas, exact resume of the
+//! covariance estimate, and divergence handling. Sets CANDLE_GRAD_DO_NOT_DETACH (exact double backprop)
+//! before any thread of this binary runs a backward pass.
+#![allow(unsafe_code, clippy::unwrap_used)]
+
+use std::sync::Once;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use candle_core::{DType, Device, Tensor};
+use sgr_attacks::{Attack, Fgsm, predicted_labels};
+use sgr_data::DatasetName;
+use sgr_train::{
+    Event, LrSchedule, METHODS, MethodContext, MethodOptions, Observer, Quiet, RunStatus,
+    StepInput, TrainArgs, build_method, cross_entropy, read_record, train,
+};
+
+static FLAG: Once = Once::new();
+
+fn setup() {
+    FLAG.call_once(|| unsafe { std::env::set_var("CANDLE_GRAD_DO_NOT_DETACH", "1") });
+}
+
+fn embedded() -> sgr_data::Splits {
+    sgr_data::load(DatasetName::MnistSubset, None).unwrap()
+}
+
+fn cifar_like() -> sgr_data::ImageSet {
+    let d = 3 * 32 * 32;
+    sgr_data::ImageSet {
+        name: "tiny".into(),
+        channels: 3,
+        height: 32,
+        width: 32,
+        pixels: (0..4 * d)
+            .map(|i| ((i * 37 + (i / d) * 59) % 256) as u8)
+            .collect(),
+        labels: vec![0, 1, 2, 3],
+    }
+}
+
+#[test]
+fn paper_defaults_are_resolved_and_recorded() {
+    setup();
+    let data = embedded();
+    let mnist = MethodContext {
+        dataset: DatasetName::Mnist,
+        train: &data.train,
+    };
+    let cifar_set = cifar_like();
+    let cifar = MethodContext {
+        dataset: DatasetName::Cifar10,
+        train: &cifar_set,
+    };
+    let lambda = |ctx: &MethodContext<'_>, m: &str| {
+        build_method(m, ctx, MethodOptions::default())
+            .unwrap_or_else(|e| panic!("{m}: {e}"))
+            .options()
+            .lambda
+            .unwrap()
+    };
+    for (m, l_mnist, l_cifar) in [
+        ("gn", 5.0, 0.075),
+        ("sgr-grad", 0.1, 0.1),
+        ("sgr-sign", 1.0, 0.5),
+        ("fgsm-sgr", 0.5, 0.5),
+        ("pgd-sgr", 1.0, 0.5),
+        ("fgsm", 0.5, 0.5),
+        ("pgd", 0.5, 0.5),
+    ] {
+        assert_eq!(lambda(&mnist, m), l_mnist, "{m} on MNIST");
+        assert_eq!(lambda(&cifar, m), l_cifar, "{m} on CIFAR-10");
+    }
+    let o = build_method("fgsm-sgr", &mnist, MethodOptions::default())
+        .unwrap()
+        .options()
+        .clone();
+    assert_eq!(o.eps, Some(32.0));
+    assert_eq!(o.cov.as_deref(), Some("dense"));
+    assert_eq!(o.xi_labels.as_deref(), Some("predicted"));
+    assert!((o.scale_to.unwrap() - data.train.mean_pixel_variance()).abs() < 1e-15);
+    let o = build_method("pgd-sgr", &cifar, MethodOptions::default())
+        .unwrap()
+        .options()
+        .clone();
+    assert_eq!(
+        (o.eps, o.cov.as_deref(), o.cov_radius),
+        (Some(4.0), Some("covfun"), Some(8))
+    );
+    // The LRC experiment's λ for SGR with the synthetic covariance.
+    let lrc = MethodOptions {
+        cov: Some("lrc".into()),
+        ..MethodOptions::default()
+    };
+    let o = build_method("sgr-sign", &mnist, lrc)
+        .unwrap()
+        .options()
+        .clone();
+    assert_eq!((o.lambda, o.zeta), (Some(5.0), Some(8.0)));
+    // Clear errors for bad settings.
+    let bad = |m: &str, o: MethodOptions| build_method(m, &mnist, o).unwrap_err().to_string();
+    assert!(
+        bad(
+            "gn",
+            MethodOptions {
+                cov: Some("dense".into()),
+                ..Default::default()
+            }
+        )
+        .contains("Σ = I")
+    );
+    assert!(
+        bad(
+            "sgr-sign",
+            MethodOptions {
+                cov: Some("wavelet".into()),
+                ..Default::default()
+            }
+        )
+        .contains("--cov")
+    );
+    assert!(
+        bad(
+            "sgr-sign",
+            MethodOptions {
+                second_order: Some("newton".into()),
+                ..Default::default()
+            }
+        )
+        .contains("exact, fd")
+    );
+    assert!(
+        bad(
+            "pgd",
+            MethodOptions {
+                lambda: Some(1.5),
+                ..Default::default()
+            }
+        )
+        .contains("[0, 1]")
+    );
+    assert!(
+        bad(
+            "fgsm",
+            MethodOptions {
+                eps: Some(-1.0),
+                ..Default::default()
+            }
+        )
+        .contains("--eps")
+    );
+    assert!(bad("nope", MethodOptions::default()).contains("sgr-sign"));
+}
+
+#[test]
+fn every_method_takes_finite_steps_that_lower_the_loss() {
+    setup();
+    let data = embedded();
+    let ctx = MethodContext {
+        dataset: DatasetName::MnistSubset,
+        train: &data.train,
+    };
+    let (x, y) = data.train.range(0, 32, DType::F32, &Device::Cpu).unwrap();
+    for &name in METHODS {
+        let mut method = build_method(name, &ctx, MethodOptions::default()).unwrap();
+        let (model, vm) = sgr_testutil::model(sgr_models::CnnConfig::mnist(), 5, DType::F32);
+        let vars: Vec<_> = vm
+            .data()
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let mut adam = sgr_train::Adam::new(vars, sgr_train::AdamConfig::default()).unwrap();
+        let mut losses = vec![];
+        for step in 0..6 {
+            let out = method
+                .loss(&StepInput {
+                    model: &model,
+                    params: &vm,
+                    x: &x,
+                    y: &y,
+                    step,
+                    seed: 1,
+                })
+                .unwrap();
+            let l = out.loss.to_scalar::<f32>().unwrap();
+            assert!(l.is_finite(), "{name}: loss {l}");
+            for (k, v) in &out.metrics {
+                assert!(
+                    v.to_dtype(DType::F64)
+                        .unwrap()
+                        .to_scalar::<f64>()
+                        .unwrap()
+                        .is_finite(),
+                    "{name}: {k}"
+                );
+            }
+            losses.push(l);
+            adam.step(&out.loss.backward().unwrap()).unwrap();
+        }
+        // On one repeated batch the objective must fall (LRC noise is redrawn each step, hence the margin).
+        assert!(losses[5] < losses[0], "{name}: {losses:?}");
+    }
+}
+
+#[test]
+fn adversarial_training_is_half_clean_half_fgsm_for_predicted_labels() {
+    setup();
+    let data = embedded();
+    let ctx = MethodContext {
+        dataset: DatasetName::MnistSubset,
+        train: &data.train,
+    };
+    let (x, y) = data.train.range(0, 16, DType::F64, &Device::Cpu).unwrap();
+    let (model, vm) = sgr_testutil::model(sgr_models::CnnConfig::mnist(), 2, DType::F64);
+    let mut m = build_method("fgsm", &ctx, MethodOptions::default()).unwrap();
+    let out = m
+        .loss(&StepInput {
+            model: &model,
+            params: &vm,
+            x: &x,
+            y: &y,
+            step: 0,
+            seed: 0,
+        })
+        .unwrap();
+    let frozen = model.frozen();
+    let y_hat = predicted_labels(&frozen, &x).unwrap();
+    let adv = Fgsm.run(&frozen, &x, &y_hat, 32.0 / 255.0).unwrap();
+    let ce = |t: &Tensor| {
+        cross_entropy(&candle_core::Module::forward(&model, t).unwrap(), &y)
+            .unwrap()
+            .to_scalar::<f64>()
+            .unwrap()
+    };
+    let expected = 0.5 * ce(&x) + 0.5 * ce(&adv);
+    let got = out.loss.to_scalar::<f64>().unwrap();
+    assert!((got - expected).abs() < 1e-12, "{got} vs {expected}");
+}
+
+#[test]
+fn sgr_objective_is_ce_plus_lambda_omega() {
+    setup();
+    let data = embedded();
+    let ctx = MethodContext {
+        dataset: DatasetName::MnistSubset,
+        train: &data.train,
+    };
+    let (x, y) = data.train.range(0, 16, DType::F64, &Device::Cpu).unwrap();
+    let (model, vm) = sgr_testutil::model(sgr_models::CnnConfig::mnist(), 2, DType::F64);
+    let mut m = build_method("gn", &ctx, MethodOptions::default()).unwrap();
+    let out = m
+        .loss(&StepInput {
+            model: &model,
+            params: &vm,
+            x: &x,
+            y: &y,
+            step: 0,
+            seed: 0,
+        })
+        .unwrap();
+    // GN: Ω = c/(2m) Σ ‖∇_x log p_y‖², checked against the attacks crate's loss gradient (∇_x of the mean CE).
+    let c = data.train.mean_pixel_variance();
+    let (g_ce, _) = sgr_attacks::loss_gradient(&model.frozen(), &x, &y).unwrap();
+    let g = g_ce; // per-example gradients of log p_y (of the summed CE), up to sign
+    let omega = c / 32.0
+        * g.sqr()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f64>()
+            .unwrap();
+    let ce = cross_entropy(&candle_core::Module::forward(&model, &x).unwrap(), &y)
+        .unwrap()
+        .to_scalar::<f64>()
+        .unwrap();
+    let got = out.loss.to_scalar::<f64>().unwrap();
+    assert!(
+        (got - (ce + 5.0 * omega)).abs() < 1e-9 * got,
+        "{got} vs {}",
+        ce + 5.0 * omega
+    );
+}
+
+fn sgr_args(epochs: usize) -> TrainArgs {
+    TrainArgs {
+        method: Some("sgr-sign".into()),
+        dataset: Some(DatasetName::MnistSubset),
+        epochs: Some(epochs),
+        batch_size: Some(32),
+        train_limit: Some(96),
+        test_limit: Some(64),
+        seed: Some(4),
+        lr_schedule: Some(LrSchedule::Constant),
+        pgd_eval_images: Some(0),
+        ..TrainArgs::default()
+    }
+}
+
+struct StopAfter<'a> {
+    after: usize,
+    seen: usize,
+    stop: &'a AtomicBool,
+}
+
+impl Observer for StopAfter<'_> {
+    fn event(&mut self, event: Event<'_>) {
+        if let Event::Step { .. } = event {
+            self.seen += 1;
+            if self.seen == self.after {
+                self.stop.store(true, Ordering::SeqCst);
+            }
+        }
+    }
+}
+
+#[test]
+fn sgr_run_resumes_exactly_with_its_covariance_estimate() {
+    setup();
+    let no = AtomicBool::new(false);
+    let straight = tempfile::tempdir().unwrap();
+    let r = train(sgr_args(2), straight.path(), false, &no, &mut Quiet).unwrap();
+    assert_eq!(r.status, RunStatus::Complete);
+    assert!(r.history.iter().all(|e| e.metrics["omega"] > 0.0));
+    // Interrupt mid-epoch, then resume: Σ̂ (and Adam) must come back exactly.
+    let split = tempfile::tempdir().unwrap();
+    let stop = AtomicBool::new(false);
+    let mut obs = StopAfter {
+        after: 4,
+        seen: 0,
+        stop: &stop,
+    };
+    let r1 = train(sgr_args(2), split.path(), false, &stop, &mut obs).unwrap();
+    assert_eq!(r1.status, RunStatus::Interrupted);
+    let r2 = train(TrainArgs::default(), split.path(), true, &no, &mut Quiet).unwrap();
+    assert_eq!(r2.status, RunStatus::Complete);
+    let bytes = |d: &std::path::Path| std::fs::read(d.join("model.safetensors")).unwrap();
+    assert!(
+        bytes(straight.path()) == bytes(split.path()),
+        "resumed SGR run differs"
+    );
+    assert!(
+        std::fs::read(straight.path().join("optimizer.safetensors")).unwrap()
+            == std::fs::read(split.path().join("optimizer.safetensors")).unwrap()
+    );
+    let rec = read_record(split.path()).unwrap();
+    assert_eq!(rec.method_options.second_order.as_deref(), Some("exact"));
+    // A different λ on resume is refused, naming the flag.
+    let mut a = TrainArgs::default();
+    a.method_options.lambda = Some(0.3);
+    let err = train(a, split.path(), true, &no, &mut Quiet)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("--lambda"), "{err}");
+}
+
+#[test]
+fn divergence_stops_the_run_and_keeps_the_checkpoint() {
+    setup();
+    let no = AtomicBool::new(false);
+    let dir = tempfile::tempdir().unwrap();
+    let mut args = sgr_args(1);
+    args.method = Some("gn".into());
+    args.method_options.lambda = Some(1e15);
+    let err = train(args, dir.path(), false, &no, &mut Quiet)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("diverging") && err.contains("checkpoint"),
+        "{err}"
+    );
+    let rec = read_record(dir.path()).unwrap();
+    assert_eq!(rec.steps_done, 0);
+    assert!(dir.path().join("model.safetensors").is_file());
+}
