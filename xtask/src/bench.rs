@@ -30,6 +30,11 @@ pub struct BenchCmd {
     no_torch: bool,
     #[arg(long, default_value = "cpu", value_parser = parse_device)]
     device: DeviceKind,
+    /// Also time one full training step (objective, backward, Adam) of these methods on the MNIST CNN,
+    /// relative to clean, with the peak heap of the step: a comma list, or `all` (every method, plus
+    /// sgr-sign with the finite-difference surrogate).
+    #[arg(long)]
+    methods: Option<String>,
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -55,6 +60,25 @@ fn time_ms(reps: usize, mut f: impl FnMut() -> anyhow::Result<()>) -> anyhow::Re
     Ok(median(ts))
 }
 
+/// A model initialised from seed 0 (f32), its parameters and an Adam over them.
+fn fresh_model(config: &CnnConfig, device: &Device) -> anyhow::Result<(Cnn, VarMap, Adam)> {
+    let varmap = VarMap::new();
+    init_params(&varmap, config, 0, DType::F32, device)?;
+    let model = Cnn::new(
+        config.clone(),
+        VarBuilder::from_varmap(&varmap, DType::F32, device),
+    )?;
+    let vars: Vec<_> = varmap
+        .data()
+        .lock()
+        .map_err(|_| anyhow::anyhow!("lock"))?
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let adam = Adam::new(vars, AdamConfig::default())?;
+    Ok((model, varmap, adam))
+}
+
 fn bench_model(
     name: &str,
     config: CnnConfig,
@@ -62,12 +86,7 @@ fn bench_model(
     reps: usize,
     device: &Device,
 ) -> anyhow::Result<Vec<(String, f64)>> {
-    let varmap = VarMap::new();
-    init_params(&varmap, &config, 0, DType::F32, device)?;
-    let model = Cnn::new(
-        config.clone(),
-        VarBuilder::from_varmap(&varmap, DType::F32, device),
-    )?;
+    let (model, _varmap, mut adam) = fresh_model(&config, device)?;
     let x = Tensor::rand(
         0f32,
         1f32,
@@ -79,14 +98,7 @@ fn bench_model(
         batch,
         device,
     )?;
-    let vars: Vec<_> = varmap
-        .data()
-        .lock()
-        .map_err(|_| anyhow::anyhow!("lock"))?
-        .iter()
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
-    let mut adam = Adam::new(vars, AdamConfig::default())?;
+
     let mut out = Vec::new();
     out.push((
         "forward".to_string(),
@@ -143,6 +155,59 @@ fn bench_model(
         ));
     }
     tracing::debug!(model = name, "benchmarked");
+    Ok(out)
+}
+
+/// Median step time (ms) and peak heap above the starting level (MB) of each method on the MNIST CNN.
+fn bench_methods(
+    names: &[String],
+    batch: usize,
+    reps: usize,
+    device: &Device,
+) -> anyhow::Result<Vec<(String, f64, f64)>> {
+    let data = sgr_data::load(sgr_data::DatasetName::MnistSubset, None)?;
+    let ctx = sgr_train::MethodContext {
+        dataset: sgr_data::DatasetName::MnistSubset,
+        train: &data.train,
+    };
+    let idx: Vec<usize> = (0..batch).map(|i| i % data.train.len()).collect();
+    let (x, y) = data.train.batch(&idx, None, DType::F32, device)?;
+    let mut out = Vec::new();
+    for spec in names {
+        let (name, options) = match spec.split_once(':') {
+            Some((n, "fd")) => (
+                n,
+                sgr_train::MethodOptions {
+                    second_order: Some("fd".into()),
+                    ..Default::default()
+                },
+            ),
+            Some((_, other)) => {
+                anyhow::bail!("--methods {spec}: unknown variant '{other}' (only :fd)")
+            }
+            None => (spec.as_str(), sgr_train::MethodOptions::default()),
+        };
+        let mut method = sgr_train::build_method(name, &ctx, options)
+            .with_context(|| format!("--methods {spec}"))?;
+        let (model, varmap, mut adam) = fresh_model(&CnnConfig::mnist(), device)?;
+        let mut step = 0u64;
+        let base = crate::alloc::reset_peak();
+        let ms = time_ms(reps, || {
+            let o = method.loss(&sgr_train::StepInput {
+                model: &model,
+                params: &varmap,
+                x: &x,
+                y: &y,
+                step,
+                seed: 0,
+            })?;
+            adam.step(&o.loss.backward()?)?;
+            step += 1;
+            Ok(())
+        })?;
+        let peak_mb = (crate::alloc::peak().saturating_sub(base)) as f64 / 1e6;
+        out.push((spec.clone(), ms, peak_mb));
+    }
     Ok(out)
 }
 
@@ -216,6 +281,7 @@ pub fn run(cmd: BenchCmd) -> anyhow::Result<()> {
     println!("|---|---|---:|---:|---:|");
     // Rows: forward, input_grad (trainable model), clean_step (Adam), input_grad_frozen (the attacks' pass;
     // compared with torch's input_grad), and for MNIST a PGD-10 attack (torch: 10 × input_grad) and DeepFool.
+    let mut torch_mnist = None;
     for (name, config) in models {
         let ours = bench_model(name, config, cmd.batch, cmd.reps, &device)?;
         let torch = match &python {
@@ -228,6 +294,9 @@ pub fn run(cmd: BenchCmd) -> anyhow::Result<()> {
             },
             None => None,
         };
+        if name == "mnist" {
+            torch_mnist = torch.clone();
+        }
         let torch_grad = torch
             .as_ref()
             .and_then(|v| v["median_ms"]["input_grad"].as_f64());
@@ -242,6 +311,46 @@ pub fn run(cmd: BenchCmd) -> anyhow::Result<()> {
                 Some(t) => println!("| {name} | {case} | {ms:.1} | {t:.1} | {:.2} |", ms / t),
                 None => println!("| {name} | {case} | {ms:.1} | – | – |"),
             }
+        }
+    }
+    if let Some(spec) = &cmd.methods {
+        let names: Vec<String> = if spec == "all" {
+            let mut v: Vec<String> = sgr_train::METHODS.iter().map(|s| s.to_string()).collect();
+            v.push("sgr-sign:fd".into());
+            v
+        } else {
+            spec.split(',').map(|s| s.trim().to_string()).collect()
+        };
+        let mut names = names;
+        if !names.iter().any(|n| n == "clean") {
+            names.insert(0, "clean".into());
+        }
+        let rows = bench_methods(&names, cmd.batch, cmd.reps, &device)?;
+        let clean = rows
+            .iter()
+            .find(|r| r.0 == "clean")
+            .map(|r| r.1)
+            .unwrap_or(f64::NAN);
+        let torch_step = |k: &str| {
+            torch_mnist
+                .as_ref()
+                .and_then(|v: &serde_json::Value| v["median_ms"][k].as_f64())
+        };
+        println!();
+        println!(
+            "MNIST CNN, one training step (objective + backward + Adam), batch {}:",
+            cmd.batch
+        );
+        println!("| method | ms | × clean | peak heap (MB) |");
+        println!("|---|---:|---:|---:|");
+        for (n, ms, mb) in &rows {
+            println!("| {n} | {ms:.1} | {:.2} | {mb:.0} |", ms / clean);
+        }
+        if let (Some(c), Some(s)) = (torch_step("clean_step"), torch_step("sgr_sign_step")) {
+            println!(
+                "| PyTorch sgr-sign (exact) | {s:.1} | {:.2} (of PyTorch clean {c:.1}) | – |",
+                s / c
+            );
         }
     }
     Ok(())

@@ -1,6 +1,7 @@
 //! `cargo xtask …`: the sgr command line. A thin layer over the library crates: it parses flags, sets up
 //! logging and progress display, and calls into `sgr-train` and friends.
 
+mod alloc;
 mod bench;
 mod common;
 mod eval;
@@ -11,7 +12,7 @@ use clap::{Parser, Subcommand};
 // Training allocates and frees many large tensors per step; glibc's malloc returns them to the kernel each
 // time (mmap/munmap, page faults, TLB shootdowns: ~20 % of a step). mimalloc keeps them.
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: alloc::Counting = alloc::Counting;
 
 #[derive(Debug, Parser)]
 #[command(

@@ -7,16 +7,7 @@ use sgr_covariance::linalg::symmetric_eigenvalues;
 use sgr_covariance::{ChannelStructure, CovFun, Covariance, Stationary};
 
 fn dense(cov: &dyn Covariance) -> Vec<f64> {
-    cov.to_dense()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1::<f64>()
-        .unwrap()
-}
-
-fn max_abs_diff(a: &[f64], b: &[f64]) -> f64 {
-    a.iter().zip(b).fold(0f64, |m, (x, y)| m.max((x - y).abs()))
+    sgr_testutil::flat_f64(&cov.to_dense().unwrap())
 }
 
 fn min_eig(cov: &dyn Covariance) -> f64 {
@@ -71,7 +62,10 @@ fn already_psd_biased_estimate_is_unchanged() {
         let p = s.project_psd().unwrap();
         let (a, b) = (dense(&s), dense(&p));
         let scale = a.iter().fold(0f64, |m, v| m.max(v.abs()));
-        assert!(max_abs_diff(&a, &b) < 1e-10 * scale, "{shape:?}");
+        assert!(
+            sgr_testutil::max_abs_diff_slices(&a, &b) < 1e-10 * scale,
+            "{shape:?}"
+        );
     }
 }
 

@@ -26,16 +26,7 @@ fn config(cov: CovSpec, shape: (usize, usize, usize), uncentred: bool) -> Regula
 }
 
 fn dense(cov: &dyn Covariance) -> Vec<f64> {
-    cov.to_dense()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1::<f64>()
-        .unwrap()
-}
-
-fn max_abs_diff(a: &[f64], b: &[f64]) -> f64 {
-    a.iter().zip(b).fold(0f64, |m, (x, y)| m.max((x - y).abs()))
+    sgr_testutil::flat_f64(&cov.to_dense().unwrap())
 }
 
 #[test]
@@ -58,7 +49,7 @@ fn dense_ema_follows_algorithm_1_and_is_scaled_to_c() {
     let md: f64 = (0..d).map(|i| manual[i * d + i]).sum::<f64>() / d as f64;
     let expected: Vec<f64> = manual.iter().map(|v| v * 0.05 / md).collect();
     let got = dense(r.covariance().unwrap().as_ref());
-    assert!(max_abs_diff(&got, &expected) < 1e-12);
+    assert!(sgr_testutil::max_abs_diff_slices(&got, &expected) < 1e-12);
     assert!((r.covariance().unwrap().mean_diag() - 0.05).abs() < 1e-12);
     assert_eq!(r.updates(), 4);
 }
@@ -136,7 +127,11 @@ fn state_round_trip_restores_the_estimate() {
             dense(a.covariance().unwrap().as_ref()),
             dense(b.covariance().unwrap().as_ref()),
         );
-        assert!(max_abs_diff(&da, &db) == 0.0, "{}", spec.name());
+        assert!(
+            sgr_testutil::max_abs_diff_slices(&da, &db) == 0.0,
+            "{}",
+            spec.name()
+        );
         // One more identical update keeps them identical (the EMA state, not just the scaled copy, came back).
         let xi = rand_tensor(&[4, 1, 8, 8], 99, -0.5, 1.0);
         a.observe(&xi).unwrap();
@@ -145,7 +140,7 @@ fn state_round_trip_restores_the_estimate() {
             dense(a.covariance().unwrap().as_ref()),
             dense(b.covariance().unwrap().as_ref()),
         );
-        assert!(max_abs_diff(&da, &db) == 0.0);
+        assert!(sgr_testutil::max_abs_diff_slices(&da, &db) == 0.0);
         match (a.scaled_mean(), b.scaled_mean()) {
             (Some(x), Some(y)) => assert_eq!(
                 scalar(&(x - y).unwrap().abs().unwrap().sum_all().unwrap()),

@@ -47,3 +47,29 @@ pub fn tiny_config(channels: usize) -> CnnConfig {
         classes: 5,
     }
 }
+
+/// Every entry of a tensor of any float dtype, as f64, in row-major order.
+pub fn flat_f64(t: &Tensor) -> Vec<f64> {
+    t.to_dtype(DType::F64)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f64>()
+        .unwrap()
+}
+
+/// The largest entry of `|a − b|`.
+pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
+    max_abs(&(a.to_dtype(DType::F64).unwrap() - b.to_dtype(DType::F64).unwrap()).unwrap())
+}
+
+/// The largest entry of `|a|`.
+pub fn max_abs(a: &Tensor) -> f64 {
+    flat_f64(a).iter().fold(0f64, |m, v| m.max(v.abs()))
+}
+
+/// The largest entry of `|a − b|` for slices.
+pub fn max_abs_diff_slices(a: &[f64], b: &[f64]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    a.iter().zip(b).fold(0f64, |m, (x, y)| m.max((x - y).abs()))
+}

@@ -30,6 +30,6 @@ pub use run::{
 };
 pub use sgr::{DATA_COV_IMAGES, Sgr, data_covariance, default_lambda};
 pub use trainer::{
-    Event, FINAL_PGD_IMAGES, MAX_LOSS, Observer, Quiet, TrainArgs, count_correct, default_epochs,
-    default_lr_schedule, evaluate, pgd_accuracy, train,
+    Event, FINAL_PGD_IMAGES, MAX_LOSS, Observer, Quiet, StopAfterSteps, TrainArgs, count_correct,
+    default_epochs, default_lr_schedule, evaluate, pgd_accuracy, train,
 };

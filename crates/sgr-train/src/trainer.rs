@@ -107,6 +107,36 @@ impl Observer for Quiet {
     fn event(&mut self, _event: Event<'_>) {}
 }
 
+/// Raises a stop flag after a number of steps, as Ctrl-C does: the loop saves and returns `Interrupted`.
+/// (Time-boxed runs, tests of resumption.)
+#[derive(Debug)]
+pub struct StopAfterSteps<'a> {
+    pub after: usize,
+    pub seen: usize,
+    pub stop: &'a AtomicBool,
+}
+
+impl<'a> StopAfterSteps<'a> {
+    pub fn new(after: usize, stop: &'a AtomicBool) -> Self {
+        Self {
+            after,
+            seen: 0,
+            stop,
+        }
+    }
+}
+
+impl Observer for StopAfterSteps<'_> {
+    fn event(&mut self, event: Event<'_>) {
+        if let Event::Step { .. } = event {
+            self.seen += 1;
+            if self.seen == self.after {
+                self.stop.store(true, Ordering::SeqCst);
+            }
+        }
+    }
+}
+
 fn dtype_name(dtype: DType) -> String {
     format!("{dtype:?}").to_lowercase()
 }

@@ -4,14 +4,14 @@
 #![allow(unsafe_code, clippy::unwrap_used)]
 
 use std::sync::Once;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 
 use candle_core::{DType, Device, Tensor};
 use sgr_attacks::{Attack, Fgsm, predicted_labels};
 use sgr_data::DatasetName;
 use sgr_train::{
-    Event, LrSchedule, METHODS, MethodContext, MethodOptions, Observer, Quiet, RunStatus,
-    StepInput, TrainArgs, build_method, cross_entropy, read_record, train,
+    LrSchedule, METHODS, MethodContext, MethodOptions, Quiet, RunStatus, StepInput, StopAfterSteps,
+    TrainArgs, build_method, cross_entropy, read_record, train,
 };
 
 static FLAG: Once = Once::new();
@@ -203,8 +203,9 @@ fn every_method_takes_finite_steps_that_lower_the_loss() {
     }
 }
 
-#[test]
-fn adversarial_training_is_half_clean_half_fgsm_for_predicted_labels() {
+/// The objective of `name` (default options, f64) at its first step on 16 embedded images; also returns the
+/// model, the batch and c (the training set's mean pixel variance).
+fn first_objective(name: &str) -> (sgr_models::Cnn, Tensor, Tensor, f64, f64) {
     setup();
     let data = embedded();
     let ctx = MethodContext {
@@ -213,7 +214,7 @@ fn adversarial_training_is_half_clean_half_fgsm_for_predicted_labels() {
     };
     let (x, y) = data.train.range(0, 16, DType::F64, &Device::Cpu).unwrap();
     let (model, vm) = sgr_testutil::model(sgr_models::CnnConfig::mnist(), 2, DType::F64);
-    let mut m = build_method("fgsm", &ctx, MethodOptions::default()).unwrap();
+    let mut m = build_method(name, &ctx, MethodOptions::default()).unwrap();
     let out = m
         .loss(&StepInput {
             model: &model,
@@ -224,6 +225,13 @@ fn adversarial_training_is_half_clean_half_fgsm_for_predicted_labels() {
             seed: 0,
         })
         .unwrap();
+    let objective = out.loss.to_scalar::<f64>().unwrap();
+    (model, x, y, objective, data.train.mean_pixel_variance())
+}
+
+#[test]
+fn adversarial_training_is_half_clean_half_fgsm_for_predicted_labels() {
+    let (model, x, y, got, _) = first_objective("fgsm");
     let frozen = model.frozen();
     let y_hat = predicted_labels(&frozen, &x).unwrap();
     let adv = Fgsm.run(&frozen, &x, &y_hat, 32.0 / 255.0).unwrap();
@@ -234,33 +242,13 @@ fn adversarial_training_is_half_clean_half_fgsm_for_predicted_labels() {
             .unwrap()
     };
     let expected = 0.5 * ce(&x) + 0.5 * ce(&adv);
-    let got = out.loss.to_scalar::<f64>().unwrap();
     assert!((got - expected).abs() < 1e-12, "{got} vs {expected}");
 }
 
 #[test]
 fn sgr_objective_is_ce_plus_lambda_omega() {
-    setup();
-    let data = embedded();
-    let ctx = MethodContext {
-        dataset: DatasetName::MnistSubset,
-        train: &data.train,
-    };
-    let (x, y) = data.train.range(0, 16, DType::F64, &Device::Cpu).unwrap();
-    let (model, vm) = sgr_testutil::model(sgr_models::CnnConfig::mnist(), 2, DType::F64);
-    let mut m = build_method("gn", &ctx, MethodOptions::default()).unwrap();
-    let out = m
-        .loss(&StepInput {
-            model: &model,
-            params: &vm,
-            x: &x,
-            y: &y,
-            step: 0,
-            seed: 0,
-        })
-        .unwrap();
+    let (model, x, y, got, c) = first_objective("gn");
     // GN: Ω = c/(2m) Σ ‖∇_x log p_y‖², checked against the attacks crate's loss gradient (∇_x of the mean CE).
-    let c = data.train.mean_pixel_variance();
     let (g_ce, _) = sgr_attacks::loss_gradient(&model.frozen(), &x, &y).unwrap();
     let g = g_ce; // per-example gradients of log p_y (of the summed CE), up to sign
     let omega = c / 32.0
@@ -274,7 +262,6 @@ fn sgr_objective_is_ce_plus_lambda_omega() {
         .unwrap()
         .to_scalar::<f64>()
         .unwrap();
-    let got = out.loss.to_scalar::<f64>().unwrap();
     assert!(
         (got - (ce + 5.0 * omega)).abs() < 1e-9 * got,
         "{got} vs {}",
@@ -297,23 +284,6 @@ fn sgr_args(epochs: usize) -> TrainArgs {
     }
 }
 
-struct StopAfter<'a> {
-    after: usize,
-    seen: usize,
-    stop: &'a AtomicBool,
-}
-
-impl Observer for StopAfter<'_> {
-    fn event(&mut self, event: Event<'_>) {
-        if let Event::Step { .. } = event {
-            self.seen += 1;
-            if self.seen == self.after {
-                self.stop.store(true, Ordering::SeqCst);
-            }
-        }
-    }
-}
-
 #[test]
 fn sgr_run_resumes_exactly_with_its_covariance_estimate() {
     setup();
@@ -325,11 +295,7 @@ fn sgr_run_resumes_exactly_with_its_covariance_estimate() {
     // Interrupt mid-epoch, then resume: Σ̂ (and Adam) must come back exactly.
     let split = tempfile::tempdir().unwrap();
     let stop = AtomicBool::new(false);
-    let mut obs = StopAfter {
-        after: 4,
-        seen: 0,
-        stop: &stop,
-    };
+    let mut obs = StopAfterSteps::new(4, &stop);
     let r1 = train(sgr_args(2), split.path(), false, &stop, &mut obs).unwrap();
     assert_eq!(r1.status, RunStatus::Interrupted);
     let r2 = train(TrainArgs::default(), split.path(), true, &no, &mut Quiet).unwrap();

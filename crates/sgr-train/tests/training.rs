@@ -3,12 +3,12 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 
 use candle_core::{DType, Device, Tensor, Var};
 use sgr_data::DatasetName;
 use sgr_train::{
-    Adam, AdamConfig, Event, LrSchedule, MethodOptions, Observer, Quiet, RunStatus, TrainArgs,
+    Adam, AdamConfig, LrSchedule, MethodOptions, Quiet, RunStatus, StopAfterSteps, TrainArgs,
     read_record, train,
 };
 
@@ -45,24 +45,6 @@ fn tiny_set(channels: usize, height: usize, width: usize) -> sgr_data::ImageSet 
 
 fn model_bytes(dir: &Path) -> Vec<u8> {
     std::fs::read(dir.join("model.safetensors")).unwrap()
-}
-
-/// Raises the stop flag after `after` steps.
-struct StopAfter<'a> {
-    after: usize,
-    seen: usize,
-    stop: &'a AtomicBool,
-}
-
-impl Observer for StopAfter<'_> {
-    fn event(&mut self, event: Event<'_>) {
-        if let Event::Step { .. } = event {
-            self.seen += 1;
-            if self.seen == self.after {
-                self.stop.store(true, Ordering::SeqCst);
-            }
-        }
-    }
 }
 
 #[test]
@@ -140,11 +122,7 @@ fn training_is_deterministic_and_resumes_exactly() {
         interrupted.path(),
         false,
         &stop,
-        &mut StopAfter {
-            after: 3,
-            seen: 0,
-            stop: &stop,
-        },
+        &mut StopAfterSteps::new(3, &stop),
     )
     .unwrap();
     assert_eq!(
