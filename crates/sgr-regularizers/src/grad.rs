@@ -59,6 +59,28 @@ pub fn input_gradient(
     })
 }
 
+/// [`input_gradient`] for the finite-difference modes, which need no graph on the gradient: the gradient
+/// comes from `frozen` (the same function with parameters that are not variables, so the backward pass
+/// computes input gradients only, about half the work), the logits and log-likelihoods from `model` (with
+/// their graph to the parameters).
+pub fn input_gradient_split(
+    model: &dyn Module,
+    frozen: &dyn Module,
+    x: &Tensor,
+    y: &Tensor,
+) -> Result<InputGradient> {
+    let probe = input_gradient(frozen, x, y, false)?;
+    let x = x.detach();
+    let logits = model.forward(&x)?;
+    let log_lik = log_likelihood(&logits, y)?;
+    Ok(InputGradient {
+        x,
+        logits,
+        log_lik,
+        grad: probe.grad,
+    })
+}
+
 /// The value `Ω = 1/(2m) Σ_i g_iᵀ Σ g_i − 1/m Σ_i g_iᵀ μ` for gradients `g` `(m, …)`, a (scaled) covariance
 /// `cov` and an optional mean `μ` (per-item shape). Differentiable through `g` when `g` carries a graph.
 pub fn omega_value(

@@ -27,7 +27,7 @@ mod regularizer;
 mod second_order;
 
 pub use error::{RegError, Result};
-pub use grad::{InputGradient, input_gradient, omega_value};
+pub use grad::{InputGradient, input_gradient, input_gradient_split, log_likelihood, omega_value};
 pub use regularizer::{CovSpec, GradientRegularizer, Penalty, Regularizer, RegularizerConfig};
 pub use second_order::{
     DOUBLE_BACKPROP_ENV, SecondOrder, double_backprop_works, ensure_double_backprop,

@@ -21,7 +21,7 @@ use sgr_covariance::{ChannelStructure, Covariance, Dense, Stationary};
 use sgr_data::{DatasetName, ImageSet};
 use sgr_regularizers::{
     CovSpec, GradientRegularizer, InputGradient, Regularizer, RegularizerConfig, SecondOrder,
-    input_gradient,
+    input_gradient, input_gradient_split,
 };
 
 use crate::adversarial::{check_positive, default_eps_255};
@@ -254,8 +254,11 @@ impl Method for Sgr {
         &self.options
     }
     fn loss(&mut self, input: &StepInput<'_>) -> Result<StepOutput> {
-        let exact = self.reg.config().second_order == SecondOrder::Exact;
-        let ig = input_gradient(input.model, input.x, input.y, exact)?;
+        let ig = if self.reg.config().second_order == SecondOrder::Exact {
+            input_gradient(input.model, input.x, input.y, true)?
+        } else {
+            input_gradient_split(input.model, &input.model.frozen(), input.x, input.y)?
+        };
         if self.xi != Xi::None {
             let xi = self.perturbations(input, &ig)?;
             self.reg.observe(&xi)?;
