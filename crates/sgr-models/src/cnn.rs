@@ -110,15 +110,15 @@ impl CnnConfig {
 /// The classifier. `forward` maps `(B, C, H, W)` images in `[0, 1]` to `(B, classes)` logits.
 #[derive(Clone, Debug)]
 pub struct Cnn {
-    conv1: Conv2d,
-    conv2: Conv2d,
-    conv3: Conv2d,
-    conv4: Conv2d,
-    fc1: Linear,
-    fc2: Linear,
-    fc3: Linear,
+    pub(crate) conv1: Conv2d,
+    pub(crate) conv2: Conv2d,
+    pub(crate) conv3: Conv2d,
+    pub(crate) conv4: Conv2d,
+    pub(crate) fc1: Linear,
+    pub(crate) fc2: Linear,
+    pub(crate) fc3: Linear,
     config: CnnConfig,
-    plain_ops: bool,
+    pub(crate) plain_ops: bool,
 }
 
 impl Cnn {
@@ -158,6 +158,10 @@ impl Cnn {
     /// [`crate::ops::conv2d_valid`], whose backward runs on gemm; other devices always use candle's kernels.
     pub fn set_plain_ops(&mut self, plain: bool) {
         self.plain_ops = plain;
+    }
+
+    pub(crate) fn conv_layer(&self, layer: &Conv2d, x: &Tensor) -> Result<Tensor> {
+        self.conv(layer, x)
     }
 
     fn conv(&self, layer: &Conv2d, x: &Tensor) -> Result<Tensor> {

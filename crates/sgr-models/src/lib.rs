@@ -12,6 +12,7 @@ mod checkpoint;
 mod cnn;
 mod device;
 pub mod fsutil;
+mod input_grad;
 mod layers;
 pub mod ops;
 

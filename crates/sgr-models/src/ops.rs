@@ -176,3 +176,29 @@ pub fn conv2d_valid(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Resul
     };
     out.transpose(1, 2)?.reshape((b, o, oh, ow))
 }
+
+/// The input gradient of [`conv2d_valid`]: `dy` `(B, O, OH, OW)` back to `(B, C, H, W)` through `weight`
+/// `(O, C, k, k)`, as a matrix product and `fold`. Built from differentiable ops, so it is itself
+/// differentiable in `dy` and in `weight` (what double backprop needs). CPU only.
+pub fn conv2d_valid_input_grad(
+    dy: &Tensor,
+    weight: &Tensor,
+    (h, w): (usize, usize),
+) -> Result<Tensor> {
+    let (b, o, oh, ow) = dy.dims4()?;
+    let (o2, c, k, _) = weight.dims4()?;
+    if o != o2 || oh + k - 1 != h || ow + k - 1 != w {
+        candle_core::bail!(
+            "conv2d_valid_input_grad: gradient {:?}, kernel {:?} and input size {h}x{w} do not match",
+            dy.dims(),
+            weight.dims()
+        );
+    }
+    let dy = dy.flatten_from(2)?.transpose(1, 2)?.contiguous()?; // (B, L, O)
+    let wmat = weight.reshape((o, c * k * k))?; // (O, Ckk)
+    let cols = dy
+        .reshape((b * oh * ow, o))?
+        .matmul(&wmat)?
+        .reshape((b, oh * ow, c * k * k))?;
+    cols.apply_op1(Fold { c, h, w, k })
+}

@@ -1,19 +1,104 @@
 //! Second order through the model: Hessian-vector products of the log-likelihood with respect to the input,
 //! by double backprop, against finite differences of the gradient. This is what exact SGR needs.
 //!
-//! One test in this binary: it sets `CANDLE_GRAD_DO_NOT_DETACH` before the thread's first backward.
+//! Every test of this binary sets `CANDLE_GRAD_DO_NOT_DETACH` (once, behind a `Once` that the other
+//! threads wait on) before its first backward pass.
 #![allow(unsafe_code)]
 
 mod common;
+
+use std::sync::Once;
 
 use candle_core::{DType, Device, Tensor, Var};
 use common::{log_lik, model, rand_tensor, scalar};
 use sgr_models::CnnConfig;
 
+static FLAG: Once = Once::new();
+
+fn setup() {
+    // SAFETY: every test calls this first and `Once` blocks the others until the write is done, so no
+    // thread of this binary reads the environment while it changes.
+    FLAG.call_once(|| unsafe { std::env::set_var("CANDLE_GRAD_DO_NOT_DETACH", "1") });
+}
+
+#[test]
+fn explicit_input_gradient_equals_autograd_to_second_order() {
+    setup();
+    for (config, seed) in [(CnnConfig::mnist(), 31u64), (CnnConfig::cifar10(), 32)] {
+        let (m, vm) = model(config.clone(), seed, DType::F64);
+        let shape = [3, config.in_channels, config.height, config.width];
+        // The first image is constant: the standardisation's floor branch.
+        let x = rand_tensor(&shape, seed + 1, 0.0, 1.0);
+        let flat = Tensor::full(0.5f64, &shape[1..], &Device::Cpu)
+            .unwrap()
+            .unsqueeze(0)
+            .unwrap();
+        let x = Tensor::cat(&[&flat, &x.narrow(0, 1, 2).unwrap()], 0).unwrap();
+        let y = Tensor::new(&[2u32, 5, 9], &Device::Cpu).unwrap();
+        let (logits, ll, g) = m.log_lik_input_gradient(&x, &y).unwrap();
+        let xv = Var::from_tensor(&x).unwrap();
+        let ll_auto = log_lik(&m, xv.as_tensor(), &y).unwrap();
+        let g_auto = ll_auto
+            .backward()
+            .unwrap()
+            .get(xv.as_tensor())
+            .unwrap()
+            .clone();
+        let close = |a: &Tensor, b: &Tensor, what: &str| {
+            let scale = scalar(
+                &b.abs()
+                    .unwrap()
+                    .max_keepdim(0)
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap()
+                    .max(0)
+                    .unwrap(),
+            );
+            let diff = scalar(
+                &(a - b)
+                    .unwrap()
+                    .abs()
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap()
+                    .max(0)
+                    .unwrap(),
+            );
+            assert!(
+                diff <= 1e-10 * scale.max(1e-300),
+                "{what}: max diff {diff} (scale {scale})"
+            );
+        };
+        close(&g, &g_auto, "input gradient");
+        assert!((scalar(&ll.sum_all().unwrap()) - scalar(&ll_auto)).abs() < 1e-12);
+        let logits_auto = candle_core::Module::forward(&m, &x).unwrap();
+        close(&logits, &logits_auto, "logits");
+        // Second order: parameter gradients of ⟨g, w⟩ through both graphs.
+        let w = rand_tensor(&shape, seed + 2, -1.0, 1.0);
+        let gm = (&g * &w).unwrap().sum_all().unwrap().backward().unwrap();
+        let ga = (&g_auto * &w)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let data = vm.data().lock().unwrap();
+        for (name, v) in data.iter() {
+            let a = gm
+                .get(v.as_tensor())
+                .unwrap_or_else(|| panic!("no gradient for {name} (explicit)"));
+            let b = ga
+                .get(v.as_tensor())
+                .unwrap_or_else(|| panic!("no gradient for {name} (autograd)"));
+            close(a, b, name);
+        }
+    }
+}
+
 #[test]
 fn hessian_vector_products_match_finite_differences() {
-    // SAFETY: the only test of this binary, run before any other thread reads the environment.
-    unsafe { std::env::set_var("CANDLE_GRAD_DO_NOT_DETACH", "1") };
+    setup();
     for (config, seed) in [(CnnConfig::mnist(), 21u64), (CnnConfig::cifar10(), 22)] {
         let (m, _vm) = model(config.clone(), seed, DType::F64);
         let shape = [2, config.in_channels, config.height, config.width];

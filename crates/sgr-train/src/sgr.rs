@@ -255,7 +255,18 @@ impl Method for Sgr {
     }
     fn loss(&mut self, input: &StepInput<'_>) -> Result<StepOutput> {
         let ig = if self.reg.config().second_order == SecondOrder::Exact {
-            input_gradient(input.model, input.x, input.y, true)?
+            if input.model.has_explicit_input_gradient(input.x) {
+                // The reverse pass written as forward ops: no wasted parameter gradients (see sgr-models).
+                let (logits, log_lik, grad) = input.model.log_lik_input_gradient(input.x, input.y)?;
+                InputGradient {
+                    x: input.x.detach(),
+                    logits,
+                    log_lik,
+                    grad,
+                }
+            } else {
+                input_gradient(input.model, input.x, input.y, true)?
+            }
         } else {
             input_gradient_split(input.model, &input.model.frozen(), input.x, input.y)?
         };
