@@ -257,7 +257,8 @@ impl Method for Sgr {
         let ig = if self.reg.config().second_order == SecondOrder::Exact {
             if input.model.has_explicit_input_gradient(input.x) {
                 // The reverse pass written as forward ops: no wasted parameter gradients (see sgr-models).
-                let (logits, log_lik, grad) = input.model.log_lik_input_gradient(input.x, input.y)?;
+                let (logits, log_lik, grad) =
+                    input.model.log_lik_input_gradient(input.x, input.y)?;
                 InputGradient {
                     x: input.x.detach(),
                     logits,

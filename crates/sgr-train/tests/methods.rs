@@ -339,3 +339,57 @@ fn divergence_stops_the_run_and_keeps_the_checkpoint() {
     assert_eq!(rec.steps_done, 0);
     assert!(dir.path().join("model.safetensors").is_file());
 }
+
+#[test]
+fn data_covariance_matches_the_dense_estimate_and_trains() {
+    setup();
+    let data = embedded();
+    let chunked = sgr_train::data_covariance(&data.train).unwrap();
+    let (x, _) = data
+        .train
+        .range(0, data.train.len(), DType::F64, &Device::Cpu)
+        .unwrap();
+    let direct = sgr_covariance::Dense::data_covariance(&x).unwrap();
+    let diff = (chunked.matrix() - direct.matrix())
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f64>()
+        .unwrap();
+    assert!(diff < 1e-12, "chunked data covariance differs by {diff}");
+    use sgr_covariance::Covariance;
+    // (Tensors hold pixels / 255 rounded through f32; mean_pixel_variance works in f64 from the bytes.)
+    assert!((chunked.mean_diag() - data.train.mean_pixel_variance()).abs() < 1e-6);
+    // And a fixed-Σ SGR step runs with it.
+    let ctx = MethodContext {
+        dataset: DatasetName::MnistSubset,
+        train: &data.train,
+    };
+    let opts = MethodOptions {
+        cov: Some("data".into()),
+        ..MethodOptions::default()
+    };
+    let mut m = build_method("sgr-sign", &ctx, opts).unwrap();
+    assert_eq!(
+        m.options().xi_labels,
+        None,
+        "a fixed Σ needs no perturbations"
+    );
+    let (xb, yb) = data.train.range(0, 8, DType::F32, &Device::Cpu).unwrap();
+    let (model, vm) = sgr_testutil::model(sgr_models::CnnConfig::mnist(), 3, DType::F32);
+    let out = m
+        .loss(&StepInput {
+            model: &model,
+            params: &vm,
+            x: &xb,
+            y: &yb,
+            step: 0,
+            seed: 0,
+        })
+        .unwrap();
+    assert!(out.loss.to_scalar::<f32>().unwrap().is_finite());
+}
