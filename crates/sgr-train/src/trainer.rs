@@ -269,7 +269,12 @@ pub fn train(
     }
 
     // Data.
-    let data_dir = args.data_dir.as_deref();
+    // On --resume without --data-dir, the folder the run was started from (recorded as its data source).
+    let stored_dir = stored.as_ref().and_then(|r| {
+        let p = PathBuf::from(&r.data_source);
+        (args.data_dir.is_none() && p.is_dir()).then_some(p)
+    });
+    let data_dir = args.data_dir.as_deref().or(stored_dir.as_deref());
     let mut data = sgr_data::load(dataset, data_dir)?;
     match &stored {
         Some(r) => {
@@ -410,6 +415,8 @@ pub fn train(
     record.status = RunStatus::Running;
 
     while record.epochs_done < record.epochs {
+        // The model changes: an earlier end-of-run check no longer describes it.
+        record.final_eval = None;
         let epoch = record.epochs_done;
         let order = epoch_order(n, seed, epoch as u64);
         for b in record.partial.batches..batches {
