@@ -393,3 +393,64 @@ fn data_covariance_matches_the_dense_estimate_and_trains() {
         .unwrap();
     assert!(out.loss.to_scalar::<f32>().unwrap().is_finite());
 }
+
+/// CIFAR-10's binary format: a label byte, then 3·32·32 pixel bytes, per image.
+fn write_cifar_batch(path: &std::path::Path, n: usize, seed: u64) {
+    let mut bytes = Vec::with_capacity(n * 3073);
+    let mut s = seed;
+    for i in 0..n {
+        bytes.push((i % 10) as u8);
+        for _ in 0..3072 {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            bytes.push((s >> 56) as u8);
+        }
+    }
+    std::fs::write(path, bytes).unwrap();
+}
+
+#[test]
+fn sgr_sign_on_cifar_uses_a_psd_covariance_function() {
+    setup();
+    let data = tempfile::tempdir().unwrap();
+    for (k, name) in [
+        "data_batch_1",
+        "data_batch_2",
+        "data_batch_3",
+        "data_batch_4",
+        "data_batch_5",
+    ]
+    .iter()
+    .enumerate()
+    {
+        write_cifar_batch(&data.path().join(format!("{name}.bin")), 4, k as u64);
+    }
+    write_cifar_batch(&data.path().join("test_batch.bin"), 8, 9);
+    let out = tempfile::tempdir().unwrap();
+    let args = TrainArgs {
+        method: Some("sgr-sign".into()),
+        dataset: Some(DatasetName::Cifar10),
+        data_dir: Some(data.path().to_owned()),
+        epochs: Some(1),
+        batch_size: Some(10),
+        pgd_eval_images: Some(8),
+        ..TrainArgs::default()
+    };
+    let no = AtomicBool::new(false);
+    let r = train(args, out.path(), false, &no, &mut Quiet).unwrap();
+    assert_eq!(r.status, RunStatus::Complete);
+    let o = &r.method_options;
+    assert_eq!(
+        (o.lambda, o.eps),
+        (Some(0.5), None),
+        "ε is for the attack-based variants"
+    );
+    assert_eq!(
+        (o.cov.as_deref(), o.cov_radius, o.cov_psd),
+        (Some("covfun"), Some(8), Some(true))
+    );
+    assert!(r.history[0].metrics["omega"] > 0.0);
+    let f = r.final_eval.unwrap();
+    assert_eq!((f.images, f.eps_255), (8, 4.0));
+}
