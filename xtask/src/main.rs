@@ -28,7 +28,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Train a classifier with a training method; writes OUT/model.safetensors and OUT/run.json.
-    Train(train::TrainCmd),
+    Train(Box<train::TrainCmd>),
     /// Clean test accuracy of a checkpoint.
     Eval(eval::EvalCmd),
     /// Time training steps of both models (batch 128) and compare with PyTorch where available.
@@ -46,7 +46,7 @@ fn main() -> std::process::ExitCode {
     common::init_logging();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Train(cmd) => train::run(cmd),
+        Command::Train(cmd) => train::run(*cmd),
         Command::Eval(cmd) => eval::run(cmd),
         Command::Bench(cmd) => bench::run(cmd),
     };
