@@ -136,6 +136,14 @@ fn bench_model(
             Ok(())
         })?,
     ));
+    // The same gradient through the model's explicit reverse graph (what exact SGR uses), on the frozen copy.
+    out.push((
+        "input_grad_explicit".to_string(),
+        time_ms(reps, || {
+            frozen.log_lik_input_gradient(&x, &y)?;
+            Ok(())
+        })?,
+    ));
     if name == "mnist" {
         let eps = 32.0 / 255.0;
         let few = reps.clamp(1, 3);
@@ -303,7 +311,7 @@ pub fn run(cmd: BenchCmd) -> anyhow::Result<()> {
         for (case, ms) in ours {
             // PyTorch's PGD-10 attack is ten of its input-gradient passes.
             let t = match case.as_str() {
-                "input_grad_frozen" => torch_grad,
+                "input_grad_frozen" | "input_grad_explicit" => torch_grad,
                 "pgd10_attack" => torch_grad.map(|g| 10.0 * g),
                 _ => torch.as_ref().and_then(|v| v["median_ms"][&case].as_f64()),
             };
