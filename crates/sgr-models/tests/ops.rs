@@ -9,16 +9,7 @@ use common::{rand_tensor, scalar};
 use sgr_models::ops::conv2d_valid;
 
 fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
-    scalar(
-        &(a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap(),
-    )
+    sgr_testutil::max_abs_diff(a, b)
 }
 
 #[test]

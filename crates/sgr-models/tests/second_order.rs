@@ -45,26 +45,7 @@ fn explicit_input_gradient_equals_autograd_to_second_order() {
             .unwrap()
             .clone();
         let close = |a: &Tensor, b: &Tensor, what: &str| {
-            let scale = scalar(
-                &b.abs()
-                    .unwrap()
-                    .max_keepdim(0)
-                    .unwrap()
-                    .flatten_all()
-                    .unwrap()
-                    .max(0)
-                    .unwrap(),
-            );
-            let diff = scalar(
-                &(a - b)
-                    .unwrap()
-                    .abs()
-                    .unwrap()
-                    .flatten_all()
-                    .unwrap()
-                    .max(0)
-                    .unwrap(),
-            );
+            let (scale, diff) = (sgr_testutil::max_abs(b), sgr_testutil::max_abs_diff(a, b));
             assert!(
                 diff <= 1e-10 * scale.max(1e-300),
                 "{what}: max diff {diff} (scale {scale})"

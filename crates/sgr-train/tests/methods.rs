@@ -350,16 +350,7 @@ fn data_covariance_matches_the_dense_estimate_and_trains() {
         .range(0, data.train.len(), DType::F64, &Device::Cpu)
         .unwrap();
     let direct = sgr_covariance::Dense::data_covariance(&x).unwrap();
-    let diff = (chunked.matrix() - direct.matrix())
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f64>()
-        .unwrap();
+    let diff = sgr_testutil::max_abs_diff(chunked.matrix(), direct.matrix());
     assert!(diff < 1e-12, "chunked data covariance differs by {diff}");
     use sgr_covariance::Covariance;
     // (Tensors hold pixels / 255 rounded through f32; mean_pixel_variance works in f64 from the bytes.)
