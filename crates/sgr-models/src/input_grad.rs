@@ -66,14 +66,12 @@ impl Cnn {
         let b = dims[0];
         let n: usize = dims[1..].iter().product();
         // Standardisation, with what its Jacobian needs.
-        let flat = x.reshape((b, n))?;
-        let centred = flat.broadcast_sub(&flat.mean_keepdim(D::Minus1)?)?;
-        let var = centred.sqr()?.mean_keepdim(D::Minus1)?;
-        let floor = 1.0 / n as f64;
-        let denom = var.maximum(floor)?.sqrt()?;
-        let active = var.gt(floor)?.to_dtype(x.dtype())?;
-        let s0 = centred.broadcast_div(&denom)?;
-        let z0 = s0.reshape(dims.as_slice())?;
+        let crate::layers::Standardized {
+            standardized: z0,
+            flat: s0,
+            denom,
+            active,
+        } = crate::layers::standardize_parts(&x)?;
         // Forward, keeping pre-activations.
         let c = |l: &Conv2d, t: &Tensor| self.conv_layer(l, t);
         let a1 = c(&self.conv1, &z0)?;

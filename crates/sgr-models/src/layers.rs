@@ -6,6 +6,22 @@ use candle_core::{D, Result, Tensor};
 /// Computed as `sqrt(max(var, 1/N))`, which is the same value and keeps the gradient finite for constant
 /// images (`sqrt` has an infinite slope at 0).
 pub fn standardize(x: &Tensor) -> Result<Tensor> {
+    Ok(standardize_parts(x)?.standardized)
+}
+
+/// [`standardize`] and what its Jacobian needs (see `Cnn::log_lik_input_gradient`).
+pub(crate) struct Standardized {
+    /// The result, shaped like the input.
+    pub standardized: Tensor,
+    /// The same, flattened to `(B, N)`.
+    pub flat: Tensor,
+    /// `sqrt(max(var, 1/N))`, `(B, 1)`.
+    pub denom: Tensor,
+    /// `var > 1/N` as 0/1 in the input's dtype, `(B, 1)`: where the denominator depends on the input.
+    pub active: Tensor,
+}
+
+pub(crate) fn standardize_parts(x: &Tensor) -> Result<Standardized> {
     let dims = x.dims().to_vec();
     let b = dims[0];
     let n: usize = dims[1..].iter().product();
@@ -15,7 +31,14 @@ pub fn standardize(x: &Tensor) -> Result<Tensor> {
     let var = centred.sqr()?.mean_keepdim(D::Minus1)?;
     let floor = 1.0 / n as f64;
     let denom = var.maximum(floor)?.sqrt()?;
-    centred.broadcast_div(&denom)?.reshape(dims)
+    let active = var.detach().gt(floor)?.to_dtype(x.dtype())?;
+    let flat = centred.broadcast_div(&denom)?;
+    Ok(Standardized {
+        standardized: flat.reshape(dims)?,
+        flat,
+        denom,
+        active,
+    })
 }
 
 /// 2×2 max-pooling with stride 2 on `(B, C, H, W)`, flooring odd sizes like PyTorch.

@@ -88,9 +88,13 @@ pub fn omega_value(
     cov: &dyn sgr_covariance::Covariance,
     mu: Option<&Tensor>,
 ) -> Result<Tensor> {
+    omega_from_product(g, &cov.matvec(g)?, mu)
+}
+
+/// [`omega_value`] when `v = Σ g` is already at hand.
+pub(crate) fn omega_from_product(g: &Tensor, v: &Tensor, mu: Option<&Tensor>) -> Result<Tensor> {
     let m = g.dim(0)? as f64;
-    let v = cov.matvec(g)?;
-    let mut omega = ((g * &v)?.sum_all()? * (0.5 / m))?;
+    let mut omega = ((g * v)?.sum_all()? * (0.5 / m))?;
     if let Some(mu) = mu {
         let mu = mu.to_dtype(g.dtype())?.to_device(g.device())?;
         let lin = (g.broadcast_mul(&mu.unsqueeze(0)?)?.sum_all()? / m)?;

@@ -5,7 +5,7 @@ use candle_core::{DType, Device, Module, Tensor};
 use sgr_covariance::{ChannelStructure, CovFun, Covariance, Dense, Ema, Identity, MeanEma, Scaled};
 
 use crate::error::{RegError, Result};
-use crate::grad::{InputGradient, log_likelihood, omega_value};
+use crate::grad::{InputGradient, log_likelihood, omega_from_product, omega_value};
 use crate::second_order::{SecondOrder, ensure_double_backprop};
 
 /// Where the covariance `Σ` of the regularizer comes from.
@@ -276,8 +276,8 @@ impl Regularizer for GradientRegularizer {
             SecondOrder::Central { step } | SecondOrder::Forward { step } => step,
         };
         let g = ig.grad.detach();
-        let value = omega_value(&g, cov.as_ref(), mu.as_ref())?.detach();
         let mut v = cov.matvec(&g)?;
+        let value = omega_from_product(&g, &v, mu.as_ref())?.detach();
         if let Some(mu) = mu {
             let mu = mu.to_dtype(g.dtype())?.to_device(g.device())?;
             v = v.broadcast_sub(&mu.unsqueeze(0)?)?;
