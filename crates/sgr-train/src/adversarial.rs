@@ -1,8 +1,8 @@
 //! Training on perturbed inputs (eq. 3): `(1 − λ)·CE(x) + λ·CE(x̃)`, with `x̃` an FGSM or PGD adversarial
 //! example (made for the model's most likely label, sec. 7.2) or LRC noise (sec. 4.3).
 
-use candle_core::{Module, Result};
-use sgr_attacks::{Attack, Fgsm, NoiseSource, Pgd, WorstOfN, predicted_labels};
+use candle_core::{D, Module, Result};
+use sgr_attacks::{Attack, Fgsm, NoiseSource, Pgd, WorstOfN};
 use sgr_data::DatasetName;
 
 use crate::method::{
@@ -21,12 +21,11 @@ pub fn default_eps_255(dataset: DatasetName) -> f64 {
 /// The LRC method's default noise scale (ε = 0.3 in pixel units, Fig. 3), in units of 1/255.
 pub const LRC_EPS_255: f64 = 0.3 * 255.0;
 
-/// A 64-bit mix of the run's seed, a stream tag and the step, for per-step random draws.
+/// A seed for the random draws of step `step` (PGD starts, LRC noise), from the run's seed and a stream tag,
+/// through the same derivation as the data order and augmentation ([`sgr_data::seeded_rng`]).
 pub(crate) fn step_seed(seed: u64, tag: u64, step: u64) -> u64 {
-    let mut z = seed ^ tag.rotate_left(17) ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
+    use rand::RngCore;
+    sgr_data::seeded_rng(seed, &[tag, step]).next_u64()
 }
 
 pub(crate) fn check_positive(what: &str, v: f64) -> std::result::Result<f64, MethodError> {
@@ -109,6 +108,7 @@ impl Method for Augmented {
     }
     fn loss(&mut self, input: &StepInput<'_>) -> Result<StepOutput> {
         let x = input.x;
+        let logits = input.model.forward(x)?;
         let perturbed = match &self.perturb {
             Perturb::Lrc(source) => {
                 let seed = step_seed(input.seed, 0x4C52_4300, input.step);
@@ -119,7 +119,8 @@ impl Method for Augmented {
             }
             attack => {
                 let frozen = input.model.frozen();
-                let y_hat = predicted_labels(&frozen, x)?;
+                // The model's most likely labels, from the clean forward pass already made.
+                let y_hat = logits.detach().argmax(D::Minus1)?;
                 match attack {
                     Perturb::Fgsm => Fgsm.run(&frozen, x, &y_hat, self.eps)?,
                     Perturb::Pgd { steps } => Pgd {
@@ -133,7 +134,6 @@ impl Method for Augmented {
                 }
             }
         };
-        let logits = input.model.forward(x)?;
         let clean = cross_entropy(&logits, input.y)?;
         let adv = cross_entropy(&input.model.forward(&perturbed.detach())?, input.y)?;
         let loss = ((&clean * (1.0 - self.lambda))? + (&adv * self.lambda)?)?;
