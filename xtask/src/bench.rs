@@ -322,14 +322,13 @@ pub fn run(cmd: BenchCmd) -> anyhow::Result<()> {
         }
     }
     if let Some(spec) = &cmd.methods {
-        let names: Vec<String> = if spec == "all" {
+        let mut names: Vec<String> = if spec == "all" {
             let mut v: Vec<String> = sgr_train::METHODS.iter().map(|s| s.to_string()).collect();
             v.push("sgr-sign:fd".into());
             v
         } else {
             spec.split(',').map(|s| s.trim().to_string()).collect()
         };
-        let mut names = names;
         if !names.iter().any(|n| n == "clean") {
             names.insert(0, "clean".into());
         }
