@@ -1,0 +1,120 @@
+//! Robustness evaluation for the SGR experiments (paper sec. 4.2–4.4, 7.2, 7.3).
+//!
+//! | what | function | paper |
+//! |---|---|---|
+//! | white-box table: TEST, RAND, FGM, FGSM, PGD-10, FOOL (ρ) | [`whitebox`] | Table 1 left, Table 3 |
+//! | gradient-masking checks behind every white-box row | [`MaskingReport`] | — |
+//! | PGD-40 transfer matrix, one attack run per source model | [`transfer_matrix`] | Table 1 right, Table 4 |
+//! | worst-of-N correlated-noise accuracy (LRC, data covariance) | [`worst_of_n_accuracy`] | Fig. 3, 4 |
+//! | perturbation covariances, covariance functions, LRC covariances | [`figures`] | Fig. 1, 2, 5 |
+//! | softmax along `x + t·δ` | [`figures::trajectories`] | Fig. 6 |
+//! | original / adversarial / perturbation grids | [`figures::samples`] | Fig. 7, 8 |
+//! | Markdown and CSV tables, PNG plots | [`Table`], [`plot`] | — |
+//!
+//! Every function works on any Candle classifier (`&dyn Module`, images in `[0, 1]` to logits) and on test
+//! data given as tensors `x: (N, C, H, W)`, `y: (N,)` `u32`, processed in batches. Results are deterministic
+//! for a seed: every random draw (RAND noise, LRC noise) derives from `(seed, batch)`. The library never
+//! installs a logger and never touches the network.
+
+mod checks;
+mod error;
+pub mod figures;
+mod lrc;
+pub mod paper;
+pub mod plot;
+mod table;
+mod transfer;
+mod whitebox;
+
+pub use checks::{Check, MaskingReport, tolerance};
+pub use error::{EvalError, Result};
+pub use lrc::{LrcCurve, lrc_curve, worst_of_n_accuracy};
+pub use table::{Table, fmt_pct};
+pub use transfer::{TransferConfig, TransferMatrix, transfer_matrix};
+pub use whitebox::{WhiteboxConfig, WhiteboxRow, whitebox, whitebox_table};
+
+use candle_core::{D, DType, Tensor};
+use candle_nn::Module;
+
+/// A classifier under evaluation and the name its rows and columns carry.
+#[derive(Clone, Copy)]
+pub struct Named<'a> {
+    pub name: &'a str,
+    pub model: &'a dyn Module,
+}
+
+impl std::fmt::Debug for Named<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Named").field("name", &self.name).finish()
+    }
+}
+
+/// `(start, len)` of consecutive batches covering `n` items.
+pub fn batches(n: usize, batch_size: usize) -> impl Iterator<Item = (usize, usize)> {
+    let bs = batch_size.max(1);
+    (0..n).step_by(bs).map(move |s| (s, bs.min(n - s)))
+}
+
+/// Number of rows of `model(x)` whose arg-max equals `y`.
+pub fn count_correct(model: &dyn Module, x: &Tensor, y: &Tensor) -> candle_core::Result<usize> {
+    let pred = model.forward(&x.detach())?.argmax(D::Minus1)?;
+    Ok(pred
+        .eq(y)?
+        .to_dtype(DType::U32)?
+        .sum_all()?
+        .to_scalar::<u32>()? as usize)
+}
+
+/// Clean accuracy of `model` on `(x, y)`.
+pub fn accuracy(model: &dyn Module, x: &Tensor, y: &Tensor, batch_size: usize) -> Result<f64> {
+    let n = check_data(x, y)?;
+    let mut correct = 0;
+    for (s, len) in batches(n, batch_size) {
+        correct += count_correct(model, &x.narrow(0, s, len)?, &y.narrow(0, s, len)?)?;
+    }
+    Ok(correct as f64 / n as f64)
+}
+
+/// Adversarial versions of all of `x`, made batch by batch; `make(batch_index, x, y)` runs the attack.
+pub fn adversarial_set(
+    x: &Tensor,
+    y: &Tensor,
+    batch_size: usize,
+    mut make: impl FnMut(usize, &Tensor, &Tensor) -> candle_core::Result<Tensor>,
+) -> Result<Tensor> {
+    let n = check_data(x, y)?;
+    let mut parts = Vec::new();
+    for (i, (s, len)) in batches(n, batch_size).enumerate() {
+        parts.push(make(i, &x.narrow(0, s, len)?, &y.narrow(0, s, len)?)?.detach());
+    }
+    Ok(Tensor::cat(&parts, 0)?)
+}
+
+/// Checks that `x` is `(N, C, H, W)` and `y` holds `N` labels; returns `N` (> 0).
+pub fn check_data(x: &Tensor, y: &Tensor) -> Result<usize> {
+    if x.rank() != 4 {
+        return Err(EvalError::Invalid(format!(
+            "test images must be (N, C, H, W), got {:?}",
+            x.dims()
+        )));
+    }
+    let n = x.dim(0)?;
+    if y.dims() != [n] || y.dtype() != DType::U32 {
+        return Err(EvalError::Invalid(format!(
+            "labels must be {n} u32 values, got {:?} {:?}",
+            y.dims(),
+            y.dtype()
+        )));
+    }
+    if n == 0 {
+        return Err(EvalError::Invalid("no test images to evaluate on".into()));
+    }
+    Ok(n)
+}
+
+/// A per-batch seed derived from a run seed through [`sgr_data::seeded_rng`], so neighbouring batches and
+/// different uses (`stream`) get unrelated random streams.
+pub fn batch_seed(seed: u64, stream: u64, batch: usize) -> u64 {
+    use rand::Rng;
+    sgr_data::seeded_rng(seed, &[stream, batch as u64]).random()
+}
