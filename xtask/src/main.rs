@@ -2,9 +2,16 @@
 //! logging and progress display, and calls into `sgr-train` and friends.
 
 mod alloc;
+mod analyze_cov;
 mod bench;
 mod common;
 mod eval;
+mod eval_lrc;
+mod eval_transfer;
+mod eval_whitebox;
+mod evalkit;
+mod figures;
+mod reproduce;
 mod train;
 
 use clap::{Parser, Subcommand};
@@ -31,6 +38,20 @@ enum Command {
     Train(Box<train::TrainCmd>),
     /// Clean test accuracy of a checkpoint.
     Eval(eval::EvalCmd),
+    /// White-box table (paper Table 1 left / 3): TEST, RAND, FGM, FGSM, PGD, FOOL, with masking checks.
+    EvalWhitebox(eval_whitebox::WhiteboxCmd),
+    /// PGD transfer matrix (paper Table 1 right / 4): one attack run per source model.
+    EvalTransfer(eval_transfer::TransferCmd),
+    /// Worst-of-100 correlated-noise accuracy against ζ and ε (paper Fig. 3, 4), LRC and data covariance.
+    EvalLrc(eval_lrc::LrcCmd),
+    /// Covariance of adversarial perturbations, covariance functions, LRC covariances (paper Fig. 1, 2, 5).
+    AnalyzeCov(analyze_cov::AnalyzeCovCmd),
+    /// Softmax along the line from an input to ±5× its PGD perturbation (paper Fig. 6).
+    Trajectories(figures::TrajectoriesCmd),
+    /// Originals, PGD adversarials and rescaled perturbations, one per class (paper Fig. 7, 8).
+    Samples(figures::SamplesCmd),
+    /// Train every method and run every evaluation into one folder with report.md.
+    Reproduce(reproduce::ReproduceCmd),
     /// Time training steps of both models (batch 128) and compare with PyTorch where available.
     Bench(bench::BenchCmd),
 }
@@ -49,6 +70,13 @@ fn main() -> std::process::ExitCode {
         Command::Train(cmd) => train::run(*cmd),
         Command::Eval(cmd) => eval::run(cmd),
         Command::Bench(cmd) => bench::run(cmd),
+        Command::EvalWhitebox(cmd) => eval_whitebox::run(cmd),
+        Command::EvalTransfer(cmd) => eval_transfer::run(cmd),
+        Command::EvalLrc(cmd) => eval_lrc::run(cmd),
+        Command::AnalyzeCov(cmd) => analyze_cov::run(cmd),
+        Command::Trajectories(cmd) => figures::run_trajectories(cmd),
+        Command::Samples(cmd) => figures::run_samples(cmd),
+        Command::Reproduce(cmd) => reproduce::run(cmd),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -109,8 +109,45 @@ pub struct TrainCmd {
     dtype: Option<String>,
 }
 
-struct Progress {
+/// Draws training progress: a bar on a terminal, epoch lines in the log.
+pub struct Progress {
     bar: Option<ProgressBar>,
+}
+
+impl Progress {
+    pub fn new() -> Self {
+        let bar = stderr_is_terminal().then(|| {
+            let bar = ProgressBar::new(1);
+            bar.set_style(
+                ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {msg} eta {eta}")
+                    .unwrap_or_else(|_| ProgressStyle::default_bar())
+                    .progress_chars("=> "),
+            );
+            bar
+        });
+        Self { bar }
+    }
+
+    pub fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+/// A flag Ctrl-C sets: the loop finishes its step, saves and stops. A second Ctrl-C exits at once.
+pub fn interrupt_flag() -> anyhow::Result<Arc<AtomicBool>> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    ctrlc::set_handler(move || {
+        if flag.swap(true, Ordering::SeqCst) {
+            eprintln!("\nsecond interrupt: exiting without saving the step in progress");
+            std::process::exit(130);
+        }
+        eprintln!("\ninterrupt: finishing this step and saving (press Ctrl-C again to abort)");
+    })
+    .context("installing the Ctrl-C handler")?;
+    Ok(stop)
 }
 
 impl Observer for Progress {
@@ -225,33 +262,11 @@ pub fn run(cmd: TrainCmd) -> anyhow::Result<()> {
         pgd_eval_images: cmd.pgd_eval_images,
     };
 
-    let stop = Arc::new(AtomicBool::new(false));
-    {
-        let stop = stop.clone();
-        ctrlc::set_handler(move || {
-            if stop.swap(true, Ordering::SeqCst) {
-                eprintln!("\nsecond interrupt: exiting without saving the step in progress");
-                std::process::exit(130);
-            }
-            eprintln!("\ninterrupt: finishing this step and saving (press Ctrl-C again to abort)");
-        })
-        .context("installing the Ctrl-C handler")?;
-    }
-    let bar = stderr_is_terminal().then(|| {
-        let bar = ProgressBar::new(1);
-        bar.set_style(
-            ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {msg} eta {eta}")
-                .unwrap_or_else(|_| ProgressStyle::default_bar())
-                .progress_chars("=> "),
-        );
-        bar
-    });
-    let mut progress = Progress { bar };
+    let stop = interrupt_flag()?;
+    let mut progress = Progress::new();
     let record = sgr_train::train(args, &out, cmd.resume, &stop, &mut progress)
         .with_context(|| format!("training into {}", out.display()))?;
-    if let Some(bar) = &progress.bar {
-        bar.finish_and_clear();
-    }
+    progress.finish();
     let acc = record
         .final_test_accuracy()
         .map(|a| format!("{:.2} %", 100.0 * a))

@@ -44,14 +44,25 @@ impl Table {
         w.iter().map(|&x| x.max(3)).collect()
     }
 
-    /// GitHub-flavoured Markdown; the first column is left-aligned, the others right-aligned (numbers).
+    /// Whether column `i` holds numbers only (ignoring Markdown emphasis and `(!)` marks).
+    fn numeric(&self, i: usize) -> bool {
+        i > 0
+            && self.rows.iter().all(|r| {
+                let c = r[i].replace("**", "").replace("(!)", "");
+                let c = c.trim();
+                c.is_empty() || c == "–" || c.parse::<f64>().is_ok()
+            })
+    }
+
+    /// GitHub-flavoured Markdown; numeric columns are right-aligned, the others left-aligned.
     pub fn to_markdown(&self) -> String {
         let w = self.widths();
+        let right: Vec<bool> = (0..w.len()).map(|i| self.numeric(i)).collect();
         let line = |cells: &[String]| {
             let mut s = String::from("|");
             for (i, c) in cells.iter().enumerate() {
                 let pad = w[i] - c.chars().count();
-                if i == 0 {
+                if !right[i] {
                     s += &format!(" {c}{} |", " ".repeat(pad));
                 } else {
                     s += &format!(" {}{c} |", " ".repeat(pad));
@@ -62,7 +73,7 @@ impl Table {
         let mut out = line(&self.header);
         out += "|";
         for (i, &wi) in w.iter().enumerate() {
-            if i == 0 {
+            if !right[i] {
                 out += &format!(":{}|", "-".repeat(wi + 1));
             } else {
                 out += &format!("{}:|", "-".repeat(wi + 1));

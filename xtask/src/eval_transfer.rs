@@ -1,0 +1,66 @@
+use std::path::PathBuf;
+
+use clap::Args;
+use sgr_eval::{TransferConfig, TransferMatrix, transfer_matrix};
+
+use crate::evalkit::{DataOpts, Setup, out_dir, setup, write, write_json};
+
+#[derive(Debug, Args)]
+pub struct TransferCmd {
+    /// Run folders or .safetensors files; each is a row (evaluated) and a column (source of PGD examples).
+    #[arg(long, num_args = 1.., required = true)]
+    pub checkpoints: Vec<PathBuf>,
+    #[command(flatten)]
+    pub data: DataOpts,
+    /// PGD iterations (step ε/5; the paper's transfer tables use 40).
+    #[arg(long, default_value_t = 40)]
+    pub pgd_steps: usize,
+    /// Output folder: transfer.md, transfer.csv, transfer.json.
+    #[arg(long, default_value = "eval/transfer")]
+    pub out: PathBuf,
+}
+
+pub fn run(cmd: TransferCmd) -> anyhow::Result<()> {
+    let s = setup(&cmd.checkpoints, &cmd.data)?;
+    out_dir(&cmd.out)?;
+    let m = evaluate(&s, &cmd)?;
+    let md = markdown(&s, &m);
+    write(&cmd.out.join("transfer.md"), &md)?;
+    write(&cmd.out.join("transfer.csv"), &m.plain_table().to_csv())?;
+    write_json(&cmd.out.join("transfer.json"), &m)?;
+    println!("{md}");
+    eprintln!("wrote {}", cmd.out.display());
+    Ok(())
+}
+
+pub fn evaluate(s: &Setup, cmd: &TransferCmd) -> anyhow::Result<TransferMatrix> {
+    let cfg = TransferConfig {
+        eps: s.eps,
+        steps: cmd.pgd_steps,
+        batch_size: cmd.data.batch_size,
+    };
+    Ok(transfer_matrix(&s.named(), &s.x, &s.y, &cfg)?)
+}
+
+pub fn markdown(s: &Setup, m: &TransferMatrix) -> String {
+    let mut md = format!(
+        "## PGD-{} transfer accuracy (%) on {}, ε = {:.0}/255, first {} test images\n\n\
+         Rows: the evaluated model; columns: the model whose PGD examples it sees. Diagonal: white-box; \
+         **bold**: transfer. `(!)` marks a transfer attack stronger than the white-box one (a masking sign).\n\n",
+        m.steps,
+        s.dataset,
+        s.eps_255(),
+        m.images
+    );
+    md += &m.table().to_markdown();
+    let failed: Vec<_> = m.checks.iter().filter(|c| !c.passed).collect();
+    md += "\n";
+    if failed.is_empty() {
+        md += "Masking check: no transferred attack beats a white-box attack.\n";
+    } else {
+        for c in failed {
+            md += &format!("- **FLAGGED**: {}: {}\n", c.name, c.detail);
+        }
+    }
+    md
+}
