@@ -38,7 +38,10 @@ pub fn run(cmd: AnalyzeCovCmd) -> anyhow::Result<()> {
 
 pub fn evaluate(s: &Setup, cmd: &AnalyzeCovCmd) -> anyhow::Result<CovAnalysis> {
     let data = s.train_images(cmd.data_cov_images)?;
-    let radius = cmd.radius.min(sgr_covariance::CovFun::full_radius(s.x.dim(2)?, s.x.dim(3)?));
+    let radius = cmd.radius.min(sgr_covariance::CovFun::full_radius(
+        s.x.dim(2)?,
+        s.x.dim(3)?,
+    ));
     Ok(analyze_covariance(
         &s.models[0].model,
         &s.x,

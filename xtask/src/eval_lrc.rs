@@ -26,7 +26,11 @@ pub struct LrcCmd {
     #[arg(long, default_value_t = 0.3)]
     pub lrc_eps: f64,
     /// Noise scales of Fig. 4 (ζ = 8 and the data covariance), in pixel units.
-    #[arg(long, value_delimiter = ',', default_value = "0.05,0.1,0.2,0.3,0.5,0.7")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "0.05,0.1,0.2,0.3,0.5,0.7"
+    )]
     pub eps_list: Vec<f64>,
     /// Training images the data covariance is estimated from.
     #[arg(long, default_value_t = 10_000)]
@@ -72,8 +76,9 @@ pub fn evaluate(s: &Setup, cmd: &LrcCmd) -> anyhow::Result<LrcResults> {
         .collect::<anyhow::Result<Vec<_>>>()?;
     let zeta8 = NoiseSource::lrc(shape, 8.0)?;
     let data = s.train_images(cmd.data_cov_images)?;
-    let data_cov = sgr_covariance::Dense::data_covariance(&data)?;
-    let data_source = NoiseSource::dense(&data_cov).context("the data covariance as a noise source")?;
+    let data_cov = data_covariance_with_ridge(&data)?;
+    let data_source =
+        NoiseSource::dense(&data_cov).context("the data covariance as a noise source")?;
     let by_zeta: Vec<_> = cmd
         .zetas
         .iter()
@@ -92,9 +97,12 @@ pub fn evaluate(s: &Setup, cmd: &LrcCmd) -> anyhow::Result<LrcResults> {
         by_eps_data_cov: vec![],
     };
     for m in s.named() {
-        r.by_zeta.push(lrc_curve(m, &by_zeta, &s.x, &s.y, cmd.draws, seed, bs)?);
-        r.by_eps_zeta8.push(lrc_curve(m, &by_eps8, &s.x, &s.y, cmd.draws, seed, bs)?);
-        r.by_eps_data_cov.push(lrc_curve(m, &by_data, &s.x, &s.y, cmd.draws, seed, bs)?);
+        r.by_zeta
+            .push(lrc_curve(m, &by_zeta, &s.x, &s.y, cmd.draws, seed, bs)?);
+        r.by_eps_zeta8
+            .push(lrc_curve(m, &by_eps8, &s.x, &s.y, cmd.draws, seed, bs)?);
+        r.by_eps_data_cov
+            .push(lrc_curve(m, &by_data, &s.x, &s.y, cmd.draws, seed, bs)?);
     }
     let series = |curves: &[LrcCurve]| -> Vec<Series> {
         curves
@@ -105,11 +113,17 @@ pub fn evaluate(s: &Setup, cmd: &LrcCmd) -> anyhow::Result<LrcResults> {
             })
             .collect()
     };
-    let what = format!("worst of {}, {} {} test images", cmd.draws, s.dataset, r.images);
+    let what = format!(
+        "worst of {}, {} {} test images",
+        cmd.draws, s.dataset, r.images
+    );
     line_chart(
         &cmd.out.join("fig3_lrc_zeta.png"),
         &LinePanel {
-            title: format!("LRC noise, ε = {}: accuracy vs decay length ({what})", cmd.lrc_eps),
+            title: format!(
+                "LRC noise, ε = {}: accuracy vs decay length ({what})",
+                cmd.lrc_eps
+            ),
             x_label: "decay length ζ (pixels)".into(),
             y_label: "accuracy".into(),
             series: series(&r.by_zeta),
@@ -142,11 +156,29 @@ pub fn evaluate(s: &Setup, cmd: &LrcCmd) -> anyhow::Result<LrcResults> {
     Ok(r)
 }
 
+/// The data covariance plus `1e-6 · mean variance` on the diagonal: image data sets have pixels of zero
+/// variance (MNIST's border) and fewer images than pixels in small samples, so the raw matrix is singular and
+/// has no Cholesky factor. The ridge changes the noise by a negligible amount.
+pub fn data_covariance_with_ridge(
+    data: &candle_core::Tensor,
+) -> anyhow::Result<sgr_covariance::Dense> {
+    use sgr_covariance::Covariance;
+    let cov = sgr_covariance::Dense::data_covariance(data)?;
+    let d = cov.dim();
+    let ridge = 1e-6 * cov.mean_diag().max(f64::MIN_POSITIVE);
+    let eye = candle_core::Tensor::eye(d, candle_core::DType::F64, &candle_core::Device::Cpu)?;
+    let m = (cov.matrix() + (eye * ridge)?)?;
+    Ok(sgr_covariance::Dense::new(cov.shape(), &m)?)
+}
+
 fn curve_table(x_name: &str, curves: &[LrcCurve]) -> Table {
     let mut header = vec![x_name.to_string()];
     header.extend(curves.iter().map(|c| c.model.clone()));
     let mut t = Table::new(header);
-    let xs: Vec<f64> = curves.first().map(|c| c.points.iter().map(|p| p.0).collect()).unwrap_or_default();
+    let xs: Vec<f64> = curves
+        .first()
+        .map(|c| c.points.iter().map(|p| p.0).collect())
+        .unwrap_or_default();
     for (i, x) in xs.iter().enumerate() {
         let mut row = vec![format!("{x}")];
         row.extend(curves.iter().map(|c| fmt_pct(c.points[i].1)));

@@ -32,7 +32,10 @@ pub fn run(cmd: WhiteboxCmd) -> anyhow::Result<()> {
     let rows = evaluate(&s, &cmd)?;
     let md = markdown(&s, &rows);
     write(&cmd.out.join("whitebox.md"), &md)?;
-    write(&cmd.out.join("whitebox.csv"), &whitebox_table(&rows).to_csv())?;
+    write(
+        &cmd.out.join("whitebox.csv"),
+        &whitebox_table(&rows).to_csv(),
+    )?;
     write_json(&cmd.out.join("whitebox.json"), &rows)?;
     println!("{md}");
     eprintln!("wrote {}", cmd.out.display());

@@ -52,8 +52,10 @@ fn display_name(path: &Path) -> String {
     } else {
         path.with_extension("")
     };
-    p.file_name()
-        .map_or_else(|| path.display().to_string(), |f| f.to_string_lossy().into_owned())
+    p.file_name().map_or_else(
+        || path.display().to_string(),
+        |f| f.to_string_lossy().into_owned(),
+    )
 }
 
 /// Loads checkpoints (run folders or .safetensors files) as frozen models; names are made unique.
@@ -107,10 +109,12 @@ pub fn resolve_dataset(
     let stored = first.record.as_ref();
     let name = match (dataset, stored) {
         (Some(d), _) => d,
-        (None, Some(r)) => r
-            .dataset
-            .parse()
-            .with_context(|| format!("run.json of {} names an unknown dataset", first.path.display()))?,
+        (None, Some(r)) => r.dataset.parse().with_context(|| {
+            format!(
+                "run.json of {} names an unknown dataset",
+                first.path.display()
+            )
+        })?,
         (None, None) if first.model.config().in_channels == 3 => DatasetName::Cifar10,
         (None, None) => DatasetName::MnistSubset,
     };
@@ -173,11 +177,26 @@ impl Setup {
         self.eps * 255.0
     }
 
-    /// Up to `n` training images (for the data covariance).
+    /// Up to `n` training images (for the data covariance). Where the data folder has no training split
+    /// (e.g. a test-only sample), the test images stand in, with a warning.
     pub fn train_images(&self, n: usize) -> anyhow::Result<Tensor> {
-        let mut set = load_set(self.dataset, self.data_dir.as_deref(), Split::Train, &self.models[0].model)?;
-        set.truncate(n);
-        Ok(set.range(0, set.len(), DType::F32, &self.device)?.0)
+        match load_set(
+            self.dataset,
+            self.data_dir.as_deref(),
+            Split::Train,
+            &self.models[0].model,
+        ) {
+            Ok(mut set) => {
+                set.truncate(n);
+                Ok(set.range(0, set.len(), DType::F32, &self.device)?.0)
+            }
+            Err(e) => {
+                tracing::warn!(
+                    "no training images ({e:#}); the data covariance comes from the test images"
+                );
+                Ok(self.x.narrow(0, 0, n.min(self.x.dim(0)?))?)
+            }
+        }
     }
 }
 
@@ -190,7 +209,9 @@ pub fn setup(checkpoints: &[PathBuf], opts: &DataOpts) -> anyhow::Result<Setup> 
         test.truncate(opts.test_limit);
     }
     let (x, y) = test.range(0, test.len(), DType::F32, &device)?;
-    let eps_255 = opts.eps.unwrap_or_else(|| sgr_train::default_eps_255(dataset));
+    let eps_255 = opts
+        .eps
+        .unwrap_or_else(|| sgr_train::default_eps_255(dataset));
     if !(eps_255 >= 0.0 && eps_255.is_finite()) {
         anyhow::bail!("--eps must be a non-negative number of 1/255 units, got {eps_255}");
     }

@@ -30,7 +30,10 @@ pub struct TrajectoriesCmd {
 /// The first image of each of the first `k` classes.
 fn pick(s: &Setup, k: usize) -> anyhow::Result<(Tensor, Tensor)> {
     let idx = one_per_class(&s.y, k.max(1))?;
-    let idx = Tensor::new(idx.iter().map(|&i| i as u32).collect::<Vec<_>>().as_slice(), s.x.device())?;
+    let idx = Tensor::new(
+        idx.iter().map(|&i| i as u32).collect::<Vec<_>>().as_slice(),
+        s.x.device(),
+    )?;
     Ok((s.x.index_select(&idx, 0)?, s.y.index_select(&idx, 0)?))
 }
 
@@ -53,7 +56,9 @@ pub fn make_trajectories(
         anyhow::bail!("--extent must be positive, got {extent}");
     }
     let (x, y) = pick(s, images)?;
-    let ts: Vec<f64> = (0..=100).map(|i| -extent + 2.0 * extent * i as f64 / 100.0).collect();
+    let ts: Vec<f64> = (0..=100)
+        .map(|i| -extent + 2.0 * extent * i as f64 / 100.0)
+        .collect();
     let rows = s
         .named()
         .into_iter()
@@ -105,7 +110,10 @@ pub fn make_samples(
         eps_255.iter().map(|e| e / 255.0).collect()
     };
     if let Some(bad) = eps.iter().find(|e| !(**e >= 0.0 && e.is_finite())) {
-        anyhow::bail!("--eps-list values must be non-negative, got {}", bad * 255.0);
+        anyhow::bail!(
+            "--eps-list values must be non-negative, got {}",
+            bad * 255.0
+        );
     }
     let (x, y) = pick(s, 10)?;
     samples(

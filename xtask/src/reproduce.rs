@@ -30,7 +30,11 @@ pub struct ReproduceCmd {
     #[arg(long)]
     train_limit: Option<usize>,
     /// Methods to train and compare.
-    #[arg(long, value_delimiter = ',', default_value = "clean,wdecay,pgd,fgsm,gn,sgr-grad,sgr-sign,fgsm-sgr,pgd-sgr,lrc")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "clean,wdecay,pgd,fgsm,gn,sgr-grad,sgr-sign,fgsm-sgr,pgd-sgr,lrc"
+    )]
     methods: Vec<String>,
     /// Test images for the white-box table and the transfer matrix (0: all).
     #[arg(long, default_value_t = 1000)]
@@ -70,7 +74,8 @@ impl Budget {
         let t = Instant::now();
         tracing::info!("reproduce: {what}");
         let r = f()?;
-        self.lines.push((what.to_string(), t.elapsed().as_secs_f64()));
+        self.lines
+            .push((what.to_string(), t.elapsed().as_secs_f64()));
         Ok(r)
     }
 }
@@ -78,7 +83,10 @@ impl Budget {
 pub fn run(cmd: ReproduceCmd) -> anyhow::Result<()> {
     for m in cmd.methods.iter().chain(&cmd.lrc_methods) {
         if !sgr_train::METHODS.contains(&m.as_str()) {
-            anyhow::bail!("--methods/--lrc-methods: unknown method '{m}' (known: {})", sgr_train::METHODS.join(", "));
+            anyhow::bail!(
+                "--methods/--lrc-methods: unknown method '{m}' (known: {})",
+                sgr_train::METHODS.join(", ")
+            );
         }
     }
     let out = cmd
@@ -117,7 +125,9 @@ pub fn run(cmd: ReproduceCmd) -> anyhow::Result<()> {
             })?;
             progress.finish();
             if stop.load(Ordering::SeqCst) {
-                anyhow::bail!("interrupted; run the same command again to continue where it stopped");
+                anyhow::bail!(
+                    "interrupted; run the same command again to continue where it stopped"
+                );
             }
         }
         runs.push((method.clone(), dir));
@@ -179,12 +189,19 @@ pub fn run(cmd: ReproduceCmd) -> anyhow::Result<()> {
             data_cov_images: 10_000,
             out: eval_dir.clone(),
         };
-        let r = budget.time("correlated-noise curves", || eval_lrc::evaluate(&ls, &lrc_cmd))?;
+        let r = budget.time("correlated-noise curves", || {
+            eval_lrc::evaluate(&ls, &lrc_cmd)
+        })?;
         crate::evalkit::write_json(&eval_dir.join("lrc.json"), &r)?;
         Some((ls, r))
     };
 
-    let reference = runs.iter().find(|r| r.0 == "clean").unwrap_or(&runs[0]).1.clone();
+    let reference = runs
+        .iter()
+        .find(|r| r.0 == "clean")
+        .unwrap_or(&runs[0])
+        .1
+        .clone();
     let cov_data = DataOpts {
         test_limit: cmd.cov_images,
         ..data.clone()
@@ -197,19 +214,43 @@ pub fn run(cmd: ReproduceCmd) -> anyhow::Result<()> {
         data_cov_images: 10_000,
         out: eval_dir.clone(),
     };
-    let cov = budget.time("covariance figures", || analyze_cov::evaluate(&cs, &cov_cmd))?;
+    let cov = budget.time("covariance figures", || {
+        analyze_cov::evaluate(&cs, &cov_cmd)
+    })?;
 
     let traj_runs: Vec<PathBuf> = ["sgr-sign", "clean"]
         .iter()
         .filter_map(|m| runs.iter().find(|r| r.0 == *m).map(|r| r.1.clone()))
         .collect();
-    let ts = setup(if traj_runs.is_empty() { &all[..1] } else { &traj_runs }, &data)?;
-    budget.time("trajectories", || figures::make_trajectories(&ts, 4, 5.0, &eval_dir))?;
+    let ts = setup(
+        if traj_runs.is_empty() {
+            &all[..1]
+        } else {
+            &traj_runs
+        },
+        &data,
+    )?;
+    budget.time("trajectories", || {
+        figures::make_trajectories(&ts, 4, 5.0, &eval_dir)
+    })?;
     let rs = setup(std::slice::from_ref(&reference), &data)?;
     let flipped = budget.time("samples", || figures::make_samples(&rs, &[], &eval_dir))?;
 
     // 3. Report.
-    let report = report(&cmd, &out, &s, &runs, &wb, &tm, lrc.as_ref(), &cs, &cov, &flipped, &budget, started)?;
+    let report = report(
+        &cmd,
+        &out,
+        &s,
+        &runs,
+        &wb,
+        &tm,
+        lrc.as_ref(),
+        &cs,
+        &cov,
+        &flipped,
+        &budget,
+        started,
+    )?;
     write(&out.join("report.md"), &report)?;
     println!("{report}");
     eprintln!("wrote {}", out.join("report.md").display());
@@ -241,9 +282,13 @@ fn report(
         "Made by `cargo xtask reproduce --dataset {}{}{}{}` (sgr {}), seed {}. Evaluation on the first {} test \
          images; ε = {:.0}/255.\n",
         cmd.dataset,
-        cmd.data_dir.as_ref().map_or(String::new(), |d| format!(" --data-dir {}", d.display())),
-        cmd.epochs.map_or(String::new(), |e| format!(" --epochs {e}")),
-        cmd.train_limit.map_or(String::new(), |k| format!(" --train-limit {k}")),
+        cmd.data_dir
+            .as_ref()
+            .map_or(String::new(), |d| format!(" --data-dir {}", d.display())),
+        cmd.epochs
+            .map_or(String::new(), |e| format!(" --epochs {e}")),
+        cmd.train_limit
+            .map_or(String::new(), |k| format!(" --train-limit {k}")),
         env!("CARGO_PKG_VERSION"),
         cmd.seed,
         tm.images,
@@ -269,13 +314,16 @@ fn report(
         }
         let _ = writeln!(
             md,
-            "| [{method}]({}) | {} | {} | {} | {:.0} min | {} |",
+            "| [{method}]({}) | {} | {} | {} | {:.1} min | {} |",
             rel(dir, out),
             settings.join(", "),
             r.train_images,
             r.epochs_done,
             secs / 60.0,
-            r.history.last().map_or("–".into(), |e| format!("{:.2} %", 100.0 * e.test_accuracy))
+            r.history.last().map_or("–".into(), |e| format!(
+                "{:.2} %",
+                100.0 * e.test_accuracy
+            ))
         );
     }
     md += "\n| evaluation stage | time |\n|:--|--:|\n";
@@ -290,13 +338,17 @@ fn report(
 
     md += &eval_whitebox::markdown(s, wb);
     let ds = s.dataset.as_str();
-    if wb.iter().any(|r| sgr_eval::paper::whitebox_row(ds, &r.model).is_some()) {
+    if wb
+        .iter()
+        .any(|r| sgr_eval::paper::whitebox_row(ds, &r.model).is_some())
+    {
         let paper_eps = if ds.starts_with("cifar") { 4 } else { 32 };
         let _ = write!(
             md,
             "\n### Beside the paper (Table 3, ε = {paper_eps}/255; ours / paper)\n\n"
         );
-        let mut t = sgr_eval::Table::new(["TRAIN. METH.", "TEST", "RAND", "FGM", "FGSM", "PGD", "FOOL"]);
+        let mut t =
+            sgr_eval::Table::new(["TRAIN. METH.", "TEST", "RAND", "FGM", "FGSM", "PGD", "FOOL"]);
         for r in wb {
             let p = sgr_eval::paper::whitebox_row(ds, &r.model);
             let cell = |ours: f64, i: usize| {
@@ -310,14 +362,21 @@ fn report(
                 cell(r.fgm, 2),
                 cell(r.fgsm, 3),
                 cell(r.pgd, 4),
-                p.map_or(format!("{:.3}", r.fool_rho), |p| format!("{:.3} / {:.3}", r.fool_rho, p.2)),
+                p.map_or(format!("{:.3}", r.fool_rho), |p| {
+                    format!("{:.3} / {:.3}", r.fool_rho, p.2)
+                }),
             ]);
         }
         md += &t.to_markdown();
     }
     md += "\n";
     md += &eval_transfer::markdown(s, tm);
-    if ds.starts_with("mnist") && tm.models.iter().any(|m| sgr_eval::paper::mnist_transfer(m, m).is_some()) {
+    if ds.starts_with("mnist")
+        && tm
+            .models
+            .iter()
+            .any(|m| sgr_eval::paper::mnist_transfer(m, m).is_some())
+    {
         md += "\n### The paper's MNIST transfer matrix for the same models (Table 4, ε = 32/255, PGD-40, full test set)\n\n";
         let mut header = vec!["TRAIN. METH.".to_string()];
         header.extend(tm.models.iter().cloned());
@@ -325,7 +384,10 @@ fn report(
         for target in &tm.models {
             let mut row = vec![target.clone()];
             for source in &tm.models {
-                row.push(sgr_eval::paper::mnist_transfer(target, source).map_or("–".into(), |v| format!("{v:.1}")));
+                row.push(
+                    sgr_eval::paper::mnist_transfer(target, source)
+                        .map_or("–".into(), |v| format!("{v:.1}")),
+                );
             }
             t.push(row);
         }

@@ -9,7 +9,9 @@ use sgr_eval::plot::{Heatmap, LinePanel, Series, Tile, heatmaps, image_grid, lin
 use sgr_eval::{Check, MaskingReport, Named, TransferMatrix, WhiteboxRow, whitebox_table};
 
 fn golden(name: &str, actual: &str) {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden").join(name);
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/golden")
+        .join(name);
     if std::env::var_os("UPDATE_GOLDEN").is_some() {
         std::fs::write(&path, actual).unwrap();
     }
@@ -49,7 +51,12 @@ fn row(model: &str, acc: [f64; 5], rho: f64, failed: bool) -> WhiteboxRow {
 fn whitebox_markdown_and_csv_layout() {
     let rows = [
         row("clean", [0.994, 0.994, 0.98, 0.891, 0.448], 0.159, false),
-        row("sgr-sign", [0.995, 0.995, 0.995, 0.949, 0.8951], 0.30149, true),
+        row(
+            "sgr-sign",
+            [0.995, 0.995, 0.995, 0.949, 0.8951],
+            0.30149,
+            true,
+        ),
     ];
     let t = whitebox_table(&rows);
     golden("whitebox.md", &t.to_markdown());
@@ -103,17 +110,35 @@ fn covariance_curves_of_channel_copies() {
         }
     }
     // f(0) is the mean squared entry.
-    let ms = plane.sqr().unwrap().mean_all().unwrap().to_scalar::<f64>().unwrap();
+    let ms = plane
+        .sqr()
+        .unwrap()
+        .mean_all()
+        .unwrap()
+        .to_scalar::<f64>()
+        .unwrap();
     assert!((intra[0] - ms).abs() < 1e-12);
 }
 
 #[test]
 fn trajectory_at_zero_is_the_clean_softmax() {
     let (cnn, _vars) = sgr_testutil::model(sgr_testutil::tiny_config(1), 5, DType::F32);
-    let x = sgr_testutil::rand_tensor(&[3, 1, 16, 16], 9, 0.0, 1.0).to_dtype(DType::F32).unwrap();
+    let x = sgr_testutil::rand_tensor(&[3, 1, 16, 16], 9, 0.0, 1.0)
+        .to_dtype(DType::F32)
+        .unwrap();
     let y = Tensor::new(&[0u32, 1, 2], &Device::Cpu).unwrap();
     let ts = [-1.0, 0.0, 1.0];
-    let tr = trajectories(Named { name: "tiny", model: &cnn }, &x, &y, 0.1, &ts).unwrap();
+    let tr = trajectories(
+        Named {
+            name: "tiny",
+            model: &cnn,
+        },
+        &x,
+        &y,
+        0.1,
+        &ts,
+    )
+    .unwrap();
     assert_eq!(tr.len(), 3);
     let clean = candle_nn::ops::softmax(&cnn.forward(&x).unwrap(), 1)
         .unwrap()
@@ -142,8 +167,15 @@ fn png_info(path: &Path) -> (u32, u32, f64) {
     let info = reader.next_frame(&mut buf).unwrap();
     let bpp = info.line_size / info.width as usize;
     let px = &buf[..info.buffer_size()];
-    let inked = px.chunks(bpp).filter(|p| p.iter().take(3).any(|&v| v < 250)).count();
-    (info.width, info.height, inked as f64 / (info.width * info.height) as f64)
+    let inked = px
+        .chunks(bpp)
+        .filter(|p| p.iter().take(3).any(|&v| v < 250))
+        .count();
+    (
+        info.width,
+        info.height,
+        inked as f64 / (info.width * info.height) as f64,
+    )
 }
 
 #[test]
@@ -215,14 +247,47 @@ fn plots_are_png_files_with_content() {
 /// Writes example figures to `$SGR_EVAL_PLOT_DIR` for looking at them (no assertions beyond success).
 #[test]
 fn example_figures_for_inspection() {
-    let Some(dir) = std::env::var_os("SGR_EVAL_PLOT_DIR") else { return };
+    let Some(dir) = std::env::var_os("SGR_EVAL_PLOT_DIR") else {
+        return;
+    };
     let dir = Path::new(&dir);
     let (cnn, _vars) = sgr_testutil::model(sgr_testutil::tiny_config(1), 5, DType::F32);
-    let x = sgr_testutil::rand_tensor(&[4, 1, 16, 16], 9, 0.0, 1.0).to_dtype(DType::F32).unwrap();
+    let x = sgr_testutil::rand_tensor(&[4, 1, 16, 16], 9, 0.0, 1.0)
+        .to_dtype(DType::F32)
+        .unwrap();
     let y = Tensor::new(&[0u32, 1, 2, 3], &Device::Cpu).unwrap();
-    let tr = trajectories(Named { name: "tiny", model: &cnn }, &x, &y, 0.1, &[-5.0, -2.5, 0.0, 2.5, 5.0]).unwrap();
-    sgr_eval::figures::plot_trajectories(&dir.join("traj.png"), 0.1, &[tr.clone(), tr], &["a", "b", "c", "d", "e"]).unwrap();
-    sgr_eval::figures::samples(&dir.join("samples.png"), Named { name: "tiny", model: &cnn }, &x, &y, &[0.1, 0.2], &["a", "b", "c", "d", "e"]).unwrap();
-    let data = sgr_testutil::rand_tensor(&[50, 1, 16, 16], 2, 0.0, 1.0).to_dtype(DType::F32).unwrap();
+    let tr = trajectories(
+        Named {
+            name: "tiny",
+            model: &cnn,
+        },
+        &x,
+        &y,
+        0.1,
+        &[-5.0, -2.5, 0.0, 2.5, 5.0],
+    )
+    .unwrap();
+    sgr_eval::figures::plot_trajectories(
+        &dir.join("traj.png"),
+        0.1,
+        &[tr.clone(), tr],
+        &["a", "b", "c", "d", "e"],
+    )
+    .unwrap();
+    sgr_eval::figures::samples(
+        &dir.join("samples.png"),
+        Named {
+            name: "tiny",
+            model: &cnn,
+        },
+        &x,
+        &y,
+        &[0.1, 0.2],
+        &["a", "b", "c", "d", "e"],
+    )
+    .unwrap();
+    let data = sgr_testutil::rand_tensor(&[50, 1, 16, 16], 2, 0.0, 1.0)
+        .to_dtype(DType::F32)
+        .unwrap();
     sgr_eval::figures::analyze_covariance(&cnn, &x, &y, &data, 0.1, 4, 6, dir).unwrap();
 }

@@ -1,0 +1,358 @@
+//! End-to-end tests of the evaluation commands and `reproduce`, on tiny budgets: every command runs on the
+//! embedded MNIST subset and on the 20-image CIFAR-10 sample (`tests/data/cifar10-sample`), and writes the
+//! tables and figures it promises.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use candle_core::{DType, Device};
+
+fn xtask(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .args(args)
+        .env("SGR_LOG", "warn")
+        .output()
+        .expect("running xtask")
+}
+
+fn ok(out: &Output) -> String {
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "failed: {}\n{}",
+        stdout,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// A PNG file of at least 100×100 pixels.
+fn assert_png(path: &Path) {
+    let decoder = png::Decoder::new(std::io::BufReader::new(
+        std::fs::File::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())),
+    ));
+    let info = decoder.read_info().unwrap();
+    let (w, h) = (info.info().width, info.info().height);
+    assert!(w >= 100 && h >= 100, "{}: {w}x{h}", path.display());
+}
+
+/// The numbers in the Markdown table row that starts with `| name `.
+fn row(md: &str, name: &str) -> Vec<f64> {
+    let line = md
+        .lines()
+        .find(|l| l.starts_with(&format!("| {name} ")))
+        .unwrap_or_else(|| panic!("no row {name} in\n{md}"));
+    line.split('|')
+        .skip(2)
+        .filter_map(|c| c.replace("**", "").replace("(!)", "").trim().parse().ok())
+        .collect()
+}
+
+#[test]
+fn eval_commands_on_the_mnist_subset() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    for (run, method) in [(&a, "clean"), (&b, "gn")] {
+        ok(&xtask(&[
+            "train",
+            "--method",
+            method,
+            "--train-limit",
+            "600",
+            "--epochs",
+            "1",
+            "--pgd-eval-images",
+            "0",
+            "--test-limit",
+            "100",
+            "--out",
+            s(run),
+        ]));
+    }
+    let out = dir.path().join("wb");
+    let md = ok(&xtask(&[
+        "eval-whitebox",
+        "--checkpoints",
+        s(&a),
+        s(&b),
+        "--test-limit",
+        "60",
+        "--deepfool-images",
+        "10",
+        "--masking-images",
+        "30",
+        "--out",
+        s(&out),
+    ]));
+    for name in ["a", "b"] {
+        let r = row(&md, name);
+        assert_eq!(r.len(), 6, "{md}"); // TEST RAND FGM FGSM PGD FOOL
+        // Attacks only lower accuracy on these models; PGD is at most FGSM (+ tolerance), FOOL is positive.
+        assert!(
+            r[4] <= r[0] && r[3] <= r[0] + 1e-9 && r[5] > 0.0,
+            "{name}: {r:?}"
+        );
+    }
+    assert!(md.contains("first 60 test images"), "{md}");
+    for f in ["whitebox.md", "whitebox.csv", "whitebox.json"] {
+        assert!(out.join(f).is_file(), "{f}");
+    }
+    // The same seed gives the same table.
+    let again = ok(&xtask(&[
+        "eval-whitebox",
+        "--checkpoints",
+        s(&a),
+        s(&b),
+        "--test-limit",
+        "60",
+        "--deepfool-images",
+        "10",
+        "--masking-images",
+        "30",
+        "--out",
+        s(&out),
+    ]));
+    assert!(again == md);
+
+    let out = dir.path().join("tr");
+    let md = ok(&xtask(&[
+        "eval-transfer",
+        "--checkpoints",
+        s(&a),
+        s(&b),
+        "--test-limit",
+        "50",
+        "--pgd-steps",
+        "5",
+        "--out",
+        s(&out),
+    ]));
+    assert_eq!(row(&md, "a").len(), 3, "{md}"); // TEST, from a, from b
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("transfer.json")).unwrap()).unwrap();
+    assert_eq!(json["images"], 50);
+    assert_eq!(json["accuracy"].as_array().unwrap().len(), 2);
+
+    let out = dir.path().join("lrc");
+    let md = ok(&xtask(&[
+        "eval-lrc",
+        "--checkpoints",
+        s(&a),
+        s(&b),
+        "--test-limit",
+        "30",
+        "--draws",
+        "3",
+        "--zetas",
+        "1,8",
+        "--eps-list",
+        "0.1,0.5",
+        "--data-cov-images",
+        "500",
+        "--out",
+        s(&out),
+    ]));
+    assert!(md.contains("| 8 "), "{md}");
+    for f in [
+        "fig3_lrc_zeta.png",
+        "fig4_lrc_eps.png",
+        "fig4_data_cov_eps.png",
+    ] {
+        assert_png(&out.join(f));
+    }
+
+    let out = dir.path().join("cov");
+    ok(&xtask(&[
+        "analyze-cov",
+        "--checkpoint",
+        s(&a),
+        "--test-limit",
+        "20",
+        "--data-cov-images",
+        "300",
+        "--out",
+        s(&out),
+    ]));
+    for f in [
+        "fig1_perturbation_covariance.png",
+        "fig2_covariance_functions.png",
+        "fig5_lrc_covariances.png",
+    ] {
+        assert_png(&out.join(f));
+    }
+
+    let out = dir.path().join("fig");
+    ok(&xtask(&[
+        "trajectories",
+        "--checkpoints",
+        s(&b),
+        s(&a),
+        "--images",
+        "2",
+        "--out",
+        s(&out),
+    ]));
+    assert_png(&out.join("fig6_trajectories.png"));
+    let text = ok(&xtask(&[
+        "samples",
+        "--checkpoint",
+        s(&a),
+        "--eps-list",
+        "32,64",
+        "--out",
+        s(&out),
+    ]));
+    assert!(text.contains("ε = 64/255"), "{text}");
+    assert_png(&out.join("fig7_samples.png"));
+
+    // Bad input: a clear error naming the flag or file.
+    let bad = xtask(&[
+        "eval-whitebox",
+        "--checkpoints",
+        s(&dir.path().join("nope")),
+    ]);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("nope"));
+}
+
+#[test]
+fn reproduce_writes_a_report() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("repro");
+    let args = [
+        "reproduce",
+        "--methods",
+        "clean,sgr-sign",
+        "--lrc-methods",
+        "clean,sgr-sign",
+        "--train-limit",
+        "300",
+        "--epochs",
+        "1",
+        "--test-limit",
+        "30",
+        "--deepfool-images",
+        "10",
+        "--lrc-test-limit",
+        "20",
+        "--lrc-draws",
+        "2",
+        "--cov-images",
+        "20",
+        "--out",
+        s(&out),
+    ];
+    let md = ok(&xtask(&args));
+    let report = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(report.starts_with("# Reproduction on mnist-subset") && md.contains("## Budget"));
+    for section in [
+        "## Budget",
+        "## White-box",
+        "Beside the paper",
+        "transfer accuracy",
+        "Fig. 3",
+        "Fig. 6",
+    ] {
+        assert!(report.contains(section), "missing {section}");
+    }
+    assert_eq!(row(&report, "sgr-sign").len(), 6, "{report}");
+    // Every figure the report links exists.
+    for link in report
+        .split("](")
+        .skip(1)
+        .filter_map(|r| r.split(')').next())
+    {
+        if link.ends_with(".png") {
+            assert_png(&out.join(link));
+        }
+    }
+    // A second invocation keeps the trained runs (no retraining) and rewrites the report.
+    let md2 = ok(&xtask(&args));
+    assert!(!md2.contains("| train clean |"), "retrained:\n{md2}");
+}
+
+#[test]
+fn eval_commands_on_the_cifar10_sample() {
+    // No CIFAR-10 training set here: a seeded, untrained CIFAR-10 CNN exercises the whole path (loading the
+    // binary batches, 3-channel attacks, covariance functions across channels, class names).
+    let dir = tempfile::tempdir().unwrap();
+    let data: PathBuf =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/data/cifar10-sample");
+    let mut ckpts = Vec::new();
+    for seed in [1, 2] {
+        let vm = candle_nn::VarMap::new();
+        let cfg = sgr_models::CnnConfig::cifar10();
+        sgr_models::init_params(&vm, &cfg, seed, DType::F32, &Device::Cpu).unwrap();
+        let p = dir.path().join(format!("cifar-{seed}.safetensors"));
+        sgr_models::save_model(&vm, &cfg, &p).unwrap();
+        ckpts.push(p);
+    }
+    let common = ["--dataset", "cifar10", "--data-dir", s(&data)];
+    let out = dir.path().join("out");
+    let run = |extra: &[&str]| {
+        let mut args: Vec<&str> = extra.to_vec();
+        args.extend(common);
+        args.extend(["--out", s(&out)]);
+        ok(&xtask(&args))
+    };
+    let md = run(&[
+        "eval-whitebox",
+        "--checkpoints",
+        s(&ckpts[0]),
+        "--deepfool-images",
+        "4",
+    ]);
+    assert!(
+        md.contains("cifar10, ε = 4/255, first 20 test images"),
+        "{md}"
+    );
+    run(&[
+        "eval-transfer",
+        "--checkpoints",
+        s(&ckpts[0]),
+        s(&ckpts[1]),
+        "--pgd-steps",
+        "3",
+    ]);
+    run(&[
+        "eval-lrc",
+        "--checkpoints",
+        s(&ckpts[0]),
+        "--draws",
+        "2",
+        "--zetas",
+        "2,8",
+        "--eps-list",
+        "0.3",
+    ]);
+    run(&[
+        "analyze-cov",
+        "--checkpoint",
+        s(&ckpts[0]),
+        "--test-limit",
+        "10",
+    ]);
+    run(&[
+        "trajectories",
+        "--checkpoints",
+        s(&ckpts[0]),
+        "--images",
+        "2",
+    ]);
+    run(&["samples", "--checkpoint", s(&ckpts[0])]);
+    for f in [
+        "whitebox.md",
+        "transfer.md",
+        "lrc.md",
+        "fig1_perturbation_covariance.png",
+        "fig2_covariance_functions.png",
+        "fig6_trajectories.png",
+        "fig7_samples.png",
+    ] {
+        assert!(out.join(f).is_file(), "{f}");
+    }
+}
