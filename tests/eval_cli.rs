@@ -2,6 +2,8 @@
 //! embedded MNIST subset and on the 20-image CIFAR-10 sample (`tests/data/cifar10-sample`), and writes the
 //! tables and figures it promises.
 
+#![allow(clippy::unwrap_used)]
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
