@@ -4,43 +4,14 @@
 //! set `SGR_PYTHON` to use another interpreter. Where torch is installed too, it also loads the checkpoint
 //! into a real `torch.nn.Module`.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::Path;
+use std::process::Command;
+
+mod common;
+use common::{err, ok, repo_root, xtask};
 
 use candle_core::{DType, Device, Module, Tensor};
 use sgr_data::{DatasetName, Split};
-
-fn xtask(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_xtask"))
-        .args(args)
-        .env("SGR_LOG", "warn")
-        .output()
-        .expect("running xtask")
-}
-
-fn ok(out: &Output) -> String {
-    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(
-        out.status.success(),
-        "failed: {}\n{}",
-        stdout,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
-}
-
-fn err(out: &Output) -> String {
-    assert!(
-        !out.status.success(),
-        "should have failed: {}",
-        String::from_utf8_lossy(&out.stdout)
-    );
-    String::from_utf8_lossy(&out.stderr).to_string()
-}
-
-fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
 
 fn python() -> String {
     std::env::var("SGR_PYTHON").unwrap_or_else(|_| "python3".into())

@@ -5,28 +5,11 @@
 #![allow(clippy::unwrap_used)]
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+
+mod common;
+use common::{ok, repo_root, xtask};
 
 use candle_core::{DType, Device};
-
-fn xtask(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_xtask"))
-        .args(args)
-        .env("SGR_LOG", "warn")
-        .output()
-        .expect("running xtask")
-}
-
-fn ok(out: &Output) -> String {
-    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(
-        out.status.success(),
-        "failed: {}\n{}",
-        stdout,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
-}
 
 fn s(p: &Path) -> &str {
     p.to_str().unwrap()
@@ -76,7 +59,7 @@ fn eval_commands_on_the_mnist_subset() {
         ]));
     }
     let out = dir.path().join("wb");
-    let md = ok(&xtask(&[
+    let wb_args = [
         "eval-whitebox",
         "--checkpoints",
         s(&a),
@@ -89,7 +72,8 @@ fn eval_commands_on_the_mnist_subset() {
         "30",
         "--out",
         s(&out),
-    ]));
+    ];
+    let md = ok(&xtask(&wb_args));
     for name in ["a", "b"] {
         let r = row(&md, name);
         assert_eq!(r.len(), 6, "{md}"); // TEST RAND FGM FGSM PGD FOOL
@@ -104,20 +88,7 @@ fn eval_commands_on_the_mnist_subset() {
         assert!(out.join(f).is_file(), "{f}");
     }
     // The same seed gives the same table.
-    let again = ok(&xtask(&[
-        "eval-whitebox",
-        "--checkpoints",
-        s(&a),
-        s(&b),
-        "--test-limit",
-        "60",
-        "--deepfool-images",
-        "10",
-        "--masking-images",
-        "30",
-        "--out",
-        s(&out),
-    ]));
+    let again = ok(&xtask(&wb_args));
     assert!(again == md);
 
     let out = dir.path().join("tr");
@@ -282,8 +253,7 @@ fn eval_commands_on_the_cifar10_sample() {
     // No CIFAR-10 training set here: a seeded, untrained CIFAR-10 CNN exercises the whole path (loading the
     // binary batches, 3-channel attacks, covariance functions across channels, class names).
     let dir = tempfile::tempdir().unwrap();
-    let data: PathBuf =
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/data/cifar10-sample");
+    let data: PathBuf = repo_root().join("tests/data/cifar10-sample");
     let mut ckpts = Vec::new();
     for seed in [1, 2] {
         let vm = candle_nn::VarMap::new();

@@ -117,42 +117,42 @@ pub fn evaluate(s: &Setup, cmd: &LrcCmd) -> anyhow::Result<LrcResults> {
         "worst of {}, {} {} test images",
         cmd.draws, s.dataset, r.images
     );
-    line_chart(
-        &cmd.out.join("fig3_lrc_zeta.png"),
-        &LinePanel {
-            title: format!(
+    let figures = [
+        (
+            "fig3_lrc_zeta.png",
+            format!(
                 "LRC noise, ε = {}: accuracy vs decay length ({what})",
                 cmd.lrc_eps
             ),
-            x_label: "decay length ζ (pixels)".into(),
-            y_label: "accuracy".into(),
-            series: series(&r.by_zeta),
-            y_range: (0.0, 1.02),
-            legend: true,
-        },
-    )?;
-    line_chart(
-        &cmd.out.join("fig4_lrc_eps.png"),
-        &LinePanel {
-            title: format!("LRC noise, ζ = 8: accuracy vs ε ({what})"),
-            x_label: "noise scale ε (pixel units)".into(),
-            y_label: "accuracy".into(),
-            series: series(&r.by_eps_zeta8),
-            y_range: (0.0, 1.02),
-            legend: true,
-        },
-    )?;
-    line_chart(
-        &cmd.out.join("fig4_data_cov_eps.png"),
-        &LinePanel {
-            title: format!("Noise with the data covariance: accuracy vs ε ({what})"),
-            x_label: "noise scale ε (pixel units)".into(),
-            y_label: "accuracy".into(),
-            series: series(&r.by_eps_data_cov),
-            y_range: (0.0, 1.02),
-            legend: true,
-        },
-    )?;
+            "decay length ζ (pixels)",
+            &r.by_zeta,
+        ),
+        (
+            "fig4_lrc_eps.png",
+            format!("LRC noise, ζ = 8: accuracy vs ε ({what})"),
+            "noise scale ε (pixel units)",
+            &r.by_eps_zeta8,
+        ),
+        (
+            "fig4_data_cov_eps.png",
+            format!("Noise with the data covariance: accuracy vs ε ({what})"),
+            "noise scale ε (pixel units)",
+            &r.by_eps_data_cov,
+        ),
+    ];
+    for (file, title, x_label, curves) in figures {
+        line_chart(
+            &cmd.out.join(file),
+            &LinePanel {
+                title,
+                x_label: x_label.into(),
+                y_label: "accuracy".into(),
+                series: series(curves),
+                y_range: (0.0, 1.02),
+                legend: true,
+            },
+        )?;
+    }
     Ok(r)
 }
 
