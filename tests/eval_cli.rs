@@ -207,15 +207,15 @@ fn reproduce_writes_a_report() {
         "--epochs",
         "1",
         "--test-limit",
-        "30",
-        "--deepfool-images",
-        "10",
-        "--lrc-test-limit",
         "20",
+        "--deepfool-images",
+        "5",
+        "--lrc-test-limit",
+        "10",
         "--lrc-draws",
         "2",
         "--cov-images",
-        "20",
+        "10",
         "--out",
         s(&out),
     ];
@@ -277,6 +277,8 @@ fn eval_commands_on_the_cifar10_sample() {
         s(&ckpts[0]),
         "--deepfool-images",
         "4",
+        "--masking-images",
+        "8",
     ]);
     assert!(
         md.contains("cifar10, ε = 4/255, first 20 test images"),
@@ -306,7 +308,7 @@ fn eval_commands_on_the_cifar10_sample() {
         "--checkpoint",
         s(&ckpts[0]),
         "--test-limit",
-        "10",
+        "6",
     ]);
     run(&[
         "trajectories",
