@@ -4,9 +4,10 @@ use anyhow::Context;
 use candle_core::DType;
 use clap::Args;
 use sgr_data::{DatasetName, Split};
-use sgr_models::{DeviceKind, load_model, make_device};
+use sgr_models::{DeviceKind, make_device};
 
 use crate::common::{parse_dataset, parse_device};
+use crate::evalkit::{load_checkpoints, load_set, resolve_dataset};
 
 #[derive(Debug, Args)]
 pub struct EvalCmd {
@@ -32,54 +33,15 @@ pub struct EvalCmd {
 
 pub fn run(cmd: EvalCmd) -> anyhow::Result<()> {
     let device = make_device(cmd.device).context("opening --device")?;
-    let model_file = sgr_train::model_path(&cmd.checkpoint);
-    let (model, _vars) = load_model(&model_file, DType::F32, &device)
-        .with_context(|| format!("loading --checkpoint {}", cmd.checkpoint.display()))?;
-    let run_dir = model_file
-        .parent()
-        .map(|p| p.to_path_buf())
-        .unwrap_or_default();
-    let stored = sgr_train::read_record(&run_dir).ok();
-    let dataset = match (cmd.dataset, &stored) {
-        (Some(d), _) => d,
-        (None, Some(r)) => r
-            .dataset
-            .parse()
-            .context("run.json names an unknown dataset")?,
-        (None, None) if model.config().in_channels == 3 => DatasetName::Cifar10,
-        (None, None) => DatasetName::MnistSubset,
-    };
-    // A run trained on a --data-dir is tested on the same folder unless told otherwise.
-    let data_dir = cmd.data_dir.clone().or_else(|| {
-        stored
-            .as_ref()
-            .filter(|r| r.dataset == dataset.as_str() && cmd.dataset.is_none())
-            .and_then(|r| {
-                let p = PathBuf::from(&r.data_source);
-                p.is_dir().then_some(p)
-            })
-    });
-    let mut test = sgr_data::load_split(dataset, data_dir.as_deref(), Split::Test)?;
-    if test.shape()
-        != (
-            model.config().in_channels,
-            model.config().height,
-            model.config().width,
-        )
-    {
-        anyhow::bail!(
-            "--checkpoint {} expects {}x{}x{} images but dataset {dataset} has {:?}",
-            cmd.checkpoint.display(),
-            model.config().in_channels,
-            model.config().height,
-            model.config().width,
-            test.shape()
-        );
-    }
+    let loaded = load_checkpoints(std::slice::from_ref(&cmd.checkpoint), &device)?;
+    let (dataset, data_dir) = resolve_dataset(&loaded[0], cmd.dataset, cmd.data_dir.as_deref())?;
+    let model = &loaded[0].model;
+    let mut test = load_set(dataset, data_dir.as_deref(), Split::Test, model)
+        .with_context(|| format!("testing --checkpoint {}", cmd.checkpoint.display()))?;
     if let Some(n) = cmd.test_limit {
         test.truncate(n);
     }
-    let (correct, n) = sgr_train::evaluate(&model, &test, cmd.batch_size, DType::F32, &device)?;
+    let (correct, n) = sgr_train::evaluate(model, &test, cmd.batch_size, DType::F32, &device)?;
     let accuracy = correct as f64 / n as f64;
     if cmd.json {
         let obj = serde_json::json!({
