@@ -82,7 +82,9 @@ fn draw_panel<DB: DrawingBackend>(
     let (x0, x1) = x_range(&p.series);
     // Long titles get a smaller font so that they fit the panel.
     let (w, _) = area.dim_in_pixel();
-    let size = (20.0f64).min(1.9 * f64::from(w) / p.title.chars().count().max(1) as f64).max(11.0);
+    let size = (20.0f64)
+        .min(1.9 * f64::from(w) / p.title.chars().count().max(1) as f64)
+        .max(11.0);
     let mut chart = ChartBuilder::on(area)
         .caption(&p.title, (FONT, size))
         .margin(10)

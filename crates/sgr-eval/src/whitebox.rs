@@ -145,7 +145,13 @@ pub fn whitebox(
         if eps_curve.last().is_some_and(|&(le, _)| e <= le) {
             continue;
         }
-        eps_curve.push((e, pgd_accuracy(&model, &xm, &ym, e, cfg.pgd_steps, bs)?));
+        // On the full set, the point at the table's ε is the table's PGD column: reuse it.
+        let acc = if e == eps && nm == n {
+            pgd_acc
+        } else {
+            pgd_accuracy(&model, &xm, &ym, e, cfg.pgd_steps, bs)?
+        };
+        eps_curve.push((e, acc));
     }
     let pgd_m = eps_curve
         .iter()
