@@ -154,22 +154,36 @@ impl Cnn {
         &self.config
     }
 
-    /// Use candle's own convolution everywhere (for comparison). By default, CPU tensors go through
-    /// [`crate::ops::conv2d_valid`], whose backward runs on gemm; other devices always use candle's kernels.
+    /// Use candle's own layers everywhere (for comparison). By default, CPU tensors go through the fused
+    /// channels-last ops of [`crate::ops`]; other devices always use candle's layers.
     pub fn set_plain_ops(&mut self, plain: bool) {
         self.plain_ops = plain;
     }
 
-    pub(crate) fn conv_layer(&self, layer: &Conv2d, x: &Tensor) -> Result<Tensor> {
-        self.conv(layer, x)
+    /// Whether this input runs on the fused channels-last CPU ops of [`crate::ops`] (CPU, f32/f64, custom
+    /// ops enabled) rather than candle's layers.
+    pub fn uses_fast_ops(&self, x: &Tensor) -> bool {
+        !self.plain_ops && x.device().is_cpu() && matches!(x.dtype(), DType::F32 | DType::F64)
     }
 
-    fn conv(&self, layer: &Conv2d, x: &Tensor) -> Result<Tensor> {
-        if self.plain_ops || !x.device().is_cpu() {
-            layer.forward(x)
-        } else {
-            crate::ops::conv2d_valid(x, layer.weight(), layer.bias())
-        }
+    /// `relu(conv(x) + b)` on channels-last activations.
+    pub(crate) fn conv_relu_nhwc(&self, layer: &Conv2d, x: &Tensor) -> Result<Tensor> {
+        crate::ops::conv2d_nhwc(x, layer.weight(), layer.bias(), true)
+    }
+
+    /// The forward pass on the fused CPU ops; activations channels-last until the flatten, which restores
+    /// PyTorch's `(C, H, W)` order for fc1.
+    fn forward_fast(&self, x: &Tensor) -> Result<Tensor> {
+        use crate::ops::{max_pool2x2_nhwc, relu, to_nchw, to_nhwc};
+        let x = to_nhwc(&standardize(x)?)?;
+        let x = self.conv_relu_nhwc(&self.conv1, &x)?;
+        let x = max_pool2x2_nhwc(&self.conv_relu_nhwc(&self.conv2, &x)?)?;
+        let x = self.conv_relu_nhwc(&self.conv3, &x)?;
+        let x = max_pool2x2_nhwc(&self.conv_relu_nhwc(&self.conv4, &x)?)?;
+        let x = to_nchw(&x)?.flatten_from(1)?;
+        let x = relu(&self.fc1.forward(&x)?)?;
+        let x = relu(&self.fc2.forward(&x)?)?;
+        self.fc3.forward(&x)
     }
 
     /// The same network with its parameters as plain (detached) tensors: backward passes through it compute
@@ -201,11 +215,14 @@ impl Cnn {
 impl Module for Cnn {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let _span = tracing::trace_span!("cnn_forward").entered();
+        if self.uses_fast_ops(x) {
+            return self.forward_fast(x);
+        }
         let x = standardize(x)?;
-        let x = self.conv(&self.conv1, &x)?.relu()?;
-        let x = max_pool2x2(&self.conv(&self.conv2, &x)?.relu()?)?;
-        let x = self.conv(&self.conv3, &x)?.relu()?;
-        let x = max_pool2x2(&self.conv(&self.conv4, &x)?.relu()?)?;
+        let x = self.conv1.forward(&x)?.relu()?;
+        let x = max_pool2x2(&self.conv2.forward(&x)?.relu()?)?;
+        let x = self.conv3.forward(&x)?.relu()?;
+        let x = max_pool2x2(&self.conv4.forward(&x)?.relu()?)?;
         let x = x.flatten_from(1)?;
         let x = self.fc1.forward(&x)?.relu()?;
         let x = self.fc2.forward(&x)?.relu()?;

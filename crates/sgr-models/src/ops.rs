@@ -1,30 +1,43 @@
-//! Faster CPU convolutions for training and attacks, exact to any order of differentiation.
+//! Fast CPU layers in channels-last (NHWC) layout, exact to any order of differentiation.
 //!
-//! A valid (unpadded, stride-1) convolution is written as `unfold` (im2col), a matrix product with the
-//! kernel, and a permutation. `unfold` and its adjoint `fold` (col2im, a scatter-add) are custom ops whose
-//! backward passes are each other, and everything else is candle's `matmul`, whose forward and backward run on
-//! the `gemm` crate. Candle's own CPU convolution backward (`conv_transpose2d` for input gradients, convolutions
-//! for kernel gradients) runs naive loops and dominated training and attack steps.
+//! Candle's own CPU convolution backward runs naive loops, its ReLU and max-pool backward passes take
+//! several full passes over the activations each, and every node of a graph costs the backward pass a
+//! zero-filled gradient buffer and an addition. The model's CPU path therefore runs on a few fused custom
+//! ops over `(B, H, W, C)` activations:
+//!
+//! * [`conv2d_nhwc`]: valid, stride-1 convolution with optional bias and ReLU in one op; per chunk of images,
+//!   im2col into a reused buffer and one `gemm` call (the crate candle's matmul runs on), parallel over the
+//!   batch. Its derivatives are [`conv2d_nhwc_input_grad`] and the weight gradient, and the derivatives of
+//!   those are each other and the convolution again, so the three ops are closed under differentiation
+//!   (what exact double backprop needs).
+//! * [`relu`] and [`relu_backward`]: `x·[x > 0]` and `g·[r > 0]`, one op each, each the other's derivative.
+//! * [`max_pool2x2_nhwc`] and [`max_pool2x2_nhwc_backward`]: gather at / scatter to the first arg-max of each
+//!   2×2 window, each the other's derivative.
+//!
+//! Every op is compared with the plain candle composition (values, first- and second-order gradients) in
+//! `tests/ops.rs`. These ops have no GPU kernels: other devices use candle's layers.
 
-use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-/// im2col for a valid `k × k` convolution of `(B, C, H, W)`: `(B, OH·OW, C·k·k)` with `OH = H − k + 1`.
-#[derive(Clone, Copy, Debug)]
-struct Unfold {
-    c: usize,
-    h: usize,
-    w: usize,
-    k: usize,
+/// f32 or f64, the element types these kernels run on.
+trait Float:
+    Copy
+    + Send
+    + Sync
+    + Default
+    + PartialOrd
+    + std::ops::Add<Output = Self>
+    + std::ops::AddAssign
+    + 'static
+{
+    const ONE: Self;
 }
-
-/// col2im, the adjoint of [`Unfold`]: `(B, OH·OW, C·k·k)` → `(B, C, H, W)`, summing overlapping entries.
-#[derive(Clone, Copy, Debug)]
-struct Fold {
-    c: usize,
-    h: usize,
-    w: usize,
-    k: usize,
+impl Float for f32 {
+    const ONE: Self = 1.0;
+}
+impl Float for f64 {
+    const ONE: Self = 1.0;
 }
 
 fn contiguous<'a, T>(v: &'a [T], l: &Layout, name: &str) -> Result<&'a [T]> {
@@ -34,62 +47,158 @@ fn contiguous<'a, T>(v: &'a [T], l: &Layout, name: &str) -> Result<&'a [T]> {
     Ok(&v[a..b])
 }
 
-fn unfold_into<T: Copy + Send + Sync + Default>(
-    x: &[T],
-    (c, h, w, k): (usize, usize, usize, usize),
-) -> Vec<T> {
-    let (oh, ow) = (h + 1 - k, w + 1 - k);
-    let ckk = c * k * k;
-    let per_in = c * h * w;
-    let per_out = oh * ow * ckk;
-    let b = x.len() / per_in;
-    let mut out = vec![T::default(); b * per_out];
-    out.par_chunks_mut(per_out)
-        .zip(x.par_chunks(per_in))
-        .for_each(|(o, img)| {
-            for i in 0..oh {
-                for j in 0..ow {
-                    let row = &mut o[(i * ow + j) * ckk..(i * ow + j + 1) * ckk];
-                    let mut q = 0;
-                    for ch in 0..c {
-                        for di in 0..k {
-                            let src = &img
-                                [ch * h * w + (i + di) * w + j..ch * h * w + (i + di) * w + j + k];
-                            row[q..q + k].copy_from_slice(src);
-                            q += k;
-                        }
+/// Geometry of a valid, stride-1, `k × k` convolution on `(B, H, W, C)` images.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Geom {
+    h: usize,
+    w: usize,
+    c: usize,
+    k: usize,
+}
+
+impl Geom {
+    fn oh(&self) -> usize {
+        self.h + 1 - self.k
+    }
+    fn ow(&self) -> usize {
+        self.w + 1 - self.k
+    }
+    /// Output positions per image.
+    fn l(&self) -> usize {
+        self.oh() * self.ow()
+    }
+    /// Columns of the im2col matrix: `k·k·C` in `(di, dj, c)` order.
+    fn kk(&self) -> usize {
+        self.k * self.k * self.c
+    }
+    fn image(&self) -> usize {
+        self.h * self.w * self.c
+    }
+    /// Images per work item: enough to give `gemm` a tall matrix, few enough for the im2col buffer to stay
+    /// near the cache (about 1 M elements). Depends only on the shapes, so results do not depend on the
+    /// number of threads.
+    fn chunk(&self) -> usize {
+        (1 << 20) / (self.l() * self.kk()).max(1)
+    }
+}
+
+/// im2col of consecutive images `x` (`n` images) into `cols` (`n·L × kk`).
+fn unfold<T: Float>(x: &[T], g: Geom, cols: &mut [T]) {
+    let (ow, kk, rowlen) = (g.ow(), g.kk(), g.k * g.c);
+    for (img, out) in x.chunks(g.image()).zip(cols.chunks_mut(g.l() * kk)) {
+        for i in 0..g.oh() {
+            for j in 0..ow {
+                let row = &mut out[(i * ow + j) * kk..(i * ow + j + 1) * kk];
+                for di in 0..g.k {
+                    let src = ((i + di) * g.w + j) * g.c;
+                    row[di * rowlen..(di + 1) * rowlen].copy_from_slice(&img[src..src + rowlen]);
+                }
+            }
+        }
+    }
+}
+
+/// col2im, the adjoint of [`unfold`]: adds `cols` (`n·L × kk`) into the zeroed images `x`.
+fn fold<T: Float>(cols: &[T], g: Geom, x: &mut [T]) {
+    let (ow, kk, rowlen) = (g.ow(), g.kk(), g.k * g.c);
+    for (img, col) in x.chunks_mut(g.image()).zip(cols.chunks(g.l() * kk)) {
+        img.fill(T::default());
+        for i in 0..g.oh() {
+            for j in 0..ow {
+                let row = &col[(i * ow + j) * kk..(i * ow + j + 1) * kk];
+                for di in 0..g.k {
+                    let dst = ((i + di) * g.w + j) * g.c;
+                    for (d, s) in img[dst..dst + rowlen]
+                        .iter_mut()
+                        .zip(&row[di * rowlen..(di + 1) * rowlen])
+                    {
+                        *d += *s;
                     }
                 }
             }
-        });
-    out
+        }
+    }
 }
 
-fn fold_into<T: Copy + Send + Sync + Default + std::ops::AddAssign>(
-    cols: &[T],
-    (c, h, w, k): (usize, usize, usize, usize),
-) -> Vec<T> {
-    let (oh, ow) = (h + 1 - k, w + 1 - k);
-    let ckk = c * k * k;
-    let per_in = oh * ow * ckk;
-    let per_out = c * h * w;
-    let b = cols.len() / per_in;
-    let mut out = vec![T::default(); b * per_out];
-    out.par_chunks_mut(per_out)
-        .zip(cols.par_chunks(per_in))
-        .for_each(|(img, o)| {
-            for i in 0..oh {
-                for j in 0..ow {
-                    let row = &o[(i * ow + j) * ckk..(i * ow + j + 1) * ckk];
-                    let mut q = 0;
-                    for ch in 0..c {
-                        for di in 0..k {
-                            let dst = &mut img
-                                [ch * h * w + (i + di) * w + j..ch * h * w + (i + di) * w + j + k];
-                            for (d, s) in dst.iter_mut().zip(&row[q..q + k]) {
-                                *d += *s;
+/// `dst (m × n) = [dst +] a (m × k) · b (k × n)`, with explicit row/column strides, single-threaded.
+#[allow(clippy::too_many_arguments)]
+fn gemm<T: Float>(
+    (m, n, k): (usize, usize, usize),
+    dst: &mut [T],
+    accumulate: bool,
+    a: &[T],
+    (a_rs, a_cs): (usize, usize),
+    b: &[T],
+    (b_rs, b_cs): (usize, usize),
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    assert!(dst.len() >= m * n, "gemm: destination too small");
+    if k > 0 {
+        assert!(
+            (m - 1) * a_rs + (k - 1) * a_cs < a.len(),
+            "gemm: lhs too small"
+        );
+        assert!(
+            (k - 1) * b_rs + (n - 1) * b_cs < b.len(),
+            "gemm: rhs too small"
+        );
+    }
+    // SAFETY: the assertions above keep every index gemm reads or writes inside the slices (dst is row
+    // major m × n), and the three slices cannot alias (one is borrowed mutably).
+    #[allow(unsafe_code)]
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            accumulate,
+            a.as_ptr(),
+            a_cs as isize,
+            a_rs as isize,
+            b.as_ptr(),
+            b_cs as isize,
+            b_rs as isize,
+            T::ONE,
+            T::ONE,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        );
+    }
+}
+
+/// `out (B·L × O) = relu?(unfold(x) · wmᵀ + bias)` with `wm` `(O, kk)`.
+fn conv_fwd<T: Float>(x: &[T], wm: &[T], bias: Option<&[T]>, relu: bool, g: Geom) -> Vec<T> {
+    let (l, kk) = (g.l(), g.kk());
+    let o = wm.len() / kk;
+    let b = x.len() / g.image();
+    let n = g.chunk().max(1);
+    let mut out = vec![T::default(); b * l * o];
+    out.par_chunks_mut(n * l * o)
+        .zip(x.par_chunks(n * g.image()))
+        .for_each_init(Vec::new, |cols: &mut Vec<T>, (out, x)| {
+            let rows = out.len() / o;
+            cols.resize(rows * kk, T::default());
+            unfold(x, g, cols);
+            gemm((rows, o, kk), out, false, cols, (kk, 1), wm, (1, kk));
+            if bias.is_some() || relu {
+                for row in out.chunks_mut(o) {
+                    if let Some(bias) = bias {
+                        for (v, b) in row.iter_mut().zip(bias) {
+                            *v += *b;
+                        }
+                    }
+                    if relu {
+                        for v in row.iter_mut() {
+                            if *v < T::default() {
+                                *v = T::default();
                             }
-                            q += k;
                         }
                     }
                 }
@@ -98,107 +207,658 @@ fn fold_into<T: Copy + Send + Sync + Default + std::ops::AddAssign>(
     out
 }
 
-impl CustomOp1 for Unfold {
+/// `dx = fold(dy · wm)`: the convolution's input gradient, `dy` `(B·L × O)`.
+fn conv_input_grad<T: Float>(dy: &[T], wm: &[T], g: Geom) -> Vec<T> {
+    let (l, kk) = (g.l(), g.kk());
+    let o = wm.len() / kk;
+    let b = dy.len() / (l * o);
+    let n = g.chunk().max(1);
+    let mut dx = vec![T::default(); b * g.image()];
+    dx.par_chunks_mut(n * g.image())
+        .zip(dy.par_chunks(n * l * o))
+        .for_each_init(Vec::new, |cols: &mut Vec<T>, (dx, dy)| {
+            let rows = dy.len() / o;
+            cols.resize(rows * kk, T::default());
+            gemm((rows, kk, o), cols, false, dy, (o, 1), wm, (kk, 1));
+            fold(cols, g, dx);
+        });
+    dx
+}
+
+/// `dW (O × kk) = Σ_b dy_bᵀ · unfold(x_b)`: the convolution's weight gradient. Partial sums per chunk of
+/// images, added in chunk order (deterministic).
+fn conv_weight_grad<T: Float>(x: &[T], dy: &[T], o: usize, g: Geom) -> Vec<T> {
+    let (l, kk) = (g.l(), g.kk());
+    let n = g.chunk().max(1);
+    let partials: Vec<Vec<T>> = x
+        .par_chunks(n * g.image())
+        .zip(dy.par_chunks(n * l * o))
+        .map(|(x, dy)| {
+            let rows = dy.len() / o;
+            let mut cols = vec![T::default(); rows * kk];
+            unfold(x, g, &mut cols);
+            let mut acc = vec![T::default(); o * kk];
+            gemm((o, kk, rows), &mut acc, false, dy, (1, o), &cols, (kk, 1));
+            acc
+        })
+        .collect();
+    let mut total = vec![T::default(); o * kk];
+    for p in partials {
+        for (t, v) in total.iter_mut().zip(p) {
+            *t += v;
+        }
+    }
+    total
+}
+
+fn dims4(l: &Layout, name: &str) -> Result<(usize, usize, usize, usize)> {
+    l.shape().dims4().map_err(|_| {
+        candle_core::Error::Msg(format!("{name}: expected 4 dims, got {:?}", l.dims()))
+    })
+}
+
+/// `relu?(conv(x, wm) + bias)`; `x` `(B, H, W, C)`, `wm` `(O, k·k·C)`, `bias` `(O,)` → `(B, OH, OW, O)`.
+#[derive(Clone, Copy, Debug)]
+struct ConvBiasAct {
+    k: usize,
+    relu: bool,
+}
+
+/// `conv(x, wm)` without bias or activation (the derivatives of the other two convolution ops).
+#[derive(Clone, Copy, Debug)]
+struct Conv {
+    k: usize,
+}
+
+/// `(dy, wm)` → `dx` `(B, H, W, C)`.
+#[derive(Clone, Copy, Debug)]
+struct ConvInputGrad {
+    g: Geom,
+}
+
+/// `(x, dy)` → `dW` `(O, k·k·C)`.
+#[derive(Clone, Copy, Debug)]
+struct ConvWeightGrad {
+    k: usize,
+}
+
+fn conv_geom(x: &Layout, k: usize, name: &str) -> Result<(usize, Geom)> {
+    let (b, h, w, c) = dims4(x, name)?;
+    if k == 0 || k > h || k > w {
+        candle_core::bail!("{name}: kernel {k} does not fit images {h}x{w}");
+    }
+    Ok((b, Geom { h, w, c, k }))
+}
+
+fn run_conv(
+    k: usize,
+    relu: bool,
+    name: &str,
+    (sx, lx): (&CpuStorage, &Layout),
+    (sw, lw): (&CpuStorage, &Layout),
+    bias: Option<(&CpuStorage, &Layout)>,
+) -> Result<(CpuStorage, Shape)> {
+    let (b, g) = conv_geom(lx, k, name)?;
+    let (o, kk) = lw.shape().dims2()?;
+    if kk != g.kk() {
+        candle_core::bail!(
+            "{name}: weight {:?} does not match input {:?}",
+            lw.dims(),
+            lx.dims()
+        );
+    }
+    let out = match (sx, sw, bias) {
+        (CpuStorage::F32(x), CpuStorage::F32(w), bias) => {
+            let bias = match bias {
+                Some((CpuStorage::F32(v), l)) => Some(contiguous(v, l, name)?),
+                Some(_) => candle_core::bail!("{name}: bias dtype differs"),
+                None => None,
+            };
+            CpuStorage::F32(conv_fwd(
+                contiguous(x, lx, name)?,
+                contiguous(w, lw, name)?,
+                bias,
+                relu,
+                g,
+            ))
+        }
+        (CpuStorage::F64(x), CpuStorage::F64(w), bias) => {
+            let bias = match bias {
+                Some((CpuStorage::F64(v), l)) => Some(contiguous(v, l, name)?),
+                Some(_) => candle_core::bail!("{name}: bias dtype differs"),
+                None => None,
+            };
+            CpuStorage::F64(conv_fwd(
+                contiguous(x, lx, name)?,
+                contiguous(w, lw, name)?,
+                bias,
+                relu,
+                g,
+            ))
+        }
+        _ => candle_core::bail!("{name}: f32 or f64 inputs of one dtype only"),
+    };
+    Ok((out, Shape::from((b, g.oh(), g.ow(), o))))
+}
+
+/// Shared backward of the convolution: `gp` is the gradient at the pre-activation, `(B, OH, OW, O)`.
+fn conv_bwd(x: &Tensor, wm: &Tensor, gp: &Tensor, k: usize) -> Result<(Tensor, Tensor)> {
+    let (_, h, w, c) = x.dims4()?;
+    let gp = gp.contiguous()?;
+    let dx = gp.apply_op2(
+        wm,
+        ConvInputGrad {
+            g: Geom { h, w, c, k },
+        },
+    )?;
+    let dw = x.apply_op2(&gp, ConvWeightGrad { k })?;
+    Ok((dx, dw))
+}
+
+impl CustomOp3 for ConvBiasAct {
     fn name(&self) -> &'static str {
-        "sgr-unfold"
+        "sgr-conv-bias-act"
     }
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let dims = l.dims();
-        let b = dims[0];
-        let geom = (self.c, self.h, self.w, self.k);
-        let out = match s {
-            CpuStorage::F32(v) => CpuStorage::F32(unfold_into(contiguous(v, l, "unfold")?, geom)),
-            CpuStorage::F64(v) => CpuStorage::F64(unfold_into(contiguous(v, l, "unfold")?, geom)),
-            _ => candle_core::bail!("sgr-unfold: f32 or f64 only"),
-        };
-        let (oh, ow) = (self.h + 1 - self.k, self.w + 1 - self.k);
-        Ok((out, Shape::from((b, oh * ow, self.c * self.k * self.k))))
+    fn cpu_fwd(
+        &self,
+        sx: &CpuStorage,
+        lx: &Layout,
+        sw: &CpuStorage,
+        lw: &Layout,
+        sb: &CpuStorage,
+        lb: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        run_conv(
+            self.k,
+            self.relu,
+            self.name(),
+            (sx, lx),
+            (sw, lw),
+            Some((sb, lb)),
+        )
     }
-    fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        let f = Fold {
-            c: self.c,
-            h: self.h,
-            w: self.w,
-            k: self.k,
+    fn bwd(
+        &self,
+        x: &Tensor,
+        wm: &Tensor,
+        _bias: &Tensor,
+        res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let gp = if self.relu {
+            relu_backward(grad, res)?
+        } else {
+            grad.clone()
         };
-        Ok(Some(grad.contiguous()?.apply_op1(f)?))
+        let (dx, dw) = conv_bwd(x, wm, &gp, self.k)?;
+        let db = gp.sum((0, 1, 2))?;
+        Ok((Some(dx), Some(dw), Some(db)))
     }
 }
 
-impl CustomOp1 for Fold {
+impl CustomOp2 for Conv {
     fn name(&self) -> &'static str {
-        "sgr-fold"
+        "sgr-conv"
     }
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let b = l.dims()[0];
-        let geom = (self.c, self.h, self.w, self.k);
-        let out = match s {
-            CpuStorage::F32(v) => CpuStorage::F32(fold_into(contiguous(v, l, "fold")?, geom)),
-            CpuStorage::F64(v) => CpuStorage::F64(fold_into(contiguous(v, l, "fold")?, geom)),
-            _ => candle_core::bail!("sgr-fold: f32 or f64 only"),
-        };
-        Ok((out, Shape::from((b, self.c, self.h, self.w))))
+    fn cpu_fwd(
+        &self,
+        sx: &CpuStorage,
+        lx: &Layout,
+        sw: &CpuStorage,
+        lw: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        run_conv(self.k, false, self.name(), (sx, lx), (sw, lw), None)
     }
-    fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        let u = Unfold {
-            c: self.c,
-            h: self.h,
-            w: self.w,
-            k: self.k,
-        };
-        Ok(Some(grad.contiguous()?.apply_op1(u)?))
+    fn bwd(
+        &self,
+        x: &Tensor,
+        wm: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let (dx, dw) = conv_bwd(x, wm, grad, self.k)?;
+        Ok((Some(dx), Some(dw)))
     }
 }
 
-/// Valid, stride-1 2-D convolution (cross-correlation, PyTorch semantics) of `x` `(B, C, H, W)` with `weight`
-/// `(O, C, k, k)` plus `bias` `(O,)`, as unfold + matmul. Same numbers as `Tensor::conv2d` up to summation
-/// order; gradients of any order through `x`, `weight` and `bias`. CPU only.
-pub fn conv2d_valid(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
-    let (b, c, h, w) = x.dims4()?;
-    let (o, c2, k, k2) = weight.dims4()?;
+impl CustomOp2 for ConvInputGrad {
+    fn name(&self) -> &'static str {
+        "sgr-conv-input-grad"
+    }
+    fn cpu_fwd(
+        &self,
+        sd: &CpuStorage,
+        ld: &Layout,
+        sw: &CpuStorage,
+        lw: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let g = self.g;
+        let (b, oh, ow, o) = dims4(ld, self.name())?;
+        if (oh, ow) != (g.oh(), g.ow()) || lw.dims() != [o, g.kk()] {
+            candle_core::bail!(
+                "{}: gradient {:?} and weight {:?} do not match images {}x{}x{}",
+                self.name(),
+                ld.dims(),
+                lw.dims(),
+                g.h,
+                g.w,
+                g.c
+            );
+        }
+        let out = match (sd, sw) {
+            (CpuStorage::F32(d), CpuStorage::F32(w)) => CpuStorage::F32(conv_input_grad(
+                contiguous(d, ld, self.name())?,
+                contiguous(w, lw, self.name())?,
+                g,
+            )),
+            (CpuStorage::F64(d), CpuStorage::F64(w)) => CpuStorage::F64(conv_input_grad(
+                contiguous(d, ld, self.name())?,
+                contiguous(w, lw, self.name())?,
+                g,
+            )),
+            _ => candle_core::bail!("{}: f32 or f64 inputs of one dtype only", self.name()),
+        };
+        Ok((out, Shape::from((b, g.h, g.w, g.c))))
+    }
+    fn bwd(
+        &self,
+        dy: &Tensor,
+        wm: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        // ⟨G, fold(dy·wm)⟩ = ⟨unfold(G)·wmᵀ, dy⟩ = ⟨wm, dyᵀ·unfold(G)⟩.
+        let grad = grad.contiguous()?;
+        let d_dy = grad.apply_op2(wm, Conv { k: self.g.k })?;
+        let d_wm = grad.apply_op2(&dy.contiguous()?, ConvWeightGrad { k: self.g.k })?;
+        Ok((Some(d_dy), Some(d_wm)))
+    }
+}
+
+impl CustomOp2 for ConvWeightGrad {
+    fn name(&self) -> &'static str {
+        "sgr-conv-weight-grad"
+    }
+    fn cpu_fwd(
+        &self,
+        sx: &CpuStorage,
+        lx: &Layout,
+        sd: &CpuStorage,
+        ld: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (b, g) = conv_geom(lx, self.k, self.name())?;
+        let (b2, oh, ow, o) = dims4(ld, self.name())?;
+        if b != b2 || (oh, ow) != (g.oh(), g.ow()) {
+            candle_core::bail!(
+                "{}: input {:?} and gradient {:?} do not match",
+                self.name(),
+                lx.dims(),
+                ld.dims()
+            );
+        }
+        let out = match (sx, sd) {
+            (CpuStorage::F32(x), CpuStorage::F32(d)) => CpuStorage::F32(conv_weight_grad(
+                contiguous(x, lx, self.name())?,
+                contiguous(d, ld, self.name())?,
+                o,
+                g,
+            )),
+            (CpuStorage::F64(x), CpuStorage::F64(d)) => CpuStorage::F64(conv_weight_grad(
+                contiguous(x, lx, self.name())?,
+                contiguous(d, ld, self.name())?,
+                o,
+                g,
+            )),
+            _ => candle_core::bail!("{}: f32 or f64 inputs of one dtype only", self.name()),
+        };
+        Ok((out, Shape::from((o, g.kk()))))
+    }
+    fn bwd(
+        &self,
+        x: &Tensor,
+        dy: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        // ⟨G, dyᵀ·unfold(x)⟩ = ⟨fold(dy·G), x⟩ = ⟨unfold(x)·Gᵀ, dy⟩.
+        let (_, h, w, c) = x.dims4()?;
+        let grad = grad.contiguous()?;
+        let d_x = dy.contiguous()?.apply_op2(
+            &grad,
+            ConvInputGrad {
+                g: Geom { h, w, c, k: self.k },
+            },
+        )?;
+        let d_dy = x.apply_op2(&grad, Conv { k: self.k })?;
+        Ok((Some(d_x), Some(d_dy)))
+    }
+}
+
+/// The convolution's weight `(O, C, k, k)` (PyTorch's layout) as the `(O, k·k·C)` matrix of the NHWC ops.
+fn weight_matrix(weight: &Tensor) -> Result<Tensor> {
+    let (o, c, k, k2) = weight.dims4()?;
+    if k != k2 {
+        candle_core::bail!("conv2d_nhwc: kernel {:?} is not square", weight.dims());
+    }
+    weight
+        .permute((0, 2, 3, 1))?
+        .contiguous()?
+        .reshape((o, k * k * c))
+}
+
+fn check_conv(x: &Tensor, weight: &Tensor, name: &str) -> Result<usize> {
+    let (_, h, w, c) = x.dims4()?;
+    let (_, c2, k, k2) = weight.dims4()?;
     if c != c2 || k != k2 || k > h || k > w {
         candle_core::bail!(
-            "conv2d_valid: input {:?} and kernel {:?} do not match",
+            "{name}: input {:?} (B, H, W, C) and kernel {:?} (O, C, k, k) do not match",
             x.dims(),
             weight.dims()
         );
     }
-    let (oh, ow) = (h + 1 - k, w + 1 - k);
-    let cols = x.contiguous()?.apply_op1(Unfold { c, h, w, k })?; // (B, L, Ckk)
-    let wmat = weight.reshape((o, c * k * k))?.t()?; // (Ckk, O)
-    let out = cols
-        .reshape((b * oh * ow, c * k * k))?
-        .matmul(&wmat)?
-        .reshape((b, oh * ow, o))?;
-    let out = match bias {
-        Some(bias) => out.broadcast_add(bias)?,
-        None => out,
-    };
-    out.transpose(1, 2)?.reshape((b, o, oh, ow))
+    Ok(k)
 }
 
-/// The input gradient of [`conv2d_valid`]: `dy` `(B, O, OH, OW)` back to `(B, C, H, W)` through `weight`
-/// `(O, C, k, k)`, as a matrix product and `fold`. Built from differentiable ops, so it is itself
-/// differentiable in `dy` and in `weight` (what double backprop needs). CPU only.
-pub fn conv2d_valid_input_grad(
+/// Valid, stride-1 2-D convolution (cross-correlation, PyTorch semantics) of channels-last `x` `(B, H, W, C)`
+/// with `weight` `(O, C, k, k)` (PyTorch's layout), plus `bias` `(O,)`, then ReLU if `relu`: `(B, OH, OW, O)`.
+/// Gradients of any order through `x`, `weight` and `bias`. CPU only.
+pub fn conv2d_nhwc(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    relu: bool,
+) -> Result<Tensor> {
+    let k = check_conv(x, weight, "conv2d_nhwc")?;
+    let x = x.contiguous()?;
+    let wm = weight_matrix(weight)?;
+    match bias {
+        Some(bias) => {
+            if bias.dims() != [weight.dim(0)?] {
+                candle_core::bail!(
+                    "conv2d_nhwc: bias {:?} does not match kernel {:?}",
+                    bias.dims(),
+                    weight.dims()
+                );
+            }
+            x.apply_op3(&wm, &bias.contiguous()?, ConvBiasAct { k, relu })
+        }
+        None => {
+            let out = x.apply_op2(&wm, Conv { k })?;
+            if relu { self::relu(&out) } else { Ok(out) }
+        }
+    }
+}
+
+/// The input gradient of [`conv2d_nhwc`] (before bias and ReLU): `dy` `(B, OH, OW, O)` back to
+/// `(B, H, W, C)` through `weight` `(O, C, k, k)`. Differentiable in `dy` and `weight` to any order.
+pub fn conv2d_nhwc_input_grad(
     dy: &Tensor,
     weight: &Tensor,
     (h, w): (usize, usize),
 ) -> Result<Tensor> {
-    let (b, o, oh, ow) = dy.dims4()?;
-    let (o2, c, k, _) = weight.dims4()?;
-    if o != o2 || oh + k - 1 != h || ow + k - 1 != w {
+    let (_, oh, ow, o) = dy.dims4()?;
+    let (o2, c, k, k2) = weight.dims4()?;
+    if o != o2 || k != k2 || oh + k - 1 != h || ow + k - 1 != w {
         candle_core::bail!(
-            "conv2d_valid_input_grad: gradient {:?}, kernel {:?} and input size {h}x{w} do not match",
+            "conv2d_nhwc_input_grad: gradient {:?}, kernel {:?} and input size {h}x{w} do not match",
             dy.dims(),
             weight.dims()
         );
     }
-    let dy = dy.flatten_from(2)?.transpose(1, 2)?.contiguous()?; // (B, L, O)
-    let wmat = weight.reshape((o, c * k * k))?; // (O, Ckk)
-    let cols = dy
-        .reshape((b * oh * ow, o))?
-        .matmul(&wmat)?
-        .reshape((b, oh * ow, c * k * k))?;
-    cols.apply_op1(Fold { c, h, w, k })
+    dy.contiguous()?.apply_op2(
+        &weight_matrix(weight)?,
+        ConvInputGrad {
+            g: Geom { h, w, c, k },
+        },
+    )
+}
+
+/// `x·[r > 0]` for tensors of one shape.
+#[derive(Clone, Copy, Debug)]
+struct MaskPositive;
+
+fn mask_positive<T: Float>(g: &[T], r: &[T]) -> Vec<T> {
+    let mut out = vec![T::default(); g.len()];
+    out.par_chunks_mut(1 << 14)
+        .zip(g.par_chunks(1 << 14).zip(r.par_chunks(1 << 14)))
+        .for_each(|(o, (g, r))| {
+            for ((o, g), r) in o.iter_mut().zip(g).zip(r) {
+                if *r > T::default() {
+                    *o = *g;
+                }
+            }
+        });
+    out
+}
+
+impl CustomOp2 for MaskPositive {
+    fn name(&self) -> &'static str {
+        "sgr-mask-positive"
+    }
+    fn cpu_fwd(
+        &self,
+        sg: &CpuStorage,
+        lg: &Layout,
+        sr: &CpuStorage,
+        lr: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        if lg.dims() != lr.dims() {
+            candle_core::bail!(
+                "{}: shapes {:?} and {:?} differ",
+                self.name(),
+                lg.dims(),
+                lr.dims()
+            );
+        }
+        let out = match (sg, sr) {
+            (CpuStorage::F32(g), CpuStorage::F32(r)) => CpuStorage::F32(mask_positive(
+                contiguous(g, lg, self.name())?,
+                contiguous(r, lr, self.name())?,
+            )),
+            (CpuStorage::F64(g), CpuStorage::F64(r)) => CpuStorage::F64(mask_positive(
+                contiguous(g, lg, self.name())?,
+                contiguous(r, lr, self.name())?,
+            )),
+            _ => candle_core::bail!("{}: f32 or f64 inputs of one dtype only", self.name()),
+        };
+        Ok((out, lg.shape().clone()))
+    }
+    fn bwd(
+        &self,
+        _g: &Tensor,
+        r: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        // Linear in g; piecewise constant in r (zero derivative almost everywhere, as autograd's ReLU).
+        Ok((Some(relu_backward(grad, r)?), None))
+    }
+}
+
+/// ReLU as one op whose backward is one op ([`relu_backward`]). Any shape; CPU only.
+pub fn relu(x: &Tensor) -> Result<Tensor> {
+    let x = x.contiguous()?;
+    x.apply_op2(&x, MaskPositive)
+}
+
+/// ReLU's backward: `grad·[r > 0]`, where `r` is the ReLU's output (or its input). Differentiable in `grad`.
+pub fn relu_backward(grad: &Tensor, r: &Tensor) -> Result<Tensor> {
+    grad.contiguous()?.apply_op2(&r.contiguous()?, MaskPositive)
+}
+
+/// For each 2×2 window of `x` `(B, H, W, C)`: `g` at the window's first arg-max (row-major), `(B, H/2, W/2, C)`.
+#[derive(Clone, Copy, Debug)]
+struct PoolGather;
+
+/// The adjoint of [`PoolGather`]: `g` `(B, H/2, W/2, C)` placed at the arg-max of each window of `x`
+/// `(B, H, W, C)`, zero elsewhere (odd trailing rows and columns included).
+#[derive(Clone, Copy, Debug)]
+struct PoolScatter;
+
+/// Offset (in elements, within the image) of the first arg-max of window `(i, j)` for channel `ch`.
+#[inline]
+fn argmax2x2<T: Float>(
+    x: &[T],
+    (w, c): (usize, usize),
+    (i, j, ch): (usize, usize, usize),
+) -> usize {
+    let base = (2 * i * w + 2 * j) * c + ch;
+    let mut best = base;
+    for off in [c, w * c, w * c + c] {
+        if x[base + off] > x[best] {
+            best = base + off;
+        }
+    }
+    best
+}
+
+fn pool_gather<T: Float>(g: &[T], x: &[T], (h, w, c): (usize, usize, usize)) -> Vec<T> {
+    let (h2, w2) = (h / 2, w / 2);
+    let b = x.len() / (h * w * c);
+    let mut out = vec![T::default(); b * h2 * w2 * c];
+    out.par_chunks_mut(h2 * w2 * c)
+        .zip(g.par_chunks(h * w * c).zip(x.par_chunks(h * w * c)))
+        .for_each(|(o, (g, x))| {
+            for i in 0..h2 {
+                for j in 0..w2 {
+                    for ch in 0..c {
+                        o[(i * w2 + j) * c + ch] = g[argmax2x2(x, (w, c), (i, j, ch))];
+                    }
+                }
+            }
+        });
+    out
+}
+
+fn pool_scatter<T: Float>(g: &[T], x: &[T], (h, w, c): (usize, usize, usize)) -> Vec<T> {
+    let (h2, w2) = (h / 2, w / 2);
+    let mut out = vec![T::default(); x.len()];
+    out.par_chunks_mut(h * w * c)
+        .zip(g.par_chunks(h2 * w2 * c).zip(x.par_chunks(h * w * c)))
+        .for_each(|(o, (g, x))| {
+            for i in 0..h2 {
+                for j in 0..w2 {
+                    for ch in 0..c {
+                        o[argmax2x2(x, (w, c), (i, j, ch))] = g[(i * w2 + j) * c + ch];
+                    }
+                }
+            }
+        });
+    out
+}
+
+fn pool_shapes(
+    name: &str,
+    lg: &Layout,
+    lx: &Layout,
+    gather: bool,
+) -> Result<(usize, usize, usize)> {
+    let (b, h, w, c) = dims4(lx, name)?;
+    let (b2, gh, gw, c2) = dims4(lg, name)?;
+    let want = if gather { (h, w) } else { (h / 2, w / 2) };
+    if b != b2 || c != c2 || (gh, gw) != want || h < 2 || w < 2 {
+        candle_core::bail!(
+            "{name}: shapes {:?} and {:?} do not match",
+            lg.dims(),
+            lx.dims()
+        );
+    }
+    Ok((h, w, c))
+}
+
+macro_rules! pool_op {
+    ($op:ident, $name:literal, $kernel:ident, $gather:expr, $adjoint:ident) => {
+        impl CustomOp2 for $op {
+            fn name(&self) -> &'static str {
+                $name
+            }
+            fn cpu_fwd(
+                &self,
+                sg: &CpuStorage,
+                lg: &Layout,
+                sx: &CpuStorage,
+                lx: &Layout,
+            ) -> Result<(CpuStorage, Shape)> {
+                let (h, w, c) = pool_shapes(self.name(), lg, lx, $gather)?;
+                let b = lx.dims()[0];
+                let out = match (sg, sx) {
+                    (CpuStorage::F32(g), CpuStorage::F32(x)) => CpuStorage::F32($kernel(
+                        contiguous(g, lg, self.name())?,
+                        contiguous(x, lx, self.name())?,
+                        (h, w, c),
+                    )),
+                    (CpuStorage::F64(g), CpuStorage::F64(x)) => CpuStorage::F64($kernel(
+                        contiguous(g, lg, self.name())?,
+                        contiguous(x, lx, self.name())?,
+                        (h, w, c),
+                    )),
+                    _ => candle_core::bail!("{}: f32 or f64 inputs of one dtype only", self.name()),
+                };
+                let shape = if $gather {
+                    Shape::from((b, h / 2, w / 2, c))
+                } else {
+                    Shape::from((b, h, w, c))
+                };
+                Ok((out, shape))
+            }
+            fn bwd(
+                &self,
+                _g: &Tensor,
+                x: &Tensor,
+                _res: &Tensor,
+                grad: &Tensor,
+            ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+                // Linear in g; the arg-max positions are piecewise constant in x.
+                Ok((Some(grad.contiguous()?.apply_op2(x, $adjoint)?), None))
+            }
+        }
+    };
+}
+
+pool_op!(
+    PoolGather,
+    "sgr-pool-gather",
+    pool_gather,
+    true,
+    PoolScatter
+);
+pool_op!(
+    PoolScatter,
+    "sgr-pool-scatter",
+    pool_scatter,
+    false,
+    PoolGather
+);
+
+/// 2×2 max-pooling with stride 2 on channels-last `(B, H, W, C)`, flooring odd sizes. Gradients of any order
+/// (to the first arg-max of each window). CPU only.
+pub fn max_pool2x2_nhwc(x: &Tensor) -> Result<Tensor> {
+    let x = x.contiguous()?;
+    x.apply_op2(&x, PoolGather)
+}
+
+/// The backward of [`max_pool2x2_nhwc`]: `grad` `(B, H/2, W/2, C)` routed to the arg-max positions of the
+/// pooled input `x` `(B, H, W, C)`. Differentiable in `grad`.
+pub fn max_pool2x2_nhwc_backward(grad: &Tensor, x: &Tensor) -> Result<Tensor> {
+    grad.contiguous()?.apply_op2(&x.contiguous()?, PoolScatter)
+}
+
+/// `(B, C, H, W)` → `(B, H, W, C)`, contiguous (a reshape when `C = 1`).
+pub fn to_nhwc(x: &Tensor) -> Result<Tensor> {
+    let (b, c, h, w) = x.dims4()?;
+    if c == 1 {
+        x.reshape((b, h, w, 1))
+    } else {
+        x.permute((0, 2, 3, 1))?.contiguous()
+    }
+}
+
+/// `(B, H, W, C)` → `(B, C, H, W)`, contiguous (a reshape when `C = 1`).
+pub fn to_nchw(x: &Tensor) -> Result<Tensor> {
+    let (b, h, w, c) = x.dims4()?;
+    if c == 1 {
+        x.reshape((b, 1, h, w))
+    } else {
+        x.permute((0, 3, 1, 2))?.contiguous()
+    }
 }

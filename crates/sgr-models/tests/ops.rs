@@ -1,4 +1,6 @@
-//! The unfold + matmul convolution against candle's `conv2d`: values, first- and second-order gradients.
+//! The fused channels-last ops against plain candle compositions (candle's `conv2d`, `relu`, the reshape+max
+//! pool): values, first-order gradients, and second-order gradients of every first-order gradient with
+//! respect to every input, on random shapes in f64.
 //! One test in this binary: it sets `CANDLE_GRAD_DO_NOT_DETACH` before the thread's first backward.
 #![allow(unsafe_code)]
 
@@ -6,91 +8,221 @@ mod common;
 
 use candle_core::{Tensor, Var};
 use common::{rand_tensor, scalar};
-use sgr_models::ops::conv2d_valid;
+use sgr_models::ops::{
+    conv2d_nhwc, conv2d_nhwc_input_grad, max_pool2x2_nhwc, max_pool2x2_nhwc_backward, relu,
+    relu_backward, to_nchw, to_nhwc,
+};
 
-fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
-    sgr_testutil::max_abs_diff(a, b)
+type F<'a> = &'a dyn Fn(&[Tensor]) -> Tensor;
+
+fn close(a: &Tensor, b: &Tensor, what: &str) {
+    assert_eq!(a.dims(), b.dims(), "{what}: shapes");
+    let scale = sgr_testutil::max_abs(b).max(1.0);
+    let diff = sgr_testutil::max_abs_diff(a, b);
+    assert!(
+        diff < 1e-10 * scale,
+        "{what}: max diff {diff} (scale {scale})"
+    );
 }
 
-#[test]
-fn conv2d_valid_matches_candle_to_second_order() {
-    // SAFETY: the only test of this binary, before any backward pass.
-    unsafe { std::env::set_var("CANDLE_GRAD_DO_NOT_DETACH", "1") };
+/// Compares `ours` and `theirs` on `inputs`: values; gradients of `Σ u ⊙ out²` with respect to every input;
+/// and for every first-order gradient `g_i`, the gradients of `⟨g_i, v_i⟩` with respect to every input
+/// (missing gradients count as zero on both sides).
+fn compare(ours: F<'_>, theirs: F<'_>, inputs: &[Tensor], what: &str, seed: u64) {
+    let a = ours(inputs);
+    let b = theirs(inputs);
+    close(&a, &b, &format!("{what}: value"));
+    let u = rand_tensor(b.dims(), seed, -1.0, 1.0);
+    let vs: Vec<Tensor> = inputs
+        .iter()
+        .enumerate()
+        .map(|(i, t)| rand_tensor(t.dims(), seed + 1 + i as u64, -1.0, 1.0))
+        .collect();
+    let run = |f: F<'_>| {
+        let vars: Vec<Var> = inputs
+            .iter()
+            .map(|t| Var::from_tensor(t).unwrap())
+            .collect();
+        let ts: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
+        let loss = (f(&ts).sqr().unwrap() * &u).unwrap().sum_all().unwrap();
+        let g = loss.backward().unwrap();
+        let first: Vec<Tensor> = ts
+            .iter()
+            .map(|t| g.get(t).cloned().unwrap_or_else(|| t.zeros_like().unwrap()))
+            .collect();
+        let mut second = Vec::new();
+        for (gi, vi) in first.iter().zip(&vs) {
+            let h = (gi * vi).unwrap().sum_all().unwrap().backward().unwrap();
+            for t in &ts {
+                second.push(h.get(t).cloned().unwrap_or_else(|| t.zeros_like().unwrap()));
+            }
+        }
+        (first, second)
+    };
+    let (fa, sa) = run(ours);
+    let (fb, sb) = run(theirs);
+    for (i, (p, q)) in fa.iter().zip(&fb).enumerate() {
+        close(p, q, &format!("{what}: d/d input {i}"));
+    }
+    let n = inputs.len();
+    for (k, (p, q)) in sa.iter().zip(&sb).enumerate() {
+        close(
+            p,
+            q,
+            &format!("{what}: d/d input {} of <grad {}, v>", k % n, k / n),
+        );
+    }
+}
+
+fn candle_conv(x_nhwc: &Tensor, w: &Tensor, b: Option<&Tensor>, act: bool) -> Tensor {
+    let x = x_nhwc.permute((0, 3, 1, 2)).unwrap();
+    let mut y = x.conv2d(w, 0, 1, 1, 1).unwrap();
+    if let Some(b) = b {
+        y = y
+            .broadcast_add(&b.reshape((1, b.dim(0).unwrap(), 1, 1)).unwrap())
+            .unwrap();
+    }
+    if act {
+        y = y.relu().unwrap();
+    }
+    y.permute((0, 2, 3, 1)).unwrap()
+}
+
+fn conv_cases() {
     for (b, c, h, w, o, k) in [
         (2usize, 3usize, 7usize, 9usize, 4usize, 3usize),
         (1, 1, 5, 5, 2, 1),
         (3, 2, 6, 4, 5, 3),
         (2, 4, 8, 8, 3, 5),
+        // More images than one work item holds (the chunking of the batch).
+        (40, 2, 30, 30, 3, 3),
     ] {
-        let x = rand_tensor(&[b, c, h, w], 1 + b as u64, -1.0, 1.0);
-        let wt = rand_tensor(&[o, c, k, k], 2 + c as u64, -1.0, 1.0);
-        let bias = rand_tensor(&[o], 3, -1.0, 1.0);
-        let ours = |x: &Tensor, w: &Tensor, bi: &Tensor| conv2d_valid(x, w, Some(bi)).unwrap();
-        let theirs = |x: &Tensor, w: &Tensor, bi: &Tensor| {
-            x.conv2d(w, 0, 1, 1, 1)
-                .unwrap()
-                .broadcast_add(&bi.reshape((1, o, 1, 1)).unwrap())
-                .unwrap()
-        };
-        assert!(max_diff(&ours(&x, &wt, &bias), &theirs(&x, &wt, &bias)) < 1e-12);
-        // A smooth scalar of the output, so second derivatives are non-trivial: Σ u ⊙ out².
-        let u = rand_tensor(&[b, o, h + 1 - k, w + 1 - k], 4, -1.0, 1.0);
-        let loss = |f: &dyn Fn(&Tensor, &Tensor, &Tensor) -> Tensor,
-                    x: &Tensor,
-                    w: &Tensor,
-                    bi: &Tensor| {
-            (f(x, w, bi).sqr().unwrap() * &u)
-                .unwrap()
-                .sum_all()
-                .unwrap()
-        };
-        let grads = |f: &dyn Fn(&Tensor, &Tensor, &Tensor) -> Tensor| {
-            let (xv, wv, bv) = (
-                Var::from_tensor(&x).unwrap(),
-                Var::from_tensor(&wt).unwrap(),
-                Var::from_tensor(&bias).unwrap(),
-            );
-            let g = loss(f, xv.as_tensor(), wv.as_tensor(), bv.as_tensor())
-                .backward()
-                .unwrap();
-            let gx = g.get(xv.as_tensor()).unwrap().clone();
-            let gw = g.get(wv.as_tensor()).unwrap().clone();
-            let gb = g.get(bv.as_tensor()).unwrap().clone();
-            // Second order: ∇_{x,w} (gx · v).
-            let v = rand_tensor(x.dims(), 5, -1.0, 1.0);
-            let h = (&gx * &v).unwrap().sum_all().unwrap().backward().unwrap();
-            let hx = h
-                .get(xv.as_tensor())
-                .expect("second order through x")
-                .clone();
-            let hw = h
-                .get(wv.as_tensor())
-                .expect("second order through w")
-                .clone();
-            (gx, gw, gb, hx, hw)
-        };
-        let a = grads(&ours);
-        let t = grads(&theirs);
-        for (name, p, q) in [
-            ("dx", &a.0, &t.0),
-            ("dw", &a.1, &t.1),
-            ("db", &a.2, &t.2),
-            ("d2x", &a.3, &t.3),
-            ("d2w", &a.4, &t.4),
-        ] {
-            let scale = scalar(&q.abs().unwrap().flatten_all().unwrap().max(0).unwrap()).max(1.0);
-            assert!(
-                max_diff(p, q) < 1e-10 * scale,
-                "{name} differs for {b}x{c}x{h}x{w} k{k}"
+        let seed = (b * 100 + c * 10 + k) as u64;
+        let x = rand_tensor(&[b, h, w, c], seed, -1.0, 1.0);
+        let wt = rand_tensor(&[o, c, k, k], seed + 1, -1.0, 1.0);
+        let bias = rand_tensor(&[o], seed + 2, -1.0, 1.0);
+        let what = format!("{b}x{h}x{w}x{c} k{k} o{o}");
+        for act in [false, true] {
+            compare(
+                &|t| conv2d_nhwc(&t[0], &t[1], Some(&t[2]), act).unwrap(),
+                &|t| candle_conv(&t[0], &t[1], Some(&t[2]), act),
+                &[x.clone(), wt.clone(), bias.clone()],
+                &format!("conv {what} relu {act}"),
+                seed + 3,
             );
         }
+        compare(
+            &|t| conv2d_nhwc(&t[0], &t[1], None, false).unwrap(),
+            &|t| candle_conv(&t[0], &t[1], None, false),
+            &[x.clone(), wt.clone()],
+            &format!("conv without bias {what}"),
+            seed + 4,
+        );
+        // The input-gradient op as a function of (dy, weight), against candle's autograd of the
+        // convolution (made differentiable by CANDLE_GRAD_DO_NOT_DETACH).
+        let dy = rand_tensor(&[b, h + 1 - k, w + 1 - k, o], seed + 5, -1.0, 1.0);
+        compare(
+            &|t| conv2d_nhwc_input_grad(&t[0], &t[1], (h, w)).unwrap(),
+            &|t| {
+                let xv = Var::from_tensor(&x).unwrap();
+                let y = candle_conv(xv.as_tensor(), &t[1], None, false);
+                let g = (y * &t[0]).unwrap().sum_all().unwrap().backward().unwrap();
+                g.get(xv.as_tensor()).unwrap().clone()
+            },
+            &[dy, wt.clone()],
+            &format!("conv input gradient {what}"),
+            seed + 6,
+        );
     }
+}
+
+#[test]
+fn fused_ops_match_candle_to_second_order() {
+    // SAFETY: the only test of this binary, before any backward pass.
+    unsafe { std::env::set_var("CANDLE_GRAD_DO_NOT_DETACH", "1") };
+    conv_cases();
+
+    // ReLU and its backward.
+    let x = rand_tensor(&[3, 5, 7], 11, -1.0, 1.0);
+    compare(
+        &|t| relu(&t[0]).unwrap(),
+        &|t| t[0].relu().unwrap(),
+        &[x.clone()],
+        "relu",
+        12,
+    );
+    let r = rand_tensor(&[3, 5, 7], 13, -1.0, 1.0);
+    let mask = r.gt(0.0).unwrap().to_dtype(r.dtype()).unwrap();
+    close(
+        &relu_backward(&x, &r).unwrap(),
+        &(&x * &mask).unwrap(),
+        "relu backward",
+    );
+
+    // Max-pool, even and odd sizes.
+    for (shape, seed) in [
+        ([2usize, 6usize, 8usize, 3usize], 21u64),
+        ([1, 5, 7, 2], 22),
+    ] {
+        let x = rand_tensor(&shape, seed, -1.0, 1.0);
+        compare(
+            &|t| max_pool2x2_nhwc(&t[0]).unwrap(),
+            &|t| {
+                let p = sgr_models::max_pool2x2(&t[0].permute((0, 3, 1, 2)).unwrap()).unwrap();
+                p.permute((0, 2, 3, 1)).unwrap()
+            },
+            &[x.clone()],
+            &format!("max pool {shape:?}"),
+            seed + 1,
+        );
+        let pooled = [shape[0], shape[1] / 2, shape[2] / 2, shape[3]];
+        let g = rand_tensor(&pooled, seed + 2, -1.0, 1.0);
+        let xv = Var::from_tensor(&x).unwrap();
+        let auto = (max_pool2x2_nhwc(xv.as_tensor()).unwrap() * &g)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        close(
+            &max_pool2x2_nhwc_backward(&g, &x).unwrap(),
+            auto.get(xv.as_tensor()).unwrap(),
+            "max pool backward",
+        );
+    }
+
+    // Layout helpers are inverse to each other.
+    for c in [1usize, 3] {
+        let x = rand_tensor(&[2, c, 4, 5], 31, 0.0, 1.0);
+        close(
+            &to_nchw(&to_nhwc(&x).unwrap()).unwrap(),
+            &x,
+            "layout round trip",
+        );
+        assert_eq!(to_nhwc(&x).unwrap().dims(), &[2, 4, 5, c]);
+    }
+
+    // Mismatched shapes are errors, not panics.
+    let x = rand_tensor(&[1, 4, 4, 2], 1, 0.0, 1.0);
+    assert!(conv2d_nhwc(&x, &rand_tensor(&[3, 3, 3, 3], 2, 0.0, 1.0), None, false).is_err());
+    assert!(conv2d_nhwc(&x, &rand_tensor(&[3, 2, 5, 5], 2, 0.0, 1.0), None, false).is_err());
     assert!(
-        conv2d_valid(
-            &rand_tensor(&[1, 2, 4, 4], 1, 0.0, 1.0),
-            &rand_tensor(&[3, 3, 3, 3], 2, 0.0, 1.0),
-            None
+        conv2d_nhwc(
+            &x,
+            &rand_tensor(&[3, 2, 3, 3], 2, 0.0, 1.0),
+            Some(&rand_tensor(&[2], 3, 0.0, 1.0)),
+            false
         )
         .is_err()
     );
+    assert!(
+        conv2d_nhwc_input_grad(
+            &rand_tensor(&[1, 2, 2, 3], 4, 0.0, 1.0),
+            &rand_tensor(&[3, 2, 3, 3], 2, 0.0, 1.0),
+            (5, 5)
+        )
+        .is_err()
+    );
+    assert!(max_pool2x2_nhwc_backward(&rand_tensor(&[1, 3, 3, 2], 5, 0.0, 1.0), &x).is_err());
+    assert!(scalar(&relu(&x).unwrap().sum_all().unwrap()) > 0.0);
 }

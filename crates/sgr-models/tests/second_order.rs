@@ -128,3 +128,46 @@ fn hessian_vector_products_match_finite_differences() {
         );
     }
 }
+
+#[test]
+fn fused_cpu_ops_equal_candle_layers_to_second_order() {
+    setup();
+    for (config, seed) in [(CnnConfig::mnist(), 41u64), (CnnConfig::cifar10(), 42)] {
+        let (fast, vm) = model(config.clone(), seed, DType::F64);
+        let mut plain = fast.clone();
+        plain.set_plain_ops(true);
+        let shape = [3, config.in_channels, config.height, config.width];
+        let x = rand_tensor(&shape, seed + 1, 0.0, 1.0);
+        let y = Tensor::new(&[0u32, 3, 7], &Device::Cpu).unwrap();
+        let w = rand_tensor(&shape, seed + 2, -1.0, 1.0);
+        // Logits, the input gradient by autograd, and parameter gradients of ⟨∇_x log p, w⟩ (what exact
+        // SGR differentiates) through each model.
+        let run = |m: &sgr_models::Cnn| {
+            let logits = candle_core::Module::forward(m, &x).unwrap();
+            let xv = Var::from_tensor(&x).unwrap();
+            let g = log_lik(m, xv.as_tensor(), &y).unwrap().backward().unwrap();
+            let g = g.get(xv.as_tensor()).unwrap().clone();
+            let h = (&g * &w).unwrap().sum_all().unwrap().backward().unwrap();
+            (logits, g, h)
+        };
+        let (la, ga, ha) = run(&fast);
+        let (lb, gb, hb) = run(&plain);
+        let close = |a: &Tensor, b: &Tensor, what: &str| {
+            let (scale, diff) = (sgr_testutil::max_abs(b), sgr_testutil::max_abs_diff(a, b));
+            assert!(
+                diff <= 1e-10 * scale.max(1e-300),
+                "{}: {what}: max diff {diff} (scale {scale})",
+                config.arch_name()
+            );
+        };
+        close(&la, &lb, "logits");
+        close(&ga, &gb, "input gradient");
+        for (name, v) in vm.data().lock().unwrap().iter() {
+            close(
+                ha.get(v.as_tensor()).unwrap(),
+                hb.get(v.as_tensor()).unwrap(),
+                name,
+            );
+        }
+    }
+}
