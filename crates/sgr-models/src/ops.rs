@@ -342,17 +342,40 @@ fn run_conv(
 }
 
 /// Shared backward of the convolution: `gp` is the gradient at the pre-activation, `(B, OH, OW, O)`.
-fn conv_bwd(x: &Tensor, wm: &Tensor, gp: &Tensor, k: usize) -> Result<(Tensor, Tensor)> {
+/// Gradients are computed only for the arguments that are part of a graph (a frozen model's weights, or the
+/// data entering the first layer, get none).
+fn conv_bwd(
+    x: &Tensor,
+    wm: &Tensor,
+    gp: &Tensor,
+    k: usize,
+) -> Result<(Option<Tensor>, Option<Tensor>)> {
     let (_, h, w, c) = x.dims4()?;
     let gp = gp.contiguous()?;
-    let dx = gp.apply_op2(
-        wm,
-        ConvInputGrad {
-            g: Geom { h, w, c, k },
-        },
-    )?;
-    let dw = x.apply_op2(&gp, ConvWeightGrad { k })?;
+    let dx = match x.track_op() {
+        true => Some(gp.apply_op2(
+            wm,
+            ConvInputGrad {
+                g: Geom { h, w, c, k },
+            },
+        )?),
+        false => None,
+    };
+    let dw = match wm.track_op() {
+        true => Some(x.apply_op2(&gp, ConvWeightGrad { k })?),
+        false => None,
+    };
     Ok((dx, dw))
+}
+
+/// `Σ` over all but the last dimension, as a product with a row of ones (candle's reduction over leading
+/// dimensions is slow); differentiable.
+fn sum_leading(t: &Tensor) -> Result<Tensor> {
+    let o = t.dim(candle_core::D::Minus1)?;
+    let n = t.elem_count() / o.max(1);
+    Tensor::ones((1, n), t.dtype(), t.device())?
+        .matmul(&t.reshape((n, o))?)?
+        .reshape(o)
 }
 
 impl CustomOp3 for ConvBiasAct {
@@ -381,7 +404,7 @@ impl CustomOp3 for ConvBiasAct {
         &self,
         x: &Tensor,
         wm: &Tensor,
-        _bias: &Tensor,
+        bias: &Tensor,
         res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
@@ -391,8 +414,11 @@ impl CustomOp3 for ConvBiasAct {
             grad.clone()
         };
         let (dx, dw) = conv_bwd(x, wm, &gp, self.k)?;
-        let db = gp.sum((0, 1, 2))?;
-        Ok((Some(dx), Some(dw), Some(db)))
+        let db = match bias.track_op() {
+            true => Some(sum_leading(&gp)?),
+            false => None,
+        };
+        Ok((dx, dw, db))
     }
 }
 
@@ -416,8 +442,7 @@ impl CustomOp2 for Conv {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let (dx, dw) = conv_bwd(x, wm, grad, self.k)?;
-        Ok((Some(dx), Some(dw)))
+        conv_bwd(x, wm, grad, self.k)
     }
 }
 
@@ -469,9 +494,15 @@ impl CustomOp2 for ConvInputGrad {
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         // ⟨G, fold(dy·wm)⟩ = ⟨unfold(G)·wmᵀ, dy⟩ = ⟨wm, dyᵀ·unfold(G)⟩.
         let grad = grad.contiguous()?;
-        let d_dy = grad.apply_op2(wm, Conv { k: self.g.k })?;
-        let d_wm = grad.apply_op2(&dy.contiguous()?, ConvWeightGrad { k: self.g.k })?;
-        Ok((Some(d_dy), Some(d_wm)))
+        let d_dy = match dy.track_op() {
+            true => Some(grad.apply_op2(wm, Conv { k: self.g.k })?),
+            false => None,
+        };
+        let d_wm = match wm.track_op() {
+            true => Some(grad.apply_op2(&dy.contiguous()?, ConvWeightGrad { k: self.g.k })?),
+            false => None,
+        };
+        Ok((d_dy, d_wm))
     }
 }
 
@@ -523,14 +554,20 @@ impl CustomOp2 for ConvWeightGrad {
         // ⟨G, dyᵀ·unfold(x)⟩ = ⟨fold(dy·G), x⟩ = ⟨unfold(x)·Gᵀ, dy⟩.
         let (_, h, w, c) = x.dims4()?;
         let grad = grad.contiguous()?;
-        let d_x = dy.contiguous()?.apply_op2(
-            &grad,
-            ConvInputGrad {
-                g: Geom { h, w, c, k: self.k },
-            },
-        )?;
-        let d_dy = x.apply_op2(&grad, Conv { k: self.k })?;
-        Ok((Some(d_x), Some(d_dy)))
+        let d_x = match x.track_op() {
+            true => Some(dy.contiguous()?.apply_op2(
+                &grad,
+                ConvInputGrad {
+                    g: Geom { h, w, c, k: self.k },
+                },
+            )?),
+            false => None,
+        };
+        let d_dy = match dy.track_op() {
+            true => Some(x.apply_op2(&grad, Conv { k: self.k })?),
+            false => None,
+        };
+        Ok((d_x, d_dy))
     }
 }
 
