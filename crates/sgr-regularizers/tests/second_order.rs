@@ -191,8 +191,11 @@ fn exact_matches_central_differences_in_f64() {
 #[test]
 fn finite_difference_surrogate_matches_in_f32() {
     setup();
-    // Central differences meet 1e-2; one-sided ones carry an O(step) bias on top (3e-2 here).
-    for (form, name, tol) in [("fd", "central", 1e-2), ("fd-forward", "one-sided", 5e-2)] {
+    // In f32 the surrogate's error is rounding in ℓ(x + hv) − ℓ(x − hv), amplified by 1/h (measured
+    // 2026-11-30 at the default step 3e-4: 1.3e-2 in f32, 5e-8 in f64; the f32 figure moves between
+    // 2e-3 and 1.3e-2 with the kernels' summation order). Larger steps cross ReLU/max-pool switches (8e-2 at
+    // 1e-3 even in f64). One-sided differences carry an O(step) bias on top (3e-2 here).
+    for (form, name, tol) in [("fd", "central", 2e-2), ("fd-forward", "one-sided", 5e-2)] {
         let exact = regularizer(CovSpec::EmaDense, SecondOrder::Exact, false, 1);
         let mode = SecondOrder::parse(form, SecondOrder::DEFAULT_STEP).unwrap();
         let fd = regularizer(CovSpec::EmaDense, mode, false, 1);
