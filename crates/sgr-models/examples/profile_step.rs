@@ -29,7 +29,7 @@ fn main() -> candle_core::Result<()> {
     )?;
     let y = Tensor::from_vec((0..b as u32).map(|i| i % 10).collect::<Vec<_>>(), b, &dev)?;
     let frozen = model.frozen();
-    let mut times = [Vec::new(), Vec::new(), Vec::new()];
+    let mut times = [Vec::new(), Vec::new(), Vec::new(), Vec::new()];
     for _ in 0..steps {
         let t = std::time::Instant::now();
         let loss = candle_nn::loss::cross_entropy(&model.forward(&x)?, &y)?;
@@ -46,10 +46,19 @@ fn main() -> candle_core::Result<()> {
         let f = frozen.forward(&x)?;
         std::hint::black_box(f);
         times[2].push(t.elapsed().as_secs_f64() * 1e3);
+        let t = std::time::Instant::now();
+        let (_, _, g) = frozen.log_lik_input_gradient(&x, &y)?;
+        std::hint::black_box(g);
+        times[3].push(t.elapsed().as_secs_f64() * 1e3);
     }
-    for (name, mut v) in ["clean step (fwd+bwd)", "frozen input grad", "forward"]
-        .into_iter()
-        .zip(times)
+    for (name, mut v) in [
+        "clean step (fwd+bwd)",
+        "frozen input grad",
+        "forward",
+        "explicit input grad",
+    ]
+    .into_iter()
+    .zip(times)
     {
         v.sort_by(|a, b| a.total_cmp(b));
         println!(

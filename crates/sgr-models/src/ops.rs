@@ -32,13 +32,43 @@ trait Float:
     + 'static
 {
     const ONE: Self;
+    /// `max(self, 0)` (branch-free, so loops of it vectorise).
+    fn relu(self) -> Self;
+    /// Runs `f` on this thread's scratch buffer of at least `n` elements (contents unspecified), reused
+    /// across calls so that im2col buffers are neither allocated nor zeroed per call.
+    fn with_scratch<R>(n: usize, f: impl FnOnce(&mut [Self]) -> R) -> R;
 }
-impl Float for f32 {
-    const ONE: Self = 1.0;
+
+macro_rules! float_impl {
+    ($t:ty) => {
+        impl Float for $t {
+            const ONE: Self = 1.0;
+            #[inline]
+            fn relu(self) -> Self {
+                self.max(0.0)
+            }
+            fn with_scratch<R>(n: usize, f: impl FnOnce(&mut [Self]) -> R) -> R {
+                thread_local! {
+                    static SCRATCH: std::cell::RefCell<Vec<$t>> = const { std::cell::RefCell::new(Vec::new()) };
+                }
+                SCRATCH.with(|cell| {
+                    // A nested call (none today) gets its own buffer instead of a borrow panic.
+                    match cell.try_borrow_mut() {
+                        Ok(mut buf) => {
+                            if buf.len() < n {
+                                buf.resize(n, 0.0);
+                            }
+                            f(&mut buf[..n])
+                        }
+                        Err(_) => f(&mut vec![0.0; n]),
+                    }
+                })
+            }
+        }
+    };
 }
-impl Float for f64 {
-    const ONE: Self = 1.0;
-}
+float_impl!(f32);
+float_impl!(f64);
 
 fn contiguous<'a, T>(v: &'a [T], l: &Layout, name: &str) -> Result<&'a [T]> {
     let (a, b) = l
@@ -74,11 +104,14 @@ impl Geom {
     fn image(&self) -> usize {
         self.h * self.w * self.c
     }
-    /// Images per work item: enough to give `gemm` a tall matrix, few enough for the im2col buffer to stay
-    /// near the cache (about 1 M elements). Depends only on the shapes, so results do not depend on the
-    /// number of threads.
-    fn chunk(&self) -> usize {
-        (1 << 20) / (self.l() * self.kk()).max(1)
+    /// Images per work item of a batch of `b`: enough to give `gemm` a tall matrix, few enough for the
+    /// im2col buffer to stay near the cache (about 1 M elements) and for the batch to split into at least
+    /// eight items (load balance). Depends only on the shapes, so results do not depend on the number of
+    /// threads.
+    fn chunk(&self, b: usize) -> usize {
+        ((1 << 20) / (self.l() * self.kk()).max(1))
+            .min(b.div_ceil(8))
+            .max(1)
     }
 }
 
@@ -178,29 +211,26 @@ fn conv_fwd<T: Float>(x: &[T], wm: &[T], bias: Option<&[T]>, relu: bool, g: Geom
     let (l, kk) = (g.l(), g.kk());
     let o = wm.len() / kk;
     let b = x.len() / g.image();
-    let n = g.chunk().max(1);
+    let n = g.chunk(b);
     let mut out = vec![T::default(); b * l * o];
     out.par_chunks_mut(n * l * o)
         .zip(x.par_chunks(n * g.image()))
-        .for_each_init(Vec::new, |cols: &mut Vec<T>, (out, x)| {
+        .for_each(|(out, x)| {
             let rows = out.len() / o;
-            cols.resize(rows * kk, T::default());
-            unfold(x, g, cols);
-            gemm((rows, o, kk), out, false, cols, (kk, 1), wm, (1, kk));
-            if bias.is_some() || relu {
+            T::with_scratch(rows * kk, |cols| {
+                unfold(x, g, cols);
+                gemm((rows, o, kk), out, false, cols, (kk, 1), wm, (1, kk));
+            });
+            if let Some(bias) = bias {
                 for row in out.chunks_mut(o) {
-                    if let Some(bias) = bias {
-                        for (v, b) in row.iter_mut().zip(bias) {
-                            *v += *b;
-                        }
+                    for (v, b) in row.iter_mut().zip(bias) {
+                        *v += *b;
                     }
-                    if relu {
-                        for v in row.iter_mut() {
-                            if *v < T::default() {
-                                *v = T::default();
-                            }
-                        }
-                    }
+                }
+            }
+            if relu {
+                for v in out.iter_mut() {
+                    *v = v.relu();
                 }
             }
         });
@@ -212,15 +242,16 @@ fn conv_input_grad<T: Float>(dy: &[T], wm: &[T], g: Geom) -> Vec<T> {
     let (l, kk) = (g.l(), g.kk());
     let o = wm.len() / kk;
     let b = dy.len() / (l * o);
-    let n = g.chunk().max(1);
+    let n = g.chunk(b);
     let mut dx = vec![T::default(); b * g.image()];
     dx.par_chunks_mut(n * g.image())
         .zip(dy.par_chunks(n * l * o))
-        .for_each_init(Vec::new, |cols: &mut Vec<T>, (dx, dy)| {
+        .for_each(|(dx, dy)| {
             let rows = dy.len() / o;
-            cols.resize(rows * kk, T::default());
-            gemm((rows, kk, o), cols, false, dy, (o, 1), wm, (kk, 1));
-            fold(cols, g, dx);
+            T::with_scratch(rows * kk, |cols| {
+                gemm((rows, kk, o), cols, false, dy, (o, 1), wm, (kk, 1));
+                fold(cols, g, dx);
+            });
         });
     dx
 }
@@ -229,16 +260,17 @@ fn conv_input_grad<T: Float>(dy: &[T], wm: &[T], g: Geom) -> Vec<T> {
 /// images, added in chunk order (deterministic).
 fn conv_weight_grad<T: Float>(x: &[T], dy: &[T], o: usize, g: Geom) -> Vec<T> {
     let (l, kk) = (g.l(), g.kk());
-    let n = g.chunk().max(1);
+    let n = g.chunk(x.len() / g.image());
     let partials: Vec<Vec<T>> = x
         .par_chunks(n * g.image())
         .zip(dy.par_chunks(n * l * o))
         .map(|(x, dy)| {
             let rows = dy.len() / o;
-            let mut cols = vec![T::default(); rows * kk];
-            unfold(x, g, &mut cols);
             let mut acc = vec![T::default(); o * kk];
-            gemm((o, kk, rows), &mut acc, false, dy, (1, o), &cols, (kk, 1));
+            T::with_scratch(rows * kk, |cols| {
+                unfold(x, g, cols);
+                gemm((o, kk, rows), &mut acc, false, dy, (1, o), cols, (kk, 1));
+            });
             acc
         })
         .collect();
@@ -655,17 +687,11 @@ pub fn conv2d_nhwc_input_grad(
 struct MaskPositive;
 
 fn mask_positive<T: Float>(g: &[T], r: &[T]) -> Vec<T> {
-    let mut out = vec![T::default(); g.len()];
-    out.par_chunks_mut(1 << 14)
-        .zip(g.par_chunks(1 << 14).zip(r.par_chunks(1 << 14)))
-        .for_each(|(o, (g, r))| {
-            for ((o, g), r) in o.iter_mut().zip(g).zip(r) {
-                if *r > T::default() {
-                    *o = *g;
-                }
-            }
-        });
-    out
+    g.par_iter()
+        .zip(r)
+        .with_min_len(1 << 12)
+        .map(|(g, r)| if *r > T::default() { *g } else { T::default() })
+        .collect()
 }
 
 impl CustomOp2 for MaskPositive {
