@@ -30,12 +30,17 @@ fn main() -> candle_core::Result<()> {
     let y = Tensor::from_vec((0..b as u32).map(|i| i % 10).collect::<Vec<_>>(), b, &dev)?;
     let frozen = model.frozen();
     let mut times = [Vec::new(), Vec::new(), Vec::new(), Vec::new()];
+    // SGR_PROFILE_ONLY=clean times only the clean step (for perf).
+    let only_clean = std::env::var("SGR_PROFILE_ONLY").is_ok_and(|v| v == "clean");
     for _ in 0..steps {
         let t = std::time::Instant::now();
         let loss = candle_nn::loss::cross_entropy(&model.forward(&x)?, &y)?;
         let g = loss.backward()?;
         std::hint::black_box(g);
         times[0].push(t.elapsed().as_secs_f64() * 1e3);
+        if only_clean {
+            continue;
+        }
         let t = std::time::Instant::now();
         let xv = Var::from_tensor(&x)?;
         let loss = candle_nn::loss::cross_entropy(&frozen.forward(xv.as_tensor())?, &y)?;
@@ -60,6 +65,9 @@ fn main() -> candle_core::Result<()> {
     .into_iter()
     .zip(times)
     {
+        if v.is_empty() {
+            continue;
+        }
         v.sort_by(|a, b| a.total_cmp(b));
         println!(
             "{name}: median {:.1} ms, min {:.1} ms",

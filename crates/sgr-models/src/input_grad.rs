@@ -27,14 +27,70 @@ fn conv_back(layer: &Conv2d, d: &Tensor, input: &Tensor) -> Result<Tensor> {
     conv2d_nhwc_input_grad(d, layer.weight(), (h, w))
 }
 
+/// Every activation the reverse pass needs, channels-last (ReLU masks are `output > 0`).
+pub(crate) struct Activations {
+    z0: Tensor,
+    r1: Tensor,
+    r2: Tensor,
+    p2: Tensor,
+    r3: Tensor,
+    r4: Tensor,
+    /// `p4` in `(B, C, H, W)`, as fc1 sees it.
+    p4c: Tensor,
+    r5: Tensor,
+    r6: Tensor,
+}
+
 impl Cnn {
+    /// The forward pass after standardisation (`z0` `(B, C, H, W)`) on the NHWC ops: logits and activations.
+    pub(crate) fn forward_activations(&self, z0: &Tensor) -> Result<(Tensor, Activations)> {
+        let z0 = to_nhwc(z0)?;
+        let c = |l: &Conv2d, t: &Tensor| self.conv_relu_nhwc(l, t);
+        let r1 = c(&self.conv1, &z0)?;
+        let r2 = c(&self.conv2, &r1)?;
+        let p2 = max_pool2x2_nhwc(&r2)?;
+        let r3 = c(&self.conv3, &p2)?;
+        let r4 = c(&self.conv4, &r3)?;
+        let p4 = max_pool2x2_nhwc(&r4)?;
+        let p4c = to_nchw(&p4)?;
+        let r5 = relu(&self.fc1.forward(&p4c.flatten_from(1)?)?)?;
+        let r6 = relu(&self.fc2.forward(&r5)?)?;
+        let logits = self.fc3.forward(&r6)?;
+        let acts = Activations {
+            z0,
+            r1,
+            r2,
+            p2,
+            r3,
+            r4,
+            p4c,
+            r5,
+            r6,
+        };
+        Ok((logits, acts))
+    }
+
+    /// The reverse pass from `d` (gradient at the logits) to the standardised input, `(B, C, H, W)`. Built
+    /// from differentiable ops: linear in `d`, and differentiable in the parameters.
+    pub(crate) fn reverse(&self, a: &Activations, d: &Tensor) -> Result<Tensor> {
+        let d = relu_backward(&fc_back(&self.fc3, d)?, &a.r6)?;
+        let d = relu_backward(&fc_back(&self.fc2, &d)?, &a.r5)?;
+        let d = to_nhwc(&fc_back(&self.fc1, &d)?.reshape(a.p4c.dims())?)?;
+        let d = relu_backward(&max_pool2x2_nhwc_backward(&d, &a.r4)?, &a.r4)?;
+        let d = relu_backward(&conv_back(&self.conv4, &d, &a.r3)?, &a.r3)?;
+        let d = conv_back(&self.conv3, &d, &a.p2)?;
+        let d = relu_backward(&max_pool2x2_nhwc_backward(&d, &a.r2)?, &a.r2)?;
+        let d = relu_backward(&conv_back(&self.conv2, &d, &a.r1)?, &a.r1)?;
+        to_nchw(&conv_back(&self.conv1, &d, &a.z0)?)
+    }
+
     /// `(logits, log p(y|x) per example, ∇_x Σ_i log p(y_i|x_i))`, all three carrying their graphs to the
     /// parameters, so that a loss built from the gradient can be differentiated with one `backward()`
     /// (with `CANDLE_GRAD_DO_NOT_DETACH` set; without it candle drops the second-order terms).
     ///
-    /// Same values as differentiating `forward` by autograd (tested to 1e-12 in f64, with the
+    /// Same values as differentiating `forward` by autograd (tested to 1e-10 in f64, with the
     /// parameter gradients of a loss on the result). On devices other than the CPU, or with plain ops,
-    /// callers should use autograd instead: the `fold` op has no GPU kernel.
+    /// callers should use autograd instead: the NHWC ops have no GPU kernels.
     pub fn log_lik_input_gradient(
         &self,
         x: &Tensor,
@@ -52,20 +108,7 @@ impl Cnn {
             denom,
             active,
         } = crate::layers::standardize_parts(&x)?;
-        // Forward on the channels-last ops, keeping every activation (ReLU masks: output > 0).
-        let z0 = to_nhwc(&z0)?;
-        let c = |l: &Conv2d, t: &Tensor| self.conv_relu_nhwc(l, t);
-        let r1 = c(&self.conv1, &z0)?;
-        let r2 = c(&self.conv2, &r1)?;
-        let p2 = max_pool2x2_nhwc(&r2)?;
-        let r3 = c(&self.conv3, &p2)?;
-        let r4 = c(&self.conv4, &r3)?;
-        let p4 = max_pool2x2_nhwc(&r4)?;
-        let p4c = to_nchw(&p4)?;
-        let f = p4c.flatten_from(1)?;
-        let r5 = relu(&self.fc1.forward(&f)?)?;
-        let r6 = relu(&self.fc2.forward(&r5)?)?;
-        let logits = self.fc3.forward(&r6)?;
+        let (logits, acts) = self.forward_activations(&z0)?;
         let logp = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
         let log_lik = logp.gather(&y.unsqueeze(1)?, 1)?.squeeze(1)?;
         // Reverse pass: d log p_y / d logits = onehot(y) − softmax.
@@ -76,15 +119,7 @@ impl Cnn {
             .broadcast_eq(&classes)?
             .to_dtype(logits.dtype())?;
         let d = (onehot - logp.exp()?)?;
-        let d = relu_backward(&fc_back(&self.fc3, &d)?, &r6)?;
-        let d = relu_backward(&fc_back(&self.fc2, &d)?, &r5)?;
-        let d = to_nhwc(&fc_back(&self.fc1, &d)?.reshape(p4c.dims())?)?;
-        let d = relu_backward(&max_pool2x2_nhwc_backward(&d, &r4)?, &r4)?;
-        let d = relu_backward(&conv_back(&self.conv4, &d, &r3)?, &r3)?;
-        let d = conv_back(&self.conv3, &d, &p2)?;
-        let d = relu_backward(&max_pool2x2_nhwc_backward(&d, &r2)?, &r2)?;
-        let d = relu_backward(&conv_back(&self.conv2, &d, &r1)?, &r1)?;
-        let dz = to_nchw(&conv_back(&self.conv1, &d, &z0)?)?.reshape((b, n))?;
+        let dz = self.reverse(&acts, &d)?.reshape((b, n))?;
         // Standardisation's Jacobian (transposed): (dz − mean dz − [var > 1/N]·s0·mean(dz·s0)) / σ.
         let mean_dz = dz.mean_keepdim(D::Minus1)?;
         let proj = (&dz * &s0)?.mean_keepdim(D::Minus1)?;
@@ -99,5 +134,70 @@ impl Cnn {
     /// Whether [`Cnn::log_lik_input_gradient`] can run here (CPU tensors, custom ops enabled).
     pub fn has_explicit_input_gradient(&self, x: &Tensor) -> bool {
         self.uses_fast_ops(x)
+    }
+}
+
+/// The network after standardisation, with frozen (detached) parameters, as one custom op: the forward pass
+/// keeps its activations in the op, and the backward pass is [`Cnn::reverse`]. Autograd through a frozen
+/// model then costs one forward and one input-only reverse pass, without a graph node (and its gradient
+/// buffer) per layer. The network is piecewise linear in its input, so the reverse pass depends on the
+/// input only through constant masks, and returning it as a function of the incoming gradient alone is exact
+/// to any order (curvature of the loss and of the standardisation stays outside, in candle's graph).
+pub(crate) struct FrozenNet {
+    net: Cnn,
+    saved: std::sync::Mutex<Option<std::sync::Arc<Activations>>>,
+}
+
+impl FrozenNet {
+    pub(crate) fn new(net: Cnn) -> Self {
+        Self {
+            net,
+            saved: std::sync::Mutex::new(None),
+        }
+    }
+}
+
+fn lock_error<T>(_: T) -> candle_core::Error {
+    candle_core::Error::Msg("sgr-frozen-net: activation lock poisoned".into())
+}
+
+impl candle_core::CustomOp1 for FrozenNet {
+    fn name(&self) -> &'static str {
+        "sgr-frozen-net"
+    }
+    fn cpu_fwd(
+        &self,
+        s: &candle_core::CpuStorage,
+        l: &candle_core::Layout,
+    ) -> Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        use candle_core::CpuStorage;
+        let (a, b) = l.contiguous_offsets().ok_or_else(|| {
+            candle_core::Error::Msg("sgr-frozen-net: input must be contiguous".into())
+        })?;
+        let dev = candle_core::Device::Cpu;
+        let z = match s {
+            CpuStorage::F32(v) => Tensor::from_slice(&v[a..b], l.shape(), &dev)?,
+            CpuStorage::F64(v) => Tensor::from_slice(&v[a..b], l.shape(), &dev)?,
+            _ => candle_core::bail!("sgr-frozen-net: f32 or f64 only"),
+        };
+        let (logits, acts) = self.net.forward_activations(&z)?;
+        *self.saved.lock().map_err(lock_error)? = Some(std::sync::Arc::new(acts));
+        let shape = logits.shape().clone();
+        let out = match logits.dtype() {
+            candle_core::DType::F32 => CpuStorage::F32(logits.flatten_all()?.to_vec1()?),
+            _ => CpuStorage::F64(logits.flatten_all()?.to_vec1()?),
+        };
+        Ok((out, shape))
+    }
+    fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let acts = self
+            .saved
+            .lock()
+            .map_err(lock_error)?
+            .clone()
+            .ok_or_else(|| {
+                candle_core::Error::Msg("sgr-frozen-net: backward before forward".into())
+            })?;
+        Ok(Some(self.net.reverse(&acts, grad)?))
     }
 }

@@ -171,3 +171,44 @@ fn fused_cpu_ops_equal_candle_layers_to_second_order() {
         }
     }
 }
+
+#[test]
+fn frozen_model_gradients_equal_the_trainable_model_to_second_order_in_the_input() {
+    setup();
+    for (config, seed) in [(CnnConfig::mnist(), 51u64), (CnnConfig::cifar10(), 52)] {
+        let (m, _vm) = model(config.clone(), seed, DType::F64);
+        let frozen = m.frozen();
+        let shape = [3, config.in_channels, config.height, config.width];
+        let x = rand_tensor(&shape, seed + 1, 0.0, 1.0);
+        let y = Tensor::new(&[1u32, 6, 8], &Device::Cpu).unwrap();
+        let u = rand_tensor(&shape, seed + 2, -1.0, 1.0);
+        // Input gradient and the Hessian-vector product ∇_x ⟨∇_x log p, u⟩ (softmax and standardisation
+        // curvature) through each model.
+        let run = |m: &sgr_models::Cnn| {
+            let xv = Var::from_tensor(&x).unwrap();
+            let g = log_lik(m, xv.as_tensor(), &y).unwrap().backward().unwrap();
+            let g = g.get(xv.as_tensor()).unwrap().clone();
+            let h = (&g * &u).unwrap().sum_all().unwrap().backward().unwrap();
+            let hu = h.get(xv.as_tensor()).expect("second order").clone();
+            (candle_core::Module::forward(m, &x).unwrap(), g, hu)
+        };
+        let (la, ga, ha) = run(&frozen);
+        let (lb, gb, hb) = run(&m);
+        for (what, a, b) in [
+            ("logits", &la, &lb),
+            ("gradient", &ga, &gb),
+            ("Hu", &ha, &hb),
+        ] {
+            let (scale, diff) = (sgr_testutil::max_abs(b), sgr_testutil::max_abs_diff(a, b));
+            assert!(
+                diff <= 1e-10 * scale.max(1e-300),
+                "{}: {what}: max diff {diff} (scale {scale})",
+                config.arch_name()
+            );
+        }
+        assert!(
+            sgr_testutil::max_abs(&hb) > 1e-8,
+            "degenerate Hessian check"
+        );
+    }
+}
