@@ -109,7 +109,7 @@ impl Geom {
     /// eight items (load balance). Depends only on the shapes, so results do not depend on the number of
     /// threads.
     fn chunk(&self, b: usize) -> usize {
-        ((1 << 20) / (self.l() * self.kk()).max(1))
+        (std::env::var("SGR_CHUNK_ELEMS").ok().and_then(|v| v.parse::<usize>().ok()).unwrap_or(1 << 20) / (self.l() * self.kk()).max(1))
             .min(b.div_ceil(8))
             .max(1)
     }
