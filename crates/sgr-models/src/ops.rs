@@ -105,11 +105,11 @@ impl Geom {
         self.h * self.w * self.c
     }
     /// Images per work item of a batch of `b`: enough to give `gemm` a tall matrix, few enough for the
-    /// im2col buffer to stay near the cache (about 1 M elements) and for the batch to split into at least
+    /// im2col buffer to stay in the L2 cache (256 K elements) and for the batch to split into at least
     /// eight items (load balance). Depends only on the shapes, so results do not depend on the number of
     /// threads.
     fn chunk(&self, b: usize) -> usize {
-        (std::env::var("SGR_CHUNK_ELEMS").ok().and_then(|v| v.parse::<usize>().ok()).unwrap_or(1 << 20) / (self.l() * self.kk()).max(1))
+        ((1 << 18) / (self.l() * self.kk()).max(1))
             .min(b.div_ceil(8))
             .max(1)
     }
