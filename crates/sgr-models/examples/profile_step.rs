@@ -4,7 +4,10 @@ use candle_core::{DType, Device, Module, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
 use sgr_models::{Cnn, CnnConfig, init_params};
 
+#[allow(unsafe_code)]
 fn main() -> candle_core::Result<()> {
+    // SAFETY: single-threaded here, before any backward pass (double backprop for the gn step below).
+    unsafe { std::env::set_var("CANDLE_GRAD_DO_NOT_DETACH", "1") };
     let args: Vec<String> = std::env::args().collect();
     let config = match args.get(1).map(String::as_str) {
         Some("cifar") => CnnConfig::cifar10(),
@@ -30,9 +33,22 @@ fn main() -> candle_core::Result<()> {
     let y = Tensor::from_vec((0..b as u32).map(|i| i % 10).collect::<Vec<_>>(), b, &dev)?;
     let frozen = model.frozen();
     let mut times = [Vec::new(), Vec::new(), Vec::new(), Vec::new()];
-    // SGR_PROFILE_ONLY=clean times only the clean step (for perf).
-    let only_clean = std::env::var("SGR_PROFILE_ONLY").is_ok_and(|v| v == "clean");
+    // SGR_PROFILE_ONLY=clean (or gn) times only that step (for perf).
+    let only = std::env::var("SGR_PROFILE_ONLY").unwrap_or_default();
+    let only_clean = only == "clean";
+    let only_gn = only == "gn";
+    let mut gn_times = Vec::new();
     for _ in 0..steps {
+        // A GN step (Σ = I): CE + ‖∇_x log p‖² through the explicit input gradient, one backward.
+        let t = std::time::Instant::now();
+        let (logits, _, g) = model.log_lik_input_gradient(&x, &y)?;
+        let ce = candle_nn::loss::cross_entropy(&logits, &y)?;
+        let loss = (ce + g.sqr()?.sum_all()?)?;
+        std::hint::black_box(loss.backward()?);
+        gn_times.push(t.elapsed().as_secs_f64() * 1e3);
+        if only_gn {
+            continue;
+        }
         let t = std::time::Instant::now();
         let loss = candle_nn::loss::cross_entropy(&model.forward(&x)?, &y)?;
         let g = loss.backward()?;
@@ -56,14 +72,16 @@ fn main() -> candle_core::Result<()> {
         std::hint::black_box(g);
         times[3].push(t.elapsed().as_secs_f64() * 1e3);
     }
+    let [a, b, c, d] = times;
     for (name, mut v) in [
         "clean step (fwd+bwd)",
         "frozen input grad",
         "forward",
         "explicit input grad",
+        "gn step (fwd+bwd)",
     ]
     .into_iter()
-    .zip(times)
+    .zip([a, b, c, d, gn_times])
     {
         if v.is_empty() {
             continue;

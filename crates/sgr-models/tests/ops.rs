@@ -96,6 +96,10 @@ fn conv_cases() {
         (2, 4, 8, 8, 3, 5),
         // More images than one work item holds (the chunking of the batch).
         (40, 2, 30, 30, 3, 3),
+        // Model-like channel counts.
+        (2, 9, 7, 6, 5, 3),
+        (3, 16, 8, 8, 8, 3),
+        (2, 8, 6, 7, 4, 2),
     ] {
         let seed = (b * 100 + c * 10 + k) as u64;
         let x = rand_tensor(&[b, h, w, c], seed, -1.0, 1.0);

@@ -1,0 +1,56 @@
+//! GFLOP/s of the fused convolution and of its two backward products on the MNIST CNN's layer shapes
+//! (batch 128): `cargo run --release -p sgr-models --example conv_gflops`.
+use candle_core::{Device, Tensor, Var};
+
+fn median_ms(mut f: impl FnMut() -> candle_core::Result<()>) -> candle_core::Result<f64> {
+    let mut ts = Vec::new();
+    for _ in 0..9 {
+        let t = std::time::Instant::now();
+        f()?;
+        ts.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    ts.sort_by(|a, b| a.total_cmp(b));
+    Ok(ts[4])
+}
+
+fn main() -> candle_core::Result<()> {
+    let dev = Device::Cpu;
+    println!("| layer | forward ms (GFLOP/s) | weight grad ms | input grad ms |");
+    for (h, c, o) in [
+        (28usize, 1usize, 32usize),
+        (26, 32, 32),
+        (12, 32, 64),
+        (10, 64, 64),
+    ] {
+        let x = Tensor::rand(0f32, 1f32, (128, h, h, c), &dev)?;
+        let w = Var::from_tensor(&Tensor::rand(-1f32, 1f32, (o, c, 3, 3), &dev)?)?;
+        let b = Tensor::rand(-1f32, 1f32, o, &dev)?;
+        let oh = h - 2;
+        let gflop = 2.0 * 128.0 * (oh * oh * o * 9 * c) as f64 / 1e9;
+        let fwd = median_ms(|| {
+            let y = sgr_models::ops::conv2d_nhwc(&x, &w.as_tensor().detach(), Some(&b), false)?;
+            std::hint::black_box(y);
+            Ok(())
+        })?;
+        // Backward with only the weight in the graph, then with only the input.
+        let wgrad = median_ms(|| {
+            let y = sgr_models::ops::conv2d_nhwc(&x, w.as_tensor(), Some(&b), false)?;
+            std::hint::black_box(y.sum_all()?.backward()?);
+            Ok(())
+        })? - fwd;
+        let xv = Var::from_tensor(&x)?;
+        let wd = w.as_tensor().detach();
+        let igrad = median_ms(|| {
+            let y = sgr_models::ops::conv2d_nhwc(xv.as_tensor(), &wd, Some(&b), false)?;
+            std::hint::black_box(y.sum_all()?.backward()?);
+            Ok(())
+        })? - fwd;
+        println!(
+            "| {h}x{h}x{c} -> {o} | {fwd:.1} ({:.0}) | {wgrad:.1} ({:.0}) | {igrad:.1} ({:.0}) |",
+            gflop / fwd * 1e3,
+            gflop / wgrad * 1e3,
+            gflop / igrad * 1e3
+        );
+    }
+    Ok(())
+}
