@@ -13,8 +13,8 @@ use candle_nn::{Conv2d, Linear};
 
 use crate::cnn::Cnn;
 use crate::ops::{
-    conv2d_nhwc_input_grad, max_pool2x2_nhwc, max_pool2x2_nhwc_backward, relu, relu_backward,
-    to_nchw, to_nhwc,
+    conv2d_nhwc_input_grad, conv2d_nhwc_input_grad_masked, max_pool2x2_nhwc,
+    max_pool2x2_nhwc_backward, relu, relu_backward, to_nchw, to_nhwc,
 };
 
 fn fc_back(layer: &Linear, d: &Tensor) -> Result<Tensor> {
@@ -75,12 +75,14 @@ impl Cnn {
     pub(crate) fn reverse(&self, a: &Activations, d: &Tensor) -> Result<Tensor> {
         let d = relu_backward(&fc_back(&self.fc3, d)?, &a.r6)?;
         let d = relu_backward(&fc_back(&self.fc2, &d)?, &a.r5)?;
-        let d = to_nhwc(&fc_back(&self.fc1, &d)?.reshape(a.p4c.dims())?)?;
-        let d = relu_backward(&max_pool2x2_nhwc_backward(&d, &a.r4)?, &a.r4)?;
-        let d = relu_backward(&conv_back(&self.conv4, &d, &a.r3)?, &a.r3)?;
+        // The ReLU before a pool is masked on the pooled side: the scatter puts each pooled gradient at its
+        // window's arg-max, whose value is the pooled value (same numbers, a quarter of the work).
+        let d = relu_backward(&fc_back(&self.fc1, &d)?.reshape(a.p4c.dims())?, &a.p4c)?;
+        let d = max_pool2x2_nhwc_backward(&to_nhwc(&d)?, &a.r4)?;
+        let d = conv2d_nhwc_input_grad_masked(&d, self.conv4.weight(), &a.r3)?;
         let d = conv_back(&self.conv3, &d, &a.p2)?;
-        let d = relu_backward(&max_pool2x2_nhwc_backward(&d, &a.r2)?, &a.r2)?;
-        let d = relu_backward(&conv_back(&self.conv2, &d, &a.r1)?, &a.r1)?;
+        let d = max_pool2x2_nhwc_backward(&relu_backward(&d, &a.p2)?, &a.r2)?;
+        let d = conv2d_nhwc_input_grad_masked(&d, self.conv2.weight(), &a.r1)?;
         to_nchw(&conv_back(&self.conv1, &d, &a.z0)?)
     }
 

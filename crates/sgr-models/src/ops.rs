@@ -478,6 +478,59 @@ impl CustomOp2 for Conv {
     }
 }
 
+fn run_input_grad(
+    g: Geom,
+    name: &str,
+    (sd, ld): (&CpuStorage, &Layout),
+    (sw, lw): (&CpuStorage, &Layout),
+) -> Result<(CpuStorage, Shape)> {
+    let (b, oh, ow, o) = dims4(ld, name)?;
+    if (oh, ow) != (g.oh(), g.ow()) || lw.dims() != [o, g.kk()] {
+        candle_core::bail!(
+            "{name}: gradient {:?} and weight {:?} do not match images {}x{}x{}",
+            ld.dims(),
+            lw.dims(),
+            g.h,
+            g.w,
+            g.c
+        );
+    }
+    let out = match (sd, sw) {
+        (CpuStorage::F32(d), CpuStorage::F32(w)) => CpuStorage::F32(conv_input_grad(
+            contiguous(d, ld, name)?,
+            contiguous(w, lw, name)?,
+            g,
+        )),
+        (CpuStorage::F64(d), CpuStorage::F64(w)) => CpuStorage::F64(conv_input_grad(
+            contiguous(d, ld, name)?,
+            contiguous(w, lw, name)?,
+            g,
+        )),
+        _ => candle_core::bail!("{name}: f32 or f64 inputs of one dtype only"),
+    };
+    Ok((out, Shape::from((b, g.h, g.w, g.c))))
+}
+
+/// Backward of the input-gradient op for the incoming gradient `grad` (already masked where a mask applies).
+fn input_grad_bwd(
+    dy: &Tensor,
+    wm: &Tensor,
+    grad: &Tensor,
+    k: usize,
+) -> Result<(Option<Tensor>, Option<Tensor>)> {
+    // ⟨G, fold(dy·wm)⟩ = ⟨unfold(G)·wmᵀ, dy⟩ = ⟨wm, dyᵀ·unfold(G)⟩.
+    let grad = grad.contiguous()?;
+    let d_dy = match dy.track_op() {
+        true => Some(grad.apply_op2(wm, Conv { k })?),
+        false => None,
+    };
+    let d_wm = match wm.track_op() {
+        true => Some(grad.apply_op2(&dy.contiguous()?, ConvWeightGrad { k })?),
+        false => None,
+    };
+    Ok((d_dy, d_wm))
+}
+
 impl CustomOp2 for ConvInputGrad {
     fn name(&self) -> &'static str {
         "sgr-conv-input-grad"
@@ -489,33 +542,7 @@ impl CustomOp2 for ConvInputGrad {
         sw: &CpuStorage,
         lw: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let g = self.g;
-        let (b, oh, ow, o) = dims4(ld, self.name())?;
-        if (oh, ow) != (g.oh(), g.ow()) || lw.dims() != [o, g.kk()] {
-            candle_core::bail!(
-                "{}: gradient {:?} and weight {:?} do not match images {}x{}x{}",
-                self.name(),
-                ld.dims(),
-                lw.dims(),
-                g.h,
-                g.w,
-                g.c
-            );
-        }
-        let out = match (sd, sw) {
-            (CpuStorage::F32(d), CpuStorage::F32(w)) => CpuStorage::F32(conv_input_grad(
-                contiguous(d, ld, self.name())?,
-                contiguous(w, lw, self.name())?,
-                g,
-            )),
-            (CpuStorage::F64(d), CpuStorage::F64(w)) => CpuStorage::F64(conv_input_grad(
-                contiguous(d, ld, self.name())?,
-                contiguous(w, lw, self.name())?,
-                g,
-            )),
-            _ => candle_core::bail!("{}: f32 or f64 inputs of one dtype only", self.name()),
-        };
-        Ok((out, Shape::from((b, g.h, g.w, g.c))))
+        run_input_grad(self.g, self.name(), (sd, ld), (sw, lw))
     }
     fn bwd(
         &self,
@@ -524,17 +551,72 @@ impl CustomOp2 for ConvInputGrad {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        // ⟨G, fold(dy·wm)⟩ = ⟨unfold(G)·wmᵀ, dy⟩ = ⟨wm, dyᵀ·unfold(G)⟩.
-        let grad = grad.contiguous()?;
-        let d_dy = match dy.track_op() {
-            true => Some(grad.apply_op2(wm, Conv { k: self.g.k })?),
-            false => None,
+        input_grad_bwd(dy, wm, grad, self.g.k)
+    }
+}
+
+/// `(dy, wm, r)` → `fold(dy·wm)·[r > 0]`: the input gradient followed by the backward of the ReLU whose output
+/// `r` was the convolution's input (one op instead of two in the explicit reverse pass).
+#[derive(Clone, Copy, Debug)]
+struct ConvInputGradMasked {
+    g: Geom,
+}
+
+impl CustomOp3 for ConvInputGradMasked {
+    fn name(&self) -> &'static str {
+        "sgr-conv-input-grad-masked"
+    }
+    fn cpu_fwd(
+        &self,
+        sd: &CpuStorage,
+        ld: &Layout,
+        sw: &CpuStorage,
+        lw: &Layout,
+        sr: &CpuStorage,
+        lr: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (out, shape) = run_input_grad(self.g, self.name(), (sd, ld), (sw, lw))?;
+        if lr.dims() != shape.dims() {
+            candle_core::bail!(
+                "{}: mask {:?} is not {:?}",
+                self.name(),
+                lr.dims(),
+                shape.dims()
+            );
+        }
+        fn apply<T: Float>(mut v: Vec<T>, r: &[T]) -> Vec<T> {
+            v.par_iter_mut()
+                .zip(r)
+                .with_min_len(1 << 12)
+                .for_each(|(v, r)| {
+                    if !(*r > T::default()) {
+                        *v = T::default();
+                    }
+                });
+            v
+        }
+        let out = match (out, sr) {
+            (CpuStorage::F32(v), CpuStorage::F32(r)) => {
+                CpuStorage::F32(apply(v, contiguous(r, lr, self.name())?))
+            }
+            (CpuStorage::F64(v), CpuStorage::F64(r)) => {
+                CpuStorage::F64(apply(v, contiguous(r, lr, self.name())?))
+            }
+            _ => candle_core::bail!("{}: f32 or f64 inputs of one dtype only", self.name()),
         };
-        let d_wm = match wm.track_op() {
-            true => Some(grad.apply_op2(&dy.contiguous()?, ConvWeightGrad { k: self.g.k })?),
-            false => None,
-        };
-        Ok((d_dy, d_wm))
+        Ok((out, shape))
+    }
+    fn bwd(
+        &self,
+        dy: &Tensor,
+        wm: &Tensor,
+        r: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        // Linear in dy and wm after the constant mask; piecewise constant in r.
+        let (d_dy, d_wm) = input_grad_bwd(dy, wm, &relu_backward(grad, r)?, self.g.k)?;
+        Ok((d_dy, d_wm, None))
     }
 }
 
@@ -680,6 +762,49 @@ pub fn conv2d_nhwc_input_grad(
             g: Geom { h, w, c, k },
         },
     )
+}
+
+/// `relu_backward(conv2d_nhwc_input_grad(dy, weight, (H, W)), r)` in one op, where `r` `(B, H, W, C)` is the
+/// ReLU output that entered the convolution. Differentiable in `dy` and `weight` to any order.
+pub fn conv2d_nhwc_input_grad_masked(dy: &Tensor, weight: &Tensor, r: &Tensor) -> Result<Tensor> {
+    let (_, h, w, c) = r.dims4()?;
+    let (_, oh, ow, o) = dy.dims4()?;
+    let (o2, c2, k, k2) = weight.dims4()?;
+    if o != o2 || c != c2 || k != k2 || oh + k - 1 != h || ow + k - 1 != w {
+        candle_core::bail!(
+            "conv2d_nhwc_input_grad_masked: gradient {:?}, kernel {:?} and mask {:?} do not match",
+            dy.dims(),
+            weight.dims(),
+            r.dims()
+        );
+    }
+    dy.contiguous()?.apply_op3(
+        &weight_matrix(weight)?,
+        &r.contiguous()?,
+        ConvInputGradMasked {
+            g: Geom { h, w, c, k },
+        },
+    )
+}
+
+/// The weight gradient of [`conv2d_nhwc`] (before bias and ReLU): `Σ_b dy_bᵀ · unfold(x_b)` for `x`
+/// `(B, H, W, C)` and `dy` `(B, OH, OW, O)`, as `(O, C, k, k)` in PyTorch's layout. Differentiable in `x` and
+/// `dy` to any order.
+pub fn conv2d_nhwc_weight_grad(x: &Tensor, dy: &Tensor, k: usize) -> Result<Tensor> {
+    let (b, h, w, c) = x.dims4()?;
+    let (b2, oh, ow, o) = dy.dims4()?;
+    if b != b2 || k == 0 || k > h || k > w || oh + k - 1 != h || ow + k - 1 != w {
+        candle_core::bail!(
+            "conv2d_nhwc_weight_grad: input {:?}, gradient {:?} and kernel size {k} do not match",
+            x.dims(),
+            dy.dims()
+        );
+    }
+    x.contiguous()?
+        .apply_op2(&dy.contiguous()?, ConvWeightGrad { k })?
+        .reshape((o, k, k, c))?
+        .permute((0, 3, 1, 2))?
+        .contiguous()
 }
 
 /// `x·[r > 0]` for tensors of one shape.

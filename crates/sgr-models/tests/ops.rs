@@ -9,8 +9,8 @@ mod common;
 use candle_core::{Tensor, Var};
 use common::{rand_tensor, scalar};
 use sgr_models::ops::{
-    conv2d_nhwc, conv2d_nhwc_input_grad, max_pool2x2_nhwc, max_pool2x2_nhwc_backward, relu,
-    relu_backward, to_nchw, to_nhwc,
+    conv2d_nhwc, conv2d_nhwc_input_grad, conv2d_nhwc_input_grad_masked, max_pool2x2_nhwc,
+    max_pool2x2_nhwc_backward, relu, relu_backward, to_nchw, to_nhwc,
 };
 
 type F<'a> = &'a dyn Fn(&[Tensor]) -> Tensor;
@@ -133,9 +133,26 @@ fn conv_cases() {
                 let g = (y * &t[0]).unwrap().sum_all().unwrap().backward().unwrap();
                 g.get(xv.as_tensor()).unwrap().clone()
             },
-            &[dy, wt.clone()],
+            &[dy.clone(), wt.clone()],
             &format!("conv input gradient {what}"),
             seed + 6,
+        );
+        // The same, masked by a ReLU output r (the fused op of the explicit reverse pass).
+        let r = rand_tensor(&[b, h, w, c], seed + 7, -1.0, 1.0)
+            .relu()
+            .unwrap();
+        let mask = r.gt(0.0).unwrap().to_dtype(r.dtype()).unwrap();
+        compare(
+            &|t| conv2d_nhwc_input_grad_masked(&t[0], &t[1], &r).unwrap(),
+            &|t| {
+                let xv = Var::from_tensor(&x).unwrap();
+                let y = candle_conv(xv.as_tensor(), &t[1], None, false);
+                let g = (y * &t[0]).unwrap().sum_all().unwrap().backward().unwrap();
+                (g.get(xv.as_tensor()).unwrap() * &mask).unwrap()
+            },
+            &[dy, wt.clone()],
+            &format!("masked conv input gradient {what}"),
+            seed + 8,
         );
     }
 }
