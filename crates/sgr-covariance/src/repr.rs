@@ -62,6 +62,9 @@ pub struct Dense {
     shape: (usize, usize, usize),
     /// `(d, d)`, f64, CPU.
     matrix: Tensor,
+    /// Mean of the diagonal, computed from the matrix on first use (a function of the matrix alone, so a
+    /// saved and restored matrix scales identically).
+    mean_diag: Arc<std::sync::OnceLock<f64>>,
     /// The same matrix in the dtype and device of the last product (cached).
     cache: Arc<std::sync::Mutex<Option<Tensor>>>,
 }
@@ -102,6 +105,7 @@ impl Dense {
         Ok(Self {
             shape,
             matrix: m,
+            mean_diag: Arc::default(),
             cache: Arc::default(),
         })
     }
@@ -110,13 +114,21 @@ impl Dense {
     pub fn second_moments(xi: &Tensor) -> Result<Self> {
         let shape = batch_shape(xi)?;
         let m = xi.dim(0)?;
+        if m == 0 {
+            return Err(CovError::Invalid("second moments of an empty batch".into()));
+        }
         let x = xi
             .to_dtype(DType::F64)?
             .to_device(&Device::Cpu)?
             .reshape((m, shape.0 * shape.1 * shape.2))?;
         check_finite(&x, "the perturbations ξ")?;
-        let s = (x.t()?.matmul(&x)? / m as f64)?;
-        Self::new(shape, &s)
+        // Symmetric and finite by construction: no need for `new`'s checks (they read the whole matrix).
+        Ok(Self {
+            shape,
+            matrix: (x.t()?.matmul(&x)? / m as f64)?,
+            mean_diag: Arc::default(),
+            cache: Arc::default(),
+        })
     }
 
     /// The centred covariance of a data set given as rows `(n, C, H, W)` or `(n, d)`:
@@ -152,6 +164,7 @@ impl Dense {
         Ok(Self {
             shape: self.shape,
             matrix: ((&self.matrix * a)? + (&other.matrix * b)?)?,
+            mean_diag: Arc::default(),
             cache: Arc::default(),
         })
     }
@@ -212,12 +225,14 @@ impl Covariance for Dense {
         Ok(v.reshape((b, self.dim()))?.matmul(&m)?.reshape(dims)?)
     }
     fn mean_diag(&self) -> f64 {
-        let d = self.dim();
-        self.matrix
-            .flatten_all()
-            .and_then(|f| f.to_vec1::<f64>())
-            .map(|v| (0..d).map(|i| v[i * d + i]).sum::<f64>() / d as f64)
-            .unwrap_or(f64::NAN)
+        *self.mean_diag.get_or_init(|| {
+            let d = self.dim();
+            self.matrix
+                .flatten_all()
+                .and_then(|f| f.to_vec1::<f64>())
+                .map(|v| (0..d).map(|i| v[i * d + i]).sum::<f64>() / d as f64)
+                .unwrap_or(f64::NAN)
+        })
     }
     fn to_dense(&self) -> Result<Tensor> {
         Ok(self.matrix.clone())
