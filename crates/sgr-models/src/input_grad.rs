@@ -80,8 +80,8 @@ impl Cnn {
         let d = relu_backward(&fc_back(&self.fc1, &d)?.reshape(a.p4c.dims())?, &a.p4c)?;
         let d = max_pool2x2_nhwc_backward(&to_nhwc(&d)?, &a.r4)?;
         let d = conv2d_nhwc_input_grad_masked(&d, self.conv4.weight(), &a.r3)?;
-        let d = conv_back(&self.conv3, &d, &a.p2)?;
-        let d = max_pool2x2_nhwc_backward(&relu_backward(&d, &a.p2)?, &a.r2)?;
+        let d = conv2d_nhwc_input_grad_masked(&d, self.conv3.weight(), &a.p2)?;
+        let d = max_pool2x2_nhwc_backward(&d, &a.r2)?;
         let d = conv2d_nhwc_input_grad_masked(&d, self.conv2.weight(), &a.r1)?;
         to_nchw(&conv_back(&self.conv1, &d, &a.z0)?)
     }
