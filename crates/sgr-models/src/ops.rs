@@ -77,6 +77,26 @@ fn contiguous<'a, T>(v: &'a [T], l: &Layout, name: &str) -> Result<&'a [T]> {
     Ok(&v[a..b])
 }
 
+/// Runs a kernel on two contiguous storages of one float dtype (`f32k` or `f64k`, the same kernel
+/// instantiated twice).
+fn binary_storage(
+    name: &str,
+    (s1, l1): (&CpuStorage, &Layout),
+    (s2, l2): (&CpuStorage, &Layout),
+    f32k: impl FnOnce(&[f32], &[f32]) -> Vec<f32>,
+    f64k: impl FnOnce(&[f64], &[f64]) -> Vec<f64>,
+) -> Result<CpuStorage> {
+    Ok(match (s1, s2) {
+        (CpuStorage::F32(a), CpuStorage::F32(b)) => {
+            CpuStorage::F32(f32k(contiguous(a, l1, name)?, contiguous(b, l2, name)?))
+        }
+        (CpuStorage::F64(a), CpuStorage::F64(b)) => {
+            CpuStorage::F64(f64k(contiguous(a, l1, name)?, contiguous(b, l2, name)?))
+        }
+        _ => candle_core::bail!("{name}: f32 or f64 inputs of one dtype only"),
+    })
+}
+
 /// Geometry of a valid, stride-1, `k × k` convolution on `(B, H, W, C)` images.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Geom {
@@ -339,37 +359,24 @@ fn run_conv(
             lx.dims()
         );
     }
-    let out = match (sx, sw, bias) {
-        (CpuStorage::F32(x), CpuStorage::F32(w), bias) => {
-            let bias = match bias {
-                Some((CpuStorage::F32(v), l)) => Some(contiguous(v, l, name)?),
-                Some(_) => candle_core::bail!("{name}: bias dtype differs"),
-                None => None,
-            };
-            CpuStorage::F32(conv_fwd(
-                contiguous(x, lx, name)?,
-                contiguous(w, lw, name)?,
-                bias,
-                relu,
-                g,
-            ))
-        }
-        (CpuStorage::F64(x), CpuStorage::F64(w), bias) => {
-            let bias = match bias {
-                Some((CpuStorage::F64(v), l)) => Some(contiguous(v, l, name)?),
-                Some(_) => candle_core::bail!("{name}: bias dtype differs"),
-                None => None,
-            };
-            CpuStorage::F64(conv_fwd(
-                contiguous(x, lx, name)?,
-                contiguous(w, lw, name)?,
-                bias,
-                relu,
-                g,
-            ))
-        }
-        _ => candle_core::bail!("{name}: f32 or f64 inputs of one dtype only"),
+    if let Some((sb, _)) = bias
+        && candle_core::backend::BackendStorage::dtype(sb)
+            != candle_core::backend::BackendStorage::dtype(sx)
+    {
+        candle_core::bail!("{name}: bias dtype differs");
+    }
+    let (b32, b64) = match bias {
+        Some((CpuStorage::F32(v), l)) => (Some(contiguous(v, l, name)?), None),
+        Some((CpuStorage::F64(v), l)) => (None, Some(contiguous(v, l, name)?)),
+        _ => (None, None),
     };
+    let out = binary_storage(
+        name,
+        (sx, lx),
+        (sw, lw),
+        |x, w| conv_fwd(x, w, b32, relu, g),
+        |x, w| conv_fwd(x, w, b64, relu, g),
+    )?;
     Ok((out, Shape::from((b, g.oh(), g.ow(), o))))
 }
 
@@ -495,19 +502,13 @@ fn run_input_grad(
             g.c
         );
     }
-    let out = match (sd, sw) {
-        (CpuStorage::F32(d), CpuStorage::F32(w)) => CpuStorage::F32(conv_input_grad(
-            contiguous(d, ld, name)?,
-            contiguous(w, lw, name)?,
-            g,
-        )),
-        (CpuStorage::F64(d), CpuStorage::F64(w)) => CpuStorage::F64(conv_input_grad(
-            contiguous(d, ld, name)?,
-            contiguous(w, lw, name)?,
-            g,
-        )),
-        _ => candle_core::bail!("{name}: f32 or f64 inputs of one dtype only"),
-    };
+    let out = binary_storage(
+        name,
+        (sd, ld),
+        (sw, lw),
+        |d, w| conv_input_grad(d, w, g),
+        |d, w| conv_input_grad(d, w, g),
+    )?;
     Ok((out, Shape::from((b, g.h, g.w, g.c))))
 }
 
@@ -641,21 +642,13 @@ impl CustomOp2 for ConvWeightGrad {
                 ld.dims()
             );
         }
-        let out = match (sx, sd) {
-            (CpuStorage::F32(x), CpuStorage::F32(d)) => CpuStorage::F32(conv_weight_grad(
-                contiguous(x, lx, self.name())?,
-                contiguous(d, ld, self.name())?,
-                o,
-                g,
-            )),
-            (CpuStorage::F64(x), CpuStorage::F64(d)) => CpuStorage::F64(conv_weight_grad(
-                contiguous(x, lx, self.name())?,
-                contiguous(d, ld, self.name())?,
-                o,
-                g,
-            )),
-            _ => candle_core::bail!("{}: f32 or f64 inputs of one dtype only", self.name()),
-        };
+        let out = binary_storage(
+            self.name(),
+            (sx, lx),
+            (sd, ld),
+            |x, d| conv_weight_grad(x, d, o, g),
+            |x, d| conv_weight_grad(x, d, o, g),
+        )?;
         Ok((out, Shape::from((o, g.kk()))))
     }
     fn bwd(
@@ -838,17 +831,13 @@ impl CustomOp2 for MaskPositive {
                 lr.dims()
             );
         }
-        let out = match (sg, sr) {
-            (CpuStorage::F32(g), CpuStorage::F32(r)) => CpuStorage::F32(mask_positive(
-                contiguous(g, lg, self.name())?,
-                contiguous(r, lr, self.name())?,
-            )),
-            (CpuStorage::F64(g), CpuStorage::F64(r)) => CpuStorage::F64(mask_positive(
-                contiguous(g, lg, self.name())?,
-                contiguous(r, lr, self.name())?,
-            )),
-            _ => candle_core::bail!("{}: f32 or f64 inputs of one dtype only", self.name()),
-        };
+        let out = binary_storage(
+            self.name(),
+            (sg, lg),
+            (sr, lr),
+            mask_positive,
+            mask_positive,
+        )?;
         Ok((out, lg.shape().clone()))
     }
     fn bwd(
@@ -969,19 +958,13 @@ macro_rules! pool_op {
             ) -> Result<(CpuStorage, Shape)> {
                 let (h, w, c) = pool_shapes(self.name(), lg, lx, $gather)?;
                 let b = lx.dims()[0];
-                let out = match (sg, sx) {
-                    (CpuStorage::F32(g), CpuStorage::F32(x)) => CpuStorage::F32($kernel(
-                        contiguous(g, lg, self.name())?,
-                        contiguous(x, lx, self.name())?,
-                        (h, w, c),
-                    )),
-                    (CpuStorage::F64(g), CpuStorage::F64(x)) => CpuStorage::F64($kernel(
-                        contiguous(g, lg, self.name())?,
-                        contiguous(x, lx, self.name())?,
-                        (h, w, c),
-                    )),
-                    _ => candle_core::bail!("{}: f32 or f64 inputs of one dtype only", self.name()),
-                };
+                let out = binary_storage(
+                    self.name(),
+                    (sg, lg),
+                    (sx, lx),
+                    |g, x| $kernel(g, x, (h, w, c)),
+                    |g, x| $kernel(g, x, (h, w, c)),
+                )?;
                 let shape = if $gather {
                     Shape::from((b, h / 2, w / 2, c))
                 } else {
