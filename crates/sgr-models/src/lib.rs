@@ -2,8 +2,12 @@
 //!
 //! * Inputs are images in `[0, 1]`; per-image standardisation is the model's first layer
 //!   ([`standardize`]), so attacks and clipping work in pixel space.
-//! * Max-pooling is [`max_pool2x2`], a reshape + max that is exact to first and second order (candle's
-//!   `max_pool2d` backward is not).
+//! * On the CPU (f32/f64) the network runs on the fused channels-last ops of [`ops`] (convolution + bias +
+//!   ReLU, ReLU, max-pool, each exact to any order and tested against candle's layers); elsewhere, or with
+//!   [`Cnn::set_plain_ops`], on candle's layers, with max-pooling as [`max_pool2x2`], a reshape + max that is
+//!   exact to first and second order (candle's `max_pool2d` backward is not).
+//! * [`Cnn::frozen`] detaches the parameters; on the CPU its network is then one graph node whose backward is
+//!   the explicit reverse pass ([`Cnn::log_lik_input_gradient`]), which makes attacks' input gradients cheap.
 //! * Parameter names and layouts are PyTorch's (`conv1.weight` `[out, in, 3, 3]`, `fc1.weight` `[out, in]`,
 //!   flatten in `(C, H, W)` order): a PyTorch module of the same architecture loads a checkpoint with
 //!   `load_state_dict` (see `tests/pytorch_compat.py`).
