@@ -70,7 +70,8 @@ macro_rules! float_impl {
 float_impl!(f32);
 float_impl!(f64);
 
-fn contiguous<'a, T>(v: &'a [T], l: &Layout, name: &str) -> Result<&'a [T]> {
+/// The slice of a storage a contiguous layout covers (an error naming `name` otherwise).
+pub(crate) fn contiguous<'a, T>(v: &'a [T], l: &Layout, name: &str) -> Result<&'a [T]> {
     let (a, b) = l
         .contiguous_offsets()
         .ok_or_else(|| candle_core::Error::Msg(format!("{name}: input must be contiguous")))?;
@@ -257,8 +258,9 @@ fn conv_fwd<T: Float>(x: &[T], wm: &[T], bias: Option<&[T]>, relu: bool, g: Geom
     out
 }
 
-/// `dx = fold(dy · wm)`: the convolution's input gradient, `dy` `(B·L × O)`.
-fn conv_input_grad<T: Float>(dy: &[T], wm: &[T], g: Geom) -> Vec<T> {
+/// `dx = fold(dy · wm)·[mask > 0]`: the convolution's input gradient, `dy` `(B·L × O)`, optionally followed by
+/// the backward of the ReLU whose output `mask` (shaped like `dx`) entered the convolution.
+fn conv_input_grad<T: Float>(dy: &[T], wm: &[T], mask: Option<&[T]>, g: Geom) -> Vec<T> {
     let (l, kk) = (g.l(), g.kk());
     let o = wm.len() / kk;
     let b = dy.len() / (l * o);
@@ -266,12 +268,22 @@ fn conv_input_grad<T: Float>(dy: &[T], wm: &[T], g: Geom) -> Vec<T> {
     let mut dx = vec![T::default(); b * g.image()];
     dx.par_chunks_mut(n * g.image())
         .zip(dy.par_chunks(n * l * o))
-        .for_each(|(dx, dy)| {
+        .enumerate()
+        .for_each(|(i, (dx, dy))| {
             let rows = dy.len() / o;
             T::with_scratch(rows * kk, |cols| {
                 gemm((rows, kk, o), cols, false, dy, (o, 1), wm, (kk, 1));
                 fold(cols, g, dx);
             });
+            if let Some(mask) = mask {
+                let start = i * n * g.image();
+                let mask = &mask[start..start + dx.len()];
+                for (v, r) in dx.iter_mut().zip(mask) {
+                    if !(*r > T::default()) {
+                        *v = T::default();
+                    }
+                }
+            }
         });
     dx
 }
@@ -342,6 +354,27 @@ fn conv_geom(x: &Layout, k: usize, name: &str) -> Result<(usize, Geom)> {
     Ok((b, Geom { h, w, c, k }))
 }
 
+/// An optional third operand (a bias, a mask) as a slice of the main input's dtype: `(f32, f64)` views, at
+/// most one of them set.
+#[allow(clippy::type_complexity)]
+fn optional_operand<'a>(
+    name: &str,
+    what: &str,
+    operand: Option<(&'a CpuStorage, &Layout)>,
+    like: &CpuStorage,
+) -> Result<(Option<&'a [f32]>, Option<&'a [f64]>)> {
+    Ok(match (operand, like) {
+        (None, _) => (None, None),
+        (Some((CpuStorage::F32(v), l)), CpuStorage::F32(_)) => {
+            (Some(contiguous(v, l, name)?), None)
+        }
+        (Some((CpuStorage::F64(v), l)), CpuStorage::F64(_)) => {
+            (None, Some(contiguous(v, l, name)?))
+        }
+        (Some(_), _) => candle_core::bail!("{name}: {what} dtype differs"),
+    })
+}
+
 fn run_conv(
     k: usize,
     relu: bool,
@@ -359,17 +392,7 @@ fn run_conv(
             lx.dims()
         );
     }
-    if let Some((sb, _)) = bias
-        && candle_core::backend::BackendStorage::dtype(sb)
-            != candle_core::backend::BackendStorage::dtype(sx)
-    {
-        candle_core::bail!("{name}: bias dtype differs");
-    }
-    let (b32, b64) = match bias {
-        Some((CpuStorage::F32(v), l)) => (Some(contiguous(v, l, name)?), None),
-        Some((CpuStorage::F64(v), l)) => (None, Some(contiguous(v, l, name)?)),
-        _ => (None, None),
-    };
+    let (b32, b64) = optional_operand(name, "bias", bias, sx)?;
     let out = binary_storage(
         name,
         (sx, lx),
@@ -391,19 +414,21 @@ fn conv_bwd(
 ) -> Result<(Option<Tensor>, Option<Tensor>)> {
     let (_, h, w, c) = x.dims4()?;
     let gp = gp.contiguous()?;
-    let dx = match x.track_op() {
-        true => Some(gp.apply_op2(
-            wm,
-            ConvInputGrad {
-                g: Geom { h, w, c, k },
-            },
-        )?),
-        false => None,
-    };
-    let dw = match wm.track_op() {
-        true => Some(x.apply_op2(&gp, ConvWeightGrad { k })?),
-        false => None,
-    };
+    let dx = x
+        .track_op()
+        .then(|| {
+            gp.apply_op2(
+                wm,
+                ConvInputGrad {
+                    g: Geom { h, w, c, k },
+                },
+            )
+        })
+        .transpose()?;
+    let dw = wm
+        .track_op()
+        .then(|| x.apply_op2(&gp, ConvWeightGrad { k }))
+        .transpose()?;
     Ok((dx, dw))
 }
 
@@ -453,10 +478,7 @@ impl CustomOp3 for ConvBiasAct {
             grad.clone()
         };
         let (dx, dw) = conv_bwd(x, wm, &gp, self.k)?;
-        let db = match bias.track_op() {
-            true => Some(sum_leading(&gp)?),
-            false => None,
-        };
+        let db = bias.track_op().then(|| sum_leading(&gp)).transpose()?;
         Ok((dx, dw, db))
     }
 }
@@ -490,6 +512,7 @@ fn run_input_grad(
     name: &str,
     (sd, ld): (&CpuStorage, &Layout),
     (sw, lw): (&CpuStorage, &Layout),
+    mask: Option<(&CpuStorage, &Layout)>,
 ) -> Result<(CpuStorage, Shape)> {
     let (b, oh, ow, o) = dims4(ld, name)?;
     if (oh, ow) != (g.oh(), g.ow()) || lw.dims() != [o, g.kk()] {
@@ -502,14 +525,21 @@ fn run_input_grad(
             g.c
         );
     }
+    let shape = Shape::from((b, g.h, g.w, g.c));
+    if let Some((_, lm)) = mask
+        && lm.dims() != shape.dims()
+    {
+        candle_core::bail!("{name}: mask {:?} is not {:?}", lm.dims(), shape.dims());
+    }
+    let (m32, m64) = optional_operand(name, "mask", mask, sd)?;
     let out = binary_storage(
         name,
         (sd, ld),
         (sw, lw),
-        |d, w| conv_input_grad(d, w, g),
-        |d, w| conv_input_grad(d, w, g),
+        |d, w| conv_input_grad(d, w, m32, g),
+        |d, w| conv_input_grad(d, w, m64, g),
     )?;
-    Ok((out, Shape::from((b, g.h, g.w, g.c))))
+    Ok((out, shape))
 }
 
 /// Backward of the input-gradient op for the incoming gradient `grad` (already masked where a mask applies).
@@ -521,14 +551,14 @@ fn input_grad_bwd(
 ) -> Result<(Option<Tensor>, Option<Tensor>)> {
     // ⟨G, fold(dy·wm)⟩ = ⟨unfold(G)·wmᵀ, dy⟩ = ⟨wm, dyᵀ·unfold(G)⟩.
     let grad = grad.contiguous()?;
-    let d_dy = match dy.track_op() {
-        true => Some(grad.apply_op2(wm, Conv { k })?),
-        false => None,
-    };
-    let d_wm = match wm.track_op() {
-        true => Some(grad.apply_op2(&dy.contiguous()?, ConvWeightGrad { k })?),
-        false => None,
-    };
+    let d_dy = dy
+        .track_op()
+        .then(|| grad.apply_op2(wm, Conv { k }))
+        .transpose()?;
+    let d_wm = wm
+        .track_op()
+        .then(|| grad.apply_op2(&dy.contiguous()?, ConvWeightGrad { k }))
+        .transpose()?;
     Ok((d_dy, d_wm))
 }
 
@@ -543,7 +573,7 @@ impl CustomOp2 for ConvInputGrad {
         sw: &CpuStorage,
         lw: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        run_input_grad(self.g, self.name(), (sd, ld), (sw, lw))
+        run_input_grad(self.g, self.name(), (sd, ld), (sw, lw), None)
     }
     fn bwd(
         &self,
@@ -576,36 +606,7 @@ impl CustomOp3 for ConvInputGradMasked {
         sr: &CpuStorage,
         lr: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (out, shape) = run_input_grad(self.g, self.name(), (sd, ld), (sw, lw))?;
-        if lr.dims() != shape.dims() {
-            candle_core::bail!(
-                "{}: mask {:?} is not {:?}",
-                self.name(),
-                lr.dims(),
-                shape.dims()
-            );
-        }
-        fn apply<T: Float>(mut v: Vec<T>, r: &[T]) -> Vec<T> {
-            v.par_iter_mut()
-                .zip(r)
-                .with_min_len(1 << 12)
-                .for_each(|(v, r)| {
-                    if !(*r > T::default()) {
-                        *v = T::default();
-                    }
-                });
-            v
-        }
-        let out = match (out, sr) {
-            (CpuStorage::F32(v), CpuStorage::F32(r)) => {
-                CpuStorage::F32(apply(v, contiguous(r, lr, self.name())?))
-            }
-            (CpuStorage::F64(v), CpuStorage::F64(r)) => {
-                CpuStorage::F64(apply(v, contiguous(r, lr, self.name())?))
-            }
-            _ => candle_core::bail!("{}: f32 or f64 inputs of one dtype only", self.name()),
-        };
-        Ok((out, shape))
+        run_input_grad(self.g, self.name(), (sd, ld), (sw, lw), Some((sr, lr)))
     }
     fn bwd(
         &self,
@@ -661,19 +662,21 @@ impl CustomOp2 for ConvWeightGrad {
         // ⟨G, dyᵀ·unfold(x)⟩ = ⟨fold(dy·G), x⟩ = ⟨unfold(x)·Gᵀ, dy⟩.
         let (_, h, w, c) = x.dims4()?;
         let grad = grad.contiguous()?;
-        let d_x = match x.track_op() {
-            true => Some(dy.contiguous()?.apply_op2(
-                &grad,
-                ConvInputGrad {
-                    g: Geom { h, w, c, k: self.k },
-                },
-            )?),
-            false => None,
-        };
-        let d_dy = match dy.track_op() {
-            true => Some(x.apply_op2(&grad, Conv { k: self.k })?),
-            false => None,
-        };
+        let d_x = x
+            .track_op()
+            .then(|| {
+                dy.contiguous()?.apply_op2(
+                    &grad,
+                    ConvInputGrad {
+                        g: Geom { h, w, c, k: self.k },
+                    },
+                )
+            })
+            .transpose()?;
+        let d_dy = dy
+            .track_op()
+            .then(|| x.apply_op2(&grad, Conv { k: self.k }))
+            .transpose()?;
         Ok((d_x, d_dy))
     }
 }
