@@ -169,26 +169,6 @@ impl Cnn {
         !self.plain_ops && x.device().is_cpu() && matches!(x.dtype(), DType::F32 | DType::F64)
     }
 
-    /// `relu(conv(x) + b)` on channels-last activations.
-    pub(crate) fn conv_relu_nhwc(&self, layer: &Conv2d, x: &Tensor) -> Result<Tensor> {
-        crate::ops::conv2d_nhwc(x, layer.weight(), layer.bias(), true)
-    }
-
-    /// The forward pass on the fused CPU ops; activations channels-last until the flatten, which restores
-    /// PyTorch's `(C, H, W)` order for fc1.
-    fn forward_fast(&self, x: &Tensor) -> Result<Tensor> {
-        use crate::ops::{max_pool2x2_nhwc, relu, to_nchw, to_nhwc};
-        let x = to_nhwc(&standardize(x)?)?;
-        let x = self.conv_relu_nhwc(&self.conv1, &x)?;
-        let x = max_pool2x2_nhwc(&self.conv_relu_nhwc(&self.conv2, &x)?)?;
-        let x = self.conv_relu_nhwc(&self.conv3, &x)?;
-        let x = max_pool2x2_nhwc(&self.conv_relu_nhwc(&self.conv4, &x)?)?;
-        let x = to_nchw(&x)?.flatten_from(1)?;
-        let x = relu(&self.fc1.forward(&x)?)?;
-        let x = relu(&self.fc2.forward(&x)?)?;
-        self.fc3.forward(&x)
-    }
-
     /// The same network with its parameters as plain (detached) tensors: backward passes through it compute
     /// input gradients only, not parameter gradients, which makes attacks about twice as fast. On the CPU
     /// path the whole network after standardisation is then one graph node whose backward is the explicit
@@ -226,7 +206,7 @@ impl Module for Cnn {
                 let z = standardize(x)?.contiguous()?;
                 return z.apply_op1(crate::input_grad::FrozenNet::new(self.clone()));
             }
-            return self.forward_fast(x);
+            return Ok(self.forward_activations(&standardize(x)?)?.0);
         }
         let x = standardize(x)?;
         let x = self.conv1.forward(&x)?.relu()?;

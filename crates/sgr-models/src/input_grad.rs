@@ -13,8 +13,8 @@ use candle_nn::{Conv2d, Linear};
 
 use crate::cnn::Cnn;
 use crate::ops::{
-    conv2d_nhwc_input_grad, conv2d_nhwc_input_grad_masked, max_pool2x2_nhwc,
-    max_pool2x2_nhwc_backward, relu, relu_backward, to_nchw, to_nhwc,
+    contiguous, conv2d_nhwc, conv2d_nhwc_input_grad, conv2d_nhwc_input_grad_masked,
+    max_pool2x2_nhwc, max_pool2x2_nhwc_backward, relu, relu_backward, to_nchw, to_nhwc,
 };
 
 fn fc_back(layer: &Linear, d: &Tensor) -> Result<Tensor> {
@@ -42,10 +42,11 @@ pub(crate) struct Activations {
 }
 
 impl Cnn {
-    /// The forward pass after standardisation (`z0` `(B, C, H, W)`) on the NHWC ops: logits and activations.
+    /// The forward pass after standardisation (`z0` `(B, C, H, W)`) on the NHWC ops: logits and activations
+    /// (the model's whole CPU forward pass; the activations are kept for the reverse pass).
     pub(crate) fn forward_activations(&self, z0: &Tensor) -> Result<(Tensor, Activations)> {
         let z0 = to_nhwc(z0)?;
-        let c = |l: &Conv2d, t: &Tensor| self.conv_relu_nhwc(l, t);
+        let c = |l: &Conv2d, t: &Tensor| conv2d_nhwc(t, l.weight(), l.bias(), true);
         let r1 = c(&self.conv1, &z0)?;
         let r2 = c(&self.conv2, &r1)?;
         let p2 = max_pool2x2_nhwc(&r2)?;
@@ -173,13 +174,14 @@ impl candle_core::CustomOp1 for FrozenNet {
         l: &candle_core::Layout,
     ) -> Result<(candle_core::CpuStorage, candle_core::Shape)> {
         use candle_core::CpuStorage;
-        let (a, b) = l.contiguous_offsets().ok_or_else(|| {
-            candle_core::Error::Msg("sgr-frozen-net: input must be contiguous".into())
-        })?;
         let dev = candle_core::Device::Cpu;
         let z = match s {
-            CpuStorage::F32(v) => Tensor::from_slice(&v[a..b], l.shape(), &dev)?,
-            CpuStorage::F64(v) => Tensor::from_slice(&v[a..b], l.shape(), &dev)?,
+            CpuStorage::F32(v) => {
+                Tensor::from_slice(contiguous(v, l, self.name())?, l.shape(), &dev)?
+            }
+            CpuStorage::F64(v) => {
+                Tensor::from_slice(contiguous(v, l, self.name())?, l.shape(), &dev)?
+            }
             _ => candle_core::bail!("sgr-frozen-net: f32 or f64 only"),
         };
         let (logits, acts) = self.net.forward_activations(&z)?;
