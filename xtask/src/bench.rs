@@ -216,7 +216,7 @@ fn bench_methods(
                 step,
                 seed: 0,
             })?;
-            adam.step(&o.loss.backward()?)?;
+            adam.step(&o.gradients()?)?;
             step += 1;
             Ok(())
         })?;

@@ -29,16 +29,28 @@ fn conv_back(layer: &Conv2d, d: &Tensor, input: &Tensor) -> Result<Tensor> {
 
 /// Every activation the reverse pass needs, channels-last (ReLU masks are `output > 0`).
 pub(crate) struct Activations {
-    z0: Tensor,
-    r1: Tensor,
-    r2: Tensor,
-    p2: Tensor,
-    r3: Tensor,
-    r4: Tensor,
+    pub(crate) z0: Tensor,
+    pub(crate) r1: Tensor,
+    pub(crate) r2: Tensor,
+    pub(crate) p2: Tensor,
+    pub(crate) r3: Tensor,
+    pub(crate) r4: Tensor,
     /// `p4` in `(B, C, H, W)`, as fc1 sees it.
-    p4c: Tensor,
-    r5: Tensor,
-    r6: Tensor,
+    pub(crate) p4c: Tensor,
+    pub(crate) r5: Tensor,
+    pub(crate) r6: Tensor,
+}
+
+/// The gradients of the reverse pass from the logits (channels-last where spatial): `e*` after a ReLU mask,
+/// `q*` after a pool's scatter; `dz0` at the standardised input, `(B, C, H, W)`, when asked for.
+pub(crate) struct Reverse {
+    pub(crate) e6: Tensor,
+    pub(crate) e5: Tensor,
+    pub(crate) q4: Tensor,
+    pub(crate) e3: Tensor,
+    pub(crate) q2: Tensor,
+    pub(crate) e1: Tensor,
+    pub(crate) dz0: Option<Tensor>,
 }
 
 impl Cnn {
@@ -74,17 +86,43 @@ impl Cnn {
     /// The reverse pass from `d` (gradient at the logits) to the standardised input, `(B, C, H, W)`. Built
     /// from differentiable ops: linear in `d`, and differentiable in the parameters.
     pub(crate) fn reverse(&self, a: &Activations, d: &Tensor) -> Result<Tensor> {
-        let d = relu_backward(&fc_back(&self.fc3, d)?, &a.r6)?;
-        let d = relu_backward(&fc_back(&self.fc2, &d)?, &a.r5)?;
+        self.reverse_parts(a, d, true)?
+            .dz0
+            .ok_or_else(|| candle_core::Error::Msg("reverse pass without its input".into()))
+    }
+
+    /// [`Cnn::reverse`] with the intermediate gradients (what the parameter gradients of `crate::explicit`
+    /// need); the last product, to the input, only `to_input`.
+    pub(crate) fn reverse_parts(
+        &self,
+        a: &Activations,
+        d: &Tensor,
+        to_input: bool,
+    ) -> Result<Reverse> {
+        let e6 = relu_backward(&fc_back(&self.fc3, d)?, &a.r6)?;
+        let e5 = relu_backward(&fc_back(&self.fc2, &e6)?, &a.r5)?;
         // The ReLU before a pool is masked on the pooled side: the scatter puts each pooled gradient at its
         // window's arg-max, whose value is the pooled value (same numbers, a quarter of the work).
-        let d = relu_backward(&fc_back(&self.fc1, &d)?.reshape(a.p4c.dims())?, &a.p4c)?;
-        let d = max_pool2x2_nhwc_backward(&to_nhwc(&d)?, &a.r4)?;
-        let d = conv2d_nhwc_input_grad_masked(&d, self.conv4.weight(), &a.r3)?;
-        let d = conv2d_nhwc_input_grad_masked(&d, self.conv3.weight(), &a.p2)?;
-        let d = max_pool2x2_nhwc_backward(&d, &a.r2)?;
-        let d = conv2d_nhwc_input_grad_masked(&d, self.conv2.weight(), &a.r1)?;
-        to_nchw(&conv_back(&self.conv1, &d, &a.z0)?)
+        let e4 = relu_backward(&fc_back(&self.fc1, &e5)?.reshape(a.p4c.dims())?, &a.p4c)?;
+        let q4 = max_pool2x2_nhwc_backward(&to_nhwc(&e4)?, &a.r4)?;
+        let e3 = conv2d_nhwc_input_grad_masked(&q4, self.conv4.weight(), &a.r3)?;
+        let e2 = conv2d_nhwc_input_grad_masked(&e3, self.conv3.weight(), &a.p2)?;
+        let q2 = max_pool2x2_nhwc_backward(&e2, &a.r2)?;
+        let e1 = conv2d_nhwc_input_grad_masked(&q2, self.conv2.weight(), &a.r1)?;
+        let dz0 = if to_input {
+            Some(to_nchw(&conv_back(&self.conv1, &e1, &a.z0)?)?)
+        } else {
+            None
+        };
+        Ok(Reverse {
+            e6,
+            e5,
+            q4,
+            e3,
+            q2,
+            e1,
+            dz0,
+        })
     }
 
     /// `(logits, log p(y|x) per example, ∇_x Σ_i log p(y_i|x_i))`, all three carrying their graphs to the
@@ -123,14 +161,7 @@ impl Cnn {
             .to_dtype(logits.dtype())?;
         let d = (onehot - logp.exp()?)?;
         let dz = self.reverse(&acts, &d)?.reshape((b, n))?;
-        // Standardisation's Jacobian (transposed): (dz − mean dz − [var > 1/N]·s0·mean(dz·s0)) / σ.
-        let mean_dz = dz.mean_keepdim(D::Minus1)?;
-        let proj = (&dz * &s0)?.mean_keepdim(D::Minus1)?;
-        let dx = dz
-            .broadcast_sub(&mean_dz)?
-            .sub(&s0.broadcast_mul(&(proj * active)?)?)?
-            .broadcast_div(&denom)?
-            .reshape(dims.as_slice())?;
+        let dx = standardize_jacobian(&dz, &s0, &denom, &active)?.reshape(dims.as_slice())?;
         Ok((logits, log_lik, dx))
     }
 
@@ -138,6 +169,22 @@ impl Cnn {
     pub fn has_explicit_input_gradient(&self, x: &Tensor) -> bool {
         self.uses_fast_ops(x)
     }
+}
+
+/// The Jacobian of per-image standardisation applied to `dz` `(B, N)`: `(dz − mean dz − [var > 1/N]·s0·
+/// mean(dz·s0)) / σ`, with `s0` the standardised images `(B, N)`. The Jacobian
+/// `(I − 11ᵀ/N − s0 s0ᵀ/N)/σ` is symmetric, so this is also its transpose (the backward pass).
+pub(crate) fn standardize_jacobian(
+    dz: &Tensor,
+    s0: &Tensor,
+    denom: &Tensor,
+    active: &Tensor,
+) -> Result<Tensor> {
+    let mean_dz = dz.mean_keepdim(D::Minus1)?;
+    let proj = (dz * s0)?.mean_keepdim(D::Minus1)?;
+    dz.broadcast_sub(&mean_dz)?
+        .sub(&s0.broadcast_mul(&(proj * active)?)?)?
+        .broadcast_div(denom)
 }
 
 /// The network after standardisation, with frozen (detached) parameters, as one custom op: the forward pass

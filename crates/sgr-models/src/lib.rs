@@ -15,6 +15,7 @@
 mod checkpoint;
 mod cnn;
 mod device;
+mod explicit;
 pub mod fsutil;
 mod input_grad;
 mod layers;
@@ -23,4 +24,5 @@ pub mod ops;
 pub use checkpoint::{ModelError, load_model, load_model_from_tensors, save_model};
 pub use cnn::{Cnn, CnnConfig, init_params};
 pub use device::{DeviceKind, make_device};
+pub use explicit::ExplicitPass;
 pub use layers::{max_pool2x2, standardize};

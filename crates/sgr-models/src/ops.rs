@@ -434,7 +434,8 @@ fn conv_bwd(
 
 /// `Σ` over all but the last dimension, as a product with a row of ones (candle's reduction over leading
 /// dimensions is slow); differentiable.
-fn sum_leading(t: &Tensor) -> Result<Tensor> {
+/// Sums over every dimension but the last: `(…, O)` → `(O,)`, as one product with a row of ones.
+pub(crate) fn sum_leading(t: &Tensor) -> Result<Tensor> {
     let o = t.dim(candle_core::D::Minus1)?;
     let n = t.elem_count() / o.max(1);
     Tensor::ones((1, n), t.dtype(), t.device())?
@@ -1015,6 +1016,19 @@ pub fn max_pool2x2_nhwc(x: &Tensor) -> Result<Tensor> {
 /// pooled input `x` `(B, H, W, C)`. Differentiable in `grad`.
 pub fn max_pool2x2_nhwc_backward(grad: &Tensor, x: &Tensor) -> Result<Tensor> {
     grad.contiguous()?.apply_op2(&x.contiguous()?, PoolScatter)
+}
+
+/// `g` `(B, H, W, C)` read at the arg-max of each 2×2 window of `x` `(B, H, W, C)`: `(B, H/2, W/2, C)` (the
+/// adjoint of [`max_pool2x2_nhwc_backward`]; `max_pool2x2_nhwc(x)` is the case `g = x`).
+pub fn max_pool2x2_nhwc_gather(g: &Tensor, x: &Tensor) -> Result<Tensor> {
+    if g.dims() != x.dims() {
+        candle_core::bail!(
+            "max_pool2x2_nhwc_gather: shapes {:?} and {:?} differ",
+            g.dims(),
+            x.dims()
+        );
+    }
+    g.contiguous()?.apply_op2(&x.contiguous()?, PoolGather)
 }
 
 /// `(B, C, H, W)` → `(B, H, W, C)`, contiguous (a reshape when `C = 1`).

@@ -2,6 +2,7 @@
 use candle_core::{D, DType, Device, Module, Result, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use sgr_models::{Cnn, CnnConfig, init_params};
+#[allow(unused_imports)]
 pub use sgr_testutil::{rand_tensor, scalar};
 
 pub fn model(config: CnnConfig, seed: u64, dtype: DType) -> (Cnn, VarMap) {

@@ -81,6 +81,10 @@ pub trait Regularizer: std::fmt::Debug + Send {
     fn covariance(&self) -> Result<Arc<dyn Covariance>>;
     /// `Ω` for the input gradients of `ig` (from [`crate::input_gradient`], with its graph in exact mode).
     fn penalty(&self, model: &dyn Module, y: &Tensor, ig: &InputGradient) -> Result<Penalty>;
+    /// `Ω` for plain (detached) input gradients `g` `(m, …)` and its gradient `∂Ω/∂g = (Σ g − μ)/m`
+    /// (`Σ` is symmetric), for models that differentiate `⟨∂Ω/∂g, g⟩` themselves (exact second order
+    /// without an autograd graph, e.g. `Cnn::explicit_gradients`).
+    fn penalty_adjoint(&self, g: &Tensor) -> Result<(Tensor, Tensor)>;
     /// State carried across steps (for checkpoints).
     fn state(&self) -> Result<HashMap<String, Tensor>>;
     fn load_state(&mut self, state: &HashMap<String, Tensor>) -> Result<()>;
@@ -307,6 +311,21 @@ impl Regularizer for GradientRegularizer {
         let surrogate = (diff.sum_all()? / m as f64)?;
         let omega = ((&surrogate - surrogate.detach())? + &value)?;
         Ok(Penalty { omega, value })
+    }
+
+    fn penalty_adjoint(&self, g: &Tensor) -> Result<(Tensor, Tensor)> {
+        let _span = tracing::debug_span!("penalty_adjoint").entered();
+        let (cov, mu) = self.current()?;
+        let g = g.detach();
+        let v = cov.matvec(&g)?;
+        let value = omega_from_product(&g, &v, mu.as_ref())?;
+        let mut adjoint = v;
+        if let Some(mu) = mu {
+            let mu = mu.to_dtype(g.dtype())?.to_device(g.device())?;
+            adjoint = adjoint.broadcast_sub(&mu.unsqueeze(0)?)?;
+        }
+        let adjoint = (adjoint / g.dim(0)? as f64)?;
+        Ok((value, adjoint))
     }
 
     fn state(&self) -> Result<HashMap<String, Tensor>> {

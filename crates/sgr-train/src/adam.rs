@@ -25,6 +25,42 @@ impl Default for AdamConfig {
     }
 }
 
+/// Where [`Adam::step`] reads each parameter's gradient: an autograd [`GradStore`] (by variable) or
+/// gradients computed explicitly (by parameter name).
+pub trait ParamGradients {
+    fn gradient(&self, name: &str, var: &Var) -> Option<&Tensor>;
+}
+
+impl ParamGradients for GradStore {
+    fn gradient(&self, _name: &str, var: &Var) -> Option<&Tensor> {
+        self.get(var.as_tensor())
+    }
+}
+
+impl ParamGradients for HashMap<String, Tensor> {
+    fn gradient(&self, name: &str, _var: &Var) -> Option<&Tensor> {
+        self.get(name)
+    }
+}
+
+/// The parameter gradients of one step, as a method produced them.
+#[derive(Debug)]
+pub enum Gradients {
+    /// From `loss.backward()`.
+    Autograd(GradStore),
+    /// Computed without autograd, by parameter name (e.g. `Cnn::explicit_gradients`).
+    Named(HashMap<String, Tensor>),
+}
+
+impl ParamGradients for Gradients {
+    fn gradient(&self, name: &str, var: &Var) -> Option<&Tensor> {
+        match self {
+            Self::Autograd(g) => g.gradient(name, var),
+            Self::Named(g) => g.gradient(name, var),
+        }
+    }
+}
+
 /// Adam over named variables. Unlike candle-nn's `AdamW`, a parameter without a gradient is an error, not a
 /// silent skip: a missing (e.g. second-order) gradient must never go unnoticed.
 #[derive(Debug)]
@@ -67,7 +103,7 @@ impl Adam {
     }
 
     /// One update from the gradients in `grads`.
-    pub fn step(&mut self, grads: &GradStore) -> Result<()> {
+    pub fn step(&mut self, grads: &impl ParamGradients) -> Result<()> {
         self.step += 1;
         let AdamConfig {
             lr,
@@ -79,7 +115,7 @@ impl Adam {
         let bc2 = 1.0 - beta2.powi(self.step as i32);
         for (i, (name, var)) in self.vars.iter().enumerate() {
             let g = grads
-                .get(var.as_tensor())
+                .gradient(name, var)
                 .ok_or_else(|| {
                     candle_core::Error::Msg(format!("Adam: no gradient for parameter {name}"))
                 })?

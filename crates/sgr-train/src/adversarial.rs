@@ -141,6 +141,7 @@ impl Method for Augmented {
             loss,
             logits,
             metrics: vec![("clean_ce".into(), clean), ("perturbed_ce".into(), adv)],
+            grads: None,
         })
     }
 }

@@ -17,7 +17,7 @@ mod run;
 mod sgr;
 mod trainer;
 
-pub use adam::{Adam, AdamConfig};
+pub use adam::{Adam, AdamConfig, Gradients, ParamGradients};
 pub use adversarial::{Augmented, LRC_EPS_255, default_eps_255};
 pub use error::{Result, TrainError};
 pub use method::{

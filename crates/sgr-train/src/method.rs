@@ -13,6 +13,8 @@ use serde::{Deserialize, Serialize};
 use sgr_data::{DatasetName, ImageSet};
 use sgr_models::Cnn;
 
+use crate::adam::Gradients;
+
 /// What a method sees of one training step.
 pub struct StepInput<'a> {
     pub model: &'a Cnn,
@@ -41,9 +43,23 @@ impl std::fmt::Debug for StepInput<'_> {
 /// scalar metrics (e.g. the regulariser's value) recorded in run.json.
 #[derive(Debug)]
 pub struct StepOutput {
+    /// The objective; its graph gives the parameter gradients unless `grads` holds them already.
     pub loss: Tensor,
     pub logits: Tensor,
     pub metrics: Vec<(String, Tensor)>,
+    /// The objective's parameter gradients by name, where the method computed them without autograd
+    /// (`loss` is then detached).
+    pub grads: Option<HashMap<String, Tensor>>,
+}
+
+impl StepOutput {
+    /// The parameter gradients of `loss`: those the method computed, or `loss.backward()`.
+    pub fn gradients(&self) -> Result<Gradients> {
+        Ok(match &self.grads {
+            Some(g) => Gradients::Named(g.clone()),
+            None => Gradients::Autograd(self.loss.backward()?),
+        })
+    }
 }
 
 pub trait Method: std::fmt::Debug + Send {
@@ -200,6 +216,7 @@ impl Method for Clean {
             loss,
             logits,
             metrics: vec![],
+            grads: None,
         })
     }
 }
@@ -245,6 +262,7 @@ impl Method for WeightDecay {
             loss,
             logits,
             metrics: vec![("l2_penalty".into(), penalty)],
+            grads: None,
         })
     }
 }

@@ -207,6 +207,39 @@ impl Sgr {
         })
     }
 
+    /// Exact mode on the channels-last CPU path: the same objective and gradients as double backprop, with
+    /// the second derivative written out by `Cnn::explicit_gradients` instead of an autograd graph.
+    fn explicit_step(&mut self, input: &StepInput<'_>) -> Result<StepOutput> {
+        let pass = input.model.explicit_pass(input.x, input.y, true)?;
+        let grad = pass.input_grad.clone().ok_or_else(|| {
+            candle_core::Error::Msg("explicit pass without input gradient".into())
+        })?;
+        let ig = InputGradient {
+            x: input.x.detach(),
+            logits: pass.logits.clone(),
+            log_lik: pass.log_lik.clone(),
+            grad,
+        };
+        if self.xi != Xi::None {
+            let xi = self.perturbations(input, &ig)?;
+            self.reg.observe(&xi)?;
+        }
+        let (omega, adjoint) = self.reg.penalty_adjoint(&ig.grad)?;
+        let m = input.x.dim(0)? as f64;
+        let grads =
+            input
+                .model
+                .explicit_gradients(&pass, 1.0 / m, Some(&(adjoint * self.lambda)?))?;
+        let ce = ig.log_lik.mean(0)?.neg()?;
+        let loss = (&ce + (&omega * self.lambda)?)?;
+        Ok(StepOutput {
+            loss,
+            logits: ig.logits,
+            metrics: vec![("ce".into(), ce), ("omega".into(), omega)],
+            grads: Some(grads.into_iter().collect()),
+        })
+    }
+
     /// The perturbations ξ of Algorithm 1 for this batch.
     fn perturbations(&self, input: &StepInput<'_>, ig: &InputGradient) -> Result<Tensor> {
         let x = input.x;
@@ -254,7 +287,11 @@ impl Method for Sgr {
         &self.options
     }
     fn loss(&mut self, input: &StepInput<'_>) -> Result<StepOutput> {
-        let ig = if self.reg.config().second_order == SecondOrder::Exact {
+        let exact = self.reg.config().second_order == SecondOrder::Exact;
+        if exact && input.model.uses_fast_ops(input.x) {
+            return self.explicit_step(input);
+        }
+        let ig = if exact {
             if input.model.has_explicit_input_gradient(input.x) {
                 // The reverse pass written as forward ops: no wasted parameter gradients (see sgr-models).
                 let (logits, log_lik, grad) =
@@ -282,6 +319,7 @@ impl Method for Sgr {
             loss,
             logits: ig.logits.detach(),
             metrics: vec![("ce".into(), ce.detach()), ("omega".into(), p.value)],
+            grads: None,
         })
     }
     fn state(&self) -> Result<HashMap<String, Tensor>> {

@@ -450,8 +450,7 @@ pub fn train(
                     dir: out.to_owned(),
                 });
             }
-            let grads = outp.loss.backward()?;
-            adam.step(&grads)?;
+            adam.step(&outp.gradients()?)?;
             let correct = count_correct(&outp.logits, &y)?;
             let p = &mut record.partial;
             p.batches += 1;

@@ -196,7 +196,7 @@ fn every_method_takes_finite_steps_that_lower_the_loss() {
                 );
             }
             losses.push(l);
-            adam.step(&out.loss.backward().unwrap()).unwrap();
+            adam.step(&out.gradients().unwrap()).unwrap();
         }
         // On one repeated batch the objective must fall (LRC noise is redrawn each step, hence the margin).
         assert!(losses[5] < losses[0], "{name}: {losses:?}");
@@ -444,4 +444,98 @@ fn sgr_sign_on_cifar_uses_a_psd_covariance_function() {
     assert!(r.history[0].metrics["omega"] > 0.0);
     let f = r.final_eval.unwrap();
     assert_eq!((f.images, f.eps_255), (8, 4.0));
+}
+
+/// On the CPU, exact SGR/GN steps compute their gradients without autograd (`Cnn::explicit_gradients`);
+/// they must equal double backprop through candle's own layers (the plain path), objective and every
+/// parameter gradient, including the uncentred term and a fixed covariance. Random images: candle's
+/// max-pool splits a tied window's gradient, which blank MNIST regions would trigger.
+#[test]
+fn explicit_sgr_steps_equal_autograd_through_candle_layers() {
+    setup();
+    let data = embedded();
+    let ctx = MethodContext {
+        dataset: DatasetName::MnistSubset,
+        train: &data.train,
+    };
+    let x = sgr_testutil::rand_tensor(&[6, 1, 28, 28], 17, 0.0, 1.0);
+    let y = Tensor::new(&[0u32, 1, 2, 7, 8, 9], &Device::Cpu).unwrap();
+    let cases: [(&str, MethodOptions); 4] = [
+        ("sgr-sign", MethodOptions::default()),
+        (
+            "sgr-grad",
+            MethodOptions {
+                uncentred: Some(true),
+                ..Default::default()
+            },
+        ),
+        ("gn", MethodOptions::default()),
+        (
+            "sgr-sign",
+            MethodOptions {
+                cov: Some("lrc".into()),
+                ..Default::default()
+            },
+        ),
+    ];
+    for (name, mut options) in cases {
+        // A large λ: at initialisation the input gradients are small, and the penalty's share of the
+        // parameter gradients should not be lost in the cross-entropy's.
+        options.lambda = Some(1e4);
+        let (model, vm) = sgr_testutil::model(sgr_models::CnnConfig::mnist(), 3, DType::F64);
+        let mut plain = model.clone();
+        plain.set_plain_ops(true);
+        let mut outs = Vec::new();
+        for net in [&model, &plain] {
+            let mut method = build_method(name, &ctx, options.clone()).unwrap();
+            // Two steps: the second sees a covariance averaged over two batches of perturbations.
+            let mut last = None;
+            for step in 0..2 {
+                last = Some(
+                    method
+                        .loss(&StepInput {
+                            model: net,
+                            params: &vm,
+                            x: &x,
+                            y: &y,
+                            step,
+                            seed: 0,
+                        })
+                        .unwrap(),
+                );
+            }
+            outs.push(last.unwrap());
+        }
+        let (fast, reference) = (&outs[0], &outs[1]);
+        assert!(
+            fast.grads.is_some(),
+            "{name}: the CPU step should be explicit"
+        );
+        assert!(reference.grads.is_none(), "{name}: plain ops use autograd");
+        let (a, b) = (
+            fast.loss.to_scalar::<f64>().unwrap(),
+            reference.loss.to_scalar::<f64>().unwrap(),
+        );
+        assert!(
+            (a - b).abs() <= 1e-12 * b.abs(),
+            "{name}: objective {a} vs {b}"
+        );
+        let (ga, gb) = (fast.gradients().unwrap(), reference.gradients().unwrap());
+        let vars = vm.data().lock().unwrap();
+        for (pname, var) in vars.iter() {
+            use sgr_train::ParamGradients;
+            let (ta, tb) = (
+                ga.gradient(pname, var).unwrap(),
+                gb.gradient(pname, var).unwrap(),
+            );
+            let (scale, diff) = (
+                sgr_testutil::max_abs(tb),
+                sgr_testutil::max_abs_diff(ta, tb),
+            );
+            assert!(
+                scale > 0.0 && diff <= 1e-9 * scale,
+                "{name} {pname}: max diff {diff:.3e} (scale {scale:.3e})"
+            );
+        }
+    }
 }
