@@ -119,8 +119,28 @@ fn bench_model(
             Ok(())
         })?,
     ));
+    // The clean step as training runs it: on the CPU, gradients without autograd (Cnn::explicit_gradients).
     out.push((
         "clean_step".to_string(),
+        time_ms(reps, || {
+            if model.uses_fast_ops(&x) {
+                let pass = model.explicit_pass(&x, &y, false)?;
+                let grads = model.explicit_gradients(&pass, 1.0 / batch as f64, None)?;
+                adam.step(
+                    &grads
+                        .into_iter()
+                        .collect::<std::collections::HashMap<_, _>>(),
+                )?;
+            } else {
+                let loss = cross_entropy(&model.forward(&x)?, &y)?;
+                adam.step(&loss.backward()?)?;
+            }
+            Ok(())
+        })?,
+    ));
+    // The same step through candle's autograd (one graph node per layer).
+    out.push((
+        "clean_step_autograd".to_string(),
         time_ms(reps, || {
             let loss = cross_entropy(&model.forward(&x)?, &y)?;
             adam.step(&loss.backward()?)?;
@@ -173,7 +193,9 @@ fn bench_model(
     Ok(out)
 }
 
-/// Median step time (ms) and peak heap above the starting level (MB) of each method on the MNIST CNN.
+/// Median step time (ms) and peak heap above the step's starting level (MB) of each method on the MNIST
+/// CNN. The methods take turns, one step each per round (two warm-up rounds, then `reps`), so that a
+/// change in the machine's speed during the run affects them alike and their ratios stay comparable.
 fn bench_methods(
     names: &[String],
     batch: usize,
@@ -187,7 +209,16 @@ fn bench_methods(
     };
     let idx: Vec<usize> = (0..batch).map(|i| i % data.train.len()).collect();
     let (x, y) = data.train.batch(&idx, None, DType::F32, device)?;
-    let mut out = Vec::new();
+    struct Case {
+        method: Box<dyn sgr_train::Method>,
+        model: Cnn,
+        varmap: VarMap,
+        adam: Adam,
+        step: u64,
+        times: Vec<f64>,
+        peak: usize,
+    }
+    let mut cases = Vec::new();
     for spec in names {
         let (name, options) = match spec.split_once(':') {
             Some((n, "fd")) => (
@@ -202,28 +233,46 @@ fn bench_methods(
             }
             None => (spec.as_str(), sgr_train::MethodOptions::default()),
         };
-        let mut method = sgr_train::build_method(name, &ctx, options)
+        let method = sgr_train::build_method(name, &ctx, options)
             .with_context(|| format!("--methods {spec}"))?;
-        let (model, varmap, mut adam) = fresh_model(&CnnConfig::mnist(), device)?;
-        let mut step = 0u64;
-        let base = crate::alloc::reset_peak();
-        let ms = time_ms(reps, || {
-            let o = method.loss(&sgr_train::StepInput {
-                model: &model,
-                params: &varmap,
+        let (model, varmap, adam) = fresh_model(&CnnConfig::mnist(), device)?;
+        cases.push(Case {
+            method,
+            model,
+            varmap,
+            adam,
+            step: 0,
+            times: Vec::new(),
+            peak: 0,
+        });
+    }
+    for round in 0..reps.max(1) + 2 {
+        for c in cases.iter_mut() {
+            let base = crate::alloc::reset_peak();
+            let t = Instant::now();
+            let o = c.method.loss(&sgr_train::StepInput {
+                model: &c.model,
+                params: &c.varmap,
                 x: &x,
                 y: &y,
-                step,
+                step: c.step,
                 seed: 0,
             })?;
-            adam.step(&o.gradients()?)?;
-            step += 1;
-            Ok(())
-        })?;
-        let peak_mb = (crate::alloc::peak().saturating_sub(base)) as f64 / 1e6;
-        out.push((spec.clone(), ms, peak_mb));
+            c.adam.step(&o.gradients()?)?;
+            drop(o);
+            let ms = t.elapsed().as_secs_f64() * 1e3;
+            c.step += 1;
+            c.peak = c.peak.max(crate::alloc::peak().saturating_sub(base));
+            if round >= 2 {
+                c.times.push(ms);
+            }
+        }
     }
-    Ok(out)
+    Ok(names
+        .iter()
+        .zip(cases)
+        .map(|(spec, c)| (spec.clone(), median(c.times), c.peak as f64 / 1e6))
+        .collect())
 }
 
 fn torch_figures(
@@ -320,6 +369,9 @@ pub fn run(cmd: BenchCmd) -> anyhow::Result<()> {
             // PyTorch's PGD-10 (PGD-40) attack is ten (forty) of its input-gradient passes.
             let t = match case.as_str() {
                 "input_grad_frozen" | "input_grad_explicit" => torch_grad,
+                "clean_step_autograd" => torch
+                    .as_ref()
+                    .and_then(|v| v["median_ms"]["clean_step"].as_f64()),
                 "pgd10_attack" => torch_grad.map(|g| 10.0 * g),
                 "pgd40_attack" => torch_grad.map(|g| 40.0 * g),
                 _ => torch.as_ref().and_then(|v| v["median_ms"][&case].as_f64()),

@@ -45,6 +45,21 @@ fn main() -> candle_core::Result<()> {
             std::hint::black_box(y.sum_all()?.backward()?);
             Ok(())
         })? - fwd;
+        // The kernels alone, on plain tensors (no autograd).
+        let dy = Tensor::rand(-1f32, 1f32, (128, oh, oh, o), &dev)?;
+        let wk = median_ms(|| {
+            std::hint::black_box(sgr_models::ops::conv2d_nhwc_weight_grad(&x, &dy, 3)?);
+            Ok(())
+        })?;
+        let ik = median_ms(|| {
+            std::hint::black_box(sgr_models::ops::conv2d_nhwc_input_grad(&dy, &wd, (h, h))?);
+            Ok(())
+        })?;
+        println!(
+            "kernels alone: weight grad {wk:.1} ms ({:.0} GFLOP/s), input grad {ik:.1} ms ({:.0} GFLOP/s)",
+            gflop / wk * 1e3,
+            gflop / ik * 1e3
+        );
         println!(
             "| {h}x{h}x{c} -> {o} | {fwd:.1} ({:.0}) | {wgrad:.1} ({:.0}) | {igrad:.1} ({:.0}) |",
             gflop / fwd * 1e3,

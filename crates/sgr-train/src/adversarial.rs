@@ -6,7 +6,8 @@ use sgr_attacks::{Attack, Fgsm, NoiseSource, Pgd, WorstOfN};
 use sgr_data::DatasetName;
 
 use crate::method::{
-    Method, MethodContext, MethodError, MethodOptions, StepInput, StepOutput, cross_entropy,
+    Method, MethodContext, MethodError, MethodOptions, StepInput, StepOutput, add_gradients,
+    cross_entropy, explicit_cross_entropy,
 };
 
 /// The paper's attack budget for a data set, in units of 1/255: 32 (MNIST-like), 4 (CIFAR-10).
@@ -108,7 +109,13 @@ impl Method for Augmented {
     }
     fn loss(&mut self, input: &StepInput<'_>) -> Result<StepOutput> {
         let x = input.x;
-        let logits = input.model.forward(x)?;
+        let (lc, la) = (1.0 - self.lambda, self.lambda);
+        // On the CPU's channels-last path, both cross-entropies and their gradients without autograd.
+        let explicit = explicit_cross_entropy(input.model, x, input.y, lc)?;
+        let logits = match &explicit {
+            Some((_, logits, _)) => logits.clone(),
+            None => input.model.forward(x)?,
+        };
         let perturbed = match &self.perturb {
             Perturb::Lrc(source) => {
                 let seed = step_seed(input.seed, 0x4C52_4300, input.step);
@@ -134,6 +141,19 @@ impl Method for Augmented {
                 }
             }
         };
+        if let Some((clean, _, mut grads)) = explicit {
+            let (adv, _, g_adv) =
+                explicit_cross_entropy(input.model, &perturbed.detach(), input.y, la)?
+                    .ok_or_else(|| candle_core::Error::Msg("perturbed batch off the CPU".into()))?;
+            add_gradients(&mut grads, g_adv)?;
+            let loss = ((&clean * lc)? + (&adv * la)?)?;
+            return Ok(StepOutput {
+                loss,
+                logits: logits.detach(),
+                metrics: vec![("clean_ce".into(), clean), ("perturbed_ce".into(), adv)],
+                grads: Some(grads),
+            });
+        }
         let clean = cross_entropy(&logits, input.y)?;
         let adv = cross_entropy(&input.model.forward(&perturbed.detach())?, input.y)?;
         let loss = ((&clean * (1.0 - self.lambda))? + (&adv * self.lambda)?)?;

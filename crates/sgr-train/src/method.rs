@@ -196,6 +196,40 @@ pub fn cross_entropy(logits: &Tensor, y: &Tensor) -> Result<Tensor> {
     candle_nn::loss::cross_entropy(logits, y)
 }
 
+/// `weight ·` the mean cross-entropy of `model` on `(x, y)`, its logits and its parameter gradients by
+/// name, computed without autograd (`Cnn::explicit_gradients`); `None` where the model does not run on
+/// the CPU's channels-last ops (callers then build a graph).
+pub(crate) fn explicit_cross_entropy(
+    model: &Cnn,
+    x: &Tensor,
+    y: &Tensor,
+    weight: f64,
+) -> Result<Option<(Tensor, Tensor, HashMap<String, Tensor>)>> {
+    if !model.uses_fast_ops(x) {
+        return Ok(None);
+    }
+    let pass = model.explicit_pass(x, y, false)?;
+    let b = x.dim(0)? as f64;
+    let grads = model.explicit_gradients(&pass, weight / b, None)?;
+    let ce = pass.log_lik.mean(0)?.neg()?;
+    Ok(Some((ce, pass.logits, grads.into_iter().collect())))
+}
+
+/// Adds `other`'s gradients into `into`, parameter by parameter.
+pub(crate) fn add_gradients(
+    into: &mut HashMap<String, Tensor>,
+    other: HashMap<String, Tensor>,
+) -> Result<()> {
+    for (name, g) in other {
+        let sum = match into.get(&name) {
+            Some(t) => (t + g)?,
+            None => g,
+        };
+        into.insert(name, sum);
+    }
+    Ok(())
+}
+
 /// Standard training: softmax cross-entropy.
 #[derive(Debug)]
 pub struct Clean {
@@ -210,6 +244,16 @@ impl Method for Clean {
         &self.options
     }
     fn loss(&mut self, input: &StepInput<'_>) -> Result<StepOutput> {
+        if let Some((loss, logits, grads)) =
+            explicit_cross_entropy(input.model, input.x, input.y, 1.0)?
+        {
+            return Ok(StepOutput {
+                loss,
+                logits,
+                metrics: vec![],
+                grads: Some(grads),
+            });
+        }
         let logits = input.model.forward(input.x)?;
         let loss = cross_entropy(&logits, input.y)?;
         Ok(StepOutput {
@@ -237,9 +281,8 @@ impl Method for WeightDecay {
     }
     fn loss(&mut self, input: &StepInput<'_>) -> Result<StepOutput> {
         let wd = self.options.weight_decay.unwrap_or(0.0);
-        let logits = input.model.forward(input.x)?;
-        let ce = cross_entropy(&logits, input.y)?;
-        let weights: Vec<Var> = {
+        let explicit = explicit_cross_entropy(input.model, input.x, input.y, 1.0)?;
+        let weights: Vec<(String, Var)> = {
             let data = input
                 .params
                 .data()
@@ -250,13 +293,33 @@ impl Method for WeightDecay {
                 .filter(|(n, _)| n.ends_with(".weight"))
                 .collect();
             named.sort_by(|a, b| a.0.cmp(b.0));
-            named.into_iter().map(|(_, v)| v.clone()).collect()
+            named
+                .into_iter()
+                .map(|(n, v)| (n.clone(), v.clone()))
+                .collect()
         };
-        let mut l2 = Tensor::zeros((), ce.dtype(), ce.device())?;
-        for w in &weights {
+        let dtype = input.x.dtype();
+        let mut l2 = Tensor::zeros((), dtype, input.x.device())?;
+        for (_, w) in &weights {
             l2 = (l2 + w.as_tensor().sqr()?.sum_all()?)?;
         }
         let penalty = (l2 * (wd / 2.0))?;
+        if let Some((ce, logits, mut grads)) = explicit {
+            // ∇ wd/2 ‖W‖² = wd·W.
+            for (name, w) in &weights {
+                let decay = (w.as_tensor().detach() * wd)?;
+                add_gradients(&mut grads, HashMap::from([(name.clone(), decay)]))?;
+            }
+            let penalty = penalty.detach();
+            return Ok(StepOutput {
+                loss: (&ce + &penalty)?,
+                logits,
+                metrics: vec![("l2_penalty".into(), penalty)],
+                grads: Some(grads),
+            });
+        }
+        let logits = input.model.forward(input.x)?;
+        let ce = cross_entropy(&logits, input.y)?;
         let loss = (&ce + &penalty)?;
         Ok(StepOutput {
             loss,

@@ -446,12 +446,12 @@ fn sgr_sign_on_cifar_uses_a_psd_covariance_function() {
     assert_eq!((f.images, f.eps_255), (8, 4.0));
 }
 
-/// On the CPU, exact SGR/GN steps compute their gradients without autograd (`Cnn::explicit_gradients`);
-/// they must equal double backprop through candle's own layers (the plain path), objective and every
-/// parameter gradient, including the uncentred term and a fixed covariance. Random images: candle's
+/// On the CPU, every method computes its gradients without autograd (`Cnn::explicit_gradients`); they
+/// must equal (double) backprop through candle's own layers (the plain path), objective and every
+/// parameter gradient, including SGR's uncentred term and a fixed covariance. Random images: candle's
 /// max-pool splits a tied window's gradient, which blank MNIST regions would trigger.
 #[test]
-fn explicit_sgr_steps_equal_autograd_through_candle_layers() {
+fn explicit_steps_equal_autograd_through_candle_layers() {
     setup();
     let data = embedded();
     let ctx = MethodContext {
@@ -460,7 +460,12 @@ fn explicit_sgr_steps_equal_autograd_through_candle_layers() {
     };
     let x = sgr_testutil::rand_tensor(&[6, 1, 28, 28], 17, 0.0, 1.0);
     let y = Tensor::new(&[0u32, 1, 2, 7, 8, 9], &Device::Cpu).unwrap();
-    let cases: [(&str, MethodOptions); 4] = [
+    let cases: [(&str, MethodOptions); 9] = [
+        ("clean", MethodOptions::default()),
+        ("wdecay", MethodOptions::default()),
+        ("fgsm", MethodOptions::default()),
+        ("pgd", MethodOptions::default()),
+        ("lrc", MethodOptions::default()),
         ("sgr-sign", MethodOptions::default()),
         (
             "sgr-grad",
@@ -479,16 +484,18 @@ fn explicit_sgr_steps_equal_autograd_through_candle_layers() {
         ),
     ];
     for (name, mut options) in cases {
-        // A large λ: at initialisation the input gradients are small, and the penalty's share of the
-        // parameter gradients should not be lost in the cross-entropy's.
-        options.lambda = Some(1e4);
+        // A large λ for the penalties: at initialisation the input gradients are small, and the penalty's
+        // share of the parameter gradients should not be lost in the cross-entropy's.
+        if matches!(name, "sgr-sign" | "sgr-grad" | "gn") {
+            options.lambda = Some(1e4);
+        }
         let (model, vm) = sgr_testutil::model(sgr_models::CnnConfig::mnist(), 3, DType::F64);
         let mut plain = model.clone();
         plain.set_plain_ops(true);
         let mut outs = Vec::new();
         for net in [&model, &plain] {
             let mut method = build_method(name, &ctx, options.clone()).unwrap();
-            // Two steps: the second sees a covariance averaged over two batches of perturbations.
+            // Two steps: SGR's second sees a covariance averaged over two batches of perturbations.
             let mut last = None;
             for step in 0..2 {
                 last = Some(
