@@ -47,6 +47,24 @@ unsafe impl GlobalAlloc for Counting {
     }
 }
 
+/// `mi_option_purge_delay` in mimalloc 2's `mi_option_t` (libmimalloc-sys names no constant for it).
+const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+
+/// Keeps freed memory mapped instead of returning it to the OS 10 ms after it is freed (mimalloc's
+/// default). A training step allocates and frees activation buffers of tens of MB; purged pages come back
+/// as page faults and kernel zeroing on the next step, measured at 20–30 % of an MNIST step. The process
+/// keeps its peak heap mapped instead. Call first thing in `main`.
+pub fn keep_freed_memory() {
+    // SAFETY: sets an allocator option; mimalloc reads it on its next purge decision (thread-safe).
+    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
+}
+
+/// The current purge delay in milliseconds (`-1`: never purge).
+pub fn purge_delay() -> i64 {
+    // SAFETY: reads an allocator option.
+    unsafe { libmimalloc_sys::mi_option_get(MI_OPTION_PURGE_DELAY) as i64 }
+}
+
 /// Bytes live on the heap now.
 pub fn current() -> usize {
     CURRENT.load(Ordering::Relaxed)
@@ -62,4 +80,18 @@ pub fn reset_peak() -> usize {
 /// The highest live heap since the last [`reset_peak`].
 pub fn peak() -> usize {
     PEAK.load(Ordering::Relaxed)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_purge_delay_option_is_the_one_we_set() {
+        // The option index is taken from mimalloc.h; its documented default is 10 ms, the neighbouring
+        // options' defaults differ (eager_commit_delay 1, use_numa_nodes 0).
+        if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
+            assert_eq!(super::purge_delay(), 10);
+        }
+        super::keep_freed_memory();
+        assert_eq!(super::purge_delay(), -1);
+    }
 }

@@ -336,10 +336,11 @@ pub fn run(cmd: BenchCmd) -> anyhow::Result<()> {
         println!("(PyTorch not found: pass --torch-python PATH to compare in the same run)");
     }
     println!(
-        "batch {}, median of {} reps, {} threads",
+        "batch {}, median of {} reps, {} threads, allocator purge delay {} ms",
         cmd.batch,
         cmd.reps,
-        candle_core::utils::get_num_threads()
+        candle_core::utils::get_num_threads(),
+        crate::alloc::purge_delay()
     );
     println!("| model | case | sgr (ms) | torch (ms) | sgr / torch |");
     println!("|---|---|---:|---:|---:|");

@@ -58,6 +58,7 @@ enum Command {
 
 #[allow(unsafe_code)]
 fn main() -> std::process::ExitCode {
+    alloc::keep_freed_memory();
     // Exact double backprop (the gn/sgr methods' default) needs Candle to keep the graphs of gradients; it
     // reads this variable once per thread, at that thread's first backward pass. Set it before anything
     // else runs. SAFETY: no other thread exists yet, so nothing reads the environment concurrently.

@@ -117,15 +117,21 @@ impl Dense {
         if m == 0 {
             return Err(CovError::Invalid("second moments of an empty batch".into()));
         }
+        // The product in the perturbations' own precision (f32 from f32 models: half the time of f64, and
+        // exact for sign perturbations), accumulated into the f64 estimate by the caller.
         let x = xi
-            .to_dtype(DType::F64)?
             .to_device(&Device::Cpu)?
             .reshape((m, shape.0 * shape.1 * shape.2))?;
+        let x = match x.dtype() {
+            DType::F32 | DType::F64 => x,
+            _ => x.to_dtype(DType::F64)?,
+        };
         check_finite(&x, "the perturbations ξ")?;
+        let matrix = (x.t()?.matmul(&x)?.to_dtype(DType::F64)? / m as f64)?;
         // Symmetric and finite by construction: no need for `new`'s checks (they read the whole matrix).
         Ok(Self {
             shape,
-            matrix: (x.t()?.matmul(&x)? / m as f64)?,
+            matrix,
             mean_diag: Arc::default(),
             cache: Arc::default(),
         })
@@ -161,12 +167,37 @@ impl Dense {
                 expected: format!("{}", self.dim()),
             });
         }
+        // One pass and one allocation (the matrices are contiguous f64 on the CPU by construction).
+        let combined = with_f64(&self.matrix, |x| {
+            with_f64(&other.matrix, |y| {
+                (x.len() == y.len()).then(|| {
+                    x.iter()
+                        .zip(y)
+                        .map(|(x, y)| a * x + b * y)
+                        .collect::<Vec<f64>>()
+                })
+            })
+        });
+        let matrix = match combined.flatten().flatten() {
+            Some(v) => Tensor::from_vec(v, self.matrix.shape(), &Device::Cpu)?,
+            None => ((&self.matrix * a)? + (&other.matrix * b)?)?,
+        };
         Ok(Self {
             shape: self.shape,
-            matrix: ((&self.matrix * a)? + (&other.matrix * b)?)?,
+            matrix,
             mean_diag: Arc::default(),
             cache: Arc::default(),
         })
+    }
+}
+
+/// `f` of the elements of a contiguous f64 CPU tensor, read in place (None for other tensors).
+fn with_f64<R>(t: &Tensor, f: impl FnOnce(&[f64]) -> R) -> Option<R> {
+    let (storage, layout) = t.storage_and_layout();
+    let (a, b) = layout.contiguous_offsets()?;
+    match &*storage {
+        candle_core::Storage::Cpu(candle_core::CpuStorage::F64(v)) => Some(f(&v[a..b])),
+        _ => None,
     }
 }
 
@@ -227,11 +258,15 @@ impl Covariance for Dense {
     fn mean_diag(&self) -> f64 {
         *self.mean_diag.get_or_init(|| {
             let d = self.dim();
-            self.matrix
-                .flatten_all()
-                .and_then(|f| f.to_vec1::<f64>())
-                .map(|v| (0..d).map(|i| v[i * d + i]).sum::<f64>() / d as f64)
-                .unwrap_or(f64::NAN)
+            // Read the diagonal in place (the matrix is contiguous f64 on the CPU by construction).
+            with_f64(&self.matrix, |v| {
+                if v.len() == d * d {
+                    (0..d).map(|i| v[i * d + i]).sum::<f64>() / d as f64
+                } else {
+                    f64::NAN
+                }
+            })
+            .unwrap_or(f64::NAN)
         })
     }
     fn to_dense(&self) -> Result<Tensor> {

@@ -301,3 +301,22 @@ fn save_and_load_round_trip_every_kind() {
     let msg = sgr_covariance::load(&junk).unwrap_err().to_string();
     assert!(msg.contains("junk.safetensors"), "{msg}");
 }
+
+#[test]
+fn second_moments_of_f32_perturbations_match_a_direct_sum() {
+    // (1/m) Σ_i ξ_i ξ_iᵀ by loops in f64, against the product computed in f32: exact sums for signs (of
+    // ±1 and 0; the scaling by 1/m rounds once in f64), within f32 rounding for general values.
+    let raw = rand_tensor(&[7, 1, 4, 5], 9, -1.0, 1.0);
+    for (xi, tol) in [(raw.sign().unwrap(), 1e-15), (raw.clone(), 1e-6)] {
+        let x = xi.flatten_from(1).unwrap().to_vec2::<f64>().unwrap();
+        let (m, d) = (x.len(), x[0].len());
+        let got = empirical(&xi.to_dtype(candle_core::DType::F32).unwrap());
+        for i in 0..d {
+            for j in 0..d {
+                let want = (0..m).map(|k| x[k][i] * x[k][j]).sum::<f64>() / m as f64;
+                let diff = (got[i * d + j] - want).abs();
+                assert!(diff <= tol, "({i}, {j}): {} vs {want}", got[i * d + j]);
+            }
+        }
+    }
+}

@@ -5,8 +5,14 @@ use candle_nn::{VarBuilder, VarMap};
 use sgr_models::{Cnn, CnnConfig, init_params};
 use sgr_train::{Adam, AdamConfig, MethodContext, MethodOptions, StepInput, build_method};
 
+/// The allocator `cargo xtask` uses (mimalloc, freed memory kept mapped).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[allow(unsafe_code)]
 fn main() -> anyhow::Result<()> {
+    // SAFETY: sets mimalloc's purge delay (option 15) to "never", as xtask does.
+    unsafe { libmimalloc_sys::mi_option_set(15, -1) };
     // SAFETY: single-threaded here, before any backward pass.
     unsafe { std::env::set_var("CANDLE_GRAD_DO_NOT_DETACH", "1") };
     let args: Vec<String> = std::env::args().collect();
@@ -46,13 +52,22 @@ fn main() -> anyhow::Result<()> {
             uncentred: false,
         };
         let mut reg = sgr_regularizers::GradientRegularizer::new(reg_config)?;
-        let mut t = [Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new()];
+        let mut t = [
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+        ];
         for _ in 0..steps {
             let t0 = std::time::Instant::now();
             let pass = model.explicit_pass(&x, &y, true)?;
             let t1 = std::time::Instant::now();
             let g = pass.input_grad.clone().unwrap();
-            reg.observe(&g.neg()?.sign()?)?;
+            let xi = g.neg()?.sign()?;
+            let t1b = std::time::Instant::now();
+            reg.observe(&xi)?;
             let t2 = std::time::Instant::now();
             let (_, adj) = reg.penalty_adjoint(&g)?;
             let t3 = std::time::Instant::now();
@@ -61,7 +76,7 @@ fn main() -> anyhow::Result<()> {
             let grads: std::collections::HashMap<_, _> = grads.into_iter().collect();
             adam.step(&grads)?;
             let t5 = std::time::Instant::now();
-            for (i, (a, b)) in [(t0, t1), (t1, t2), (t2, t3), (t3, t4), (t4, t5)]
+            for (i, (a, b)) in [(t0, t1), (t1, t1b), (t1b, t2), (t2, t3), (t3, t4), (t4, t5)]
                 .iter()
                 .enumerate()
             {
@@ -70,6 +85,7 @@ fn main() -> anyhow::Result<()> {
         }
         for (name, mut v) in [
             "pass+input grad",
+            "sign",
             "observe",
             "penalty",
             "param grads",
