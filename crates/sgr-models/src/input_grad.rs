@@ -12,6 +12,7 @@ use candle_core::{D, Module, Result, Tensor};
 use candle_nn::{Conv2d, Linear};
 
 use crate::cnn::Cnn;
+use crate::layers::{rows_f64, tensor_from_f64};
 use crate::ops::{
     contiguous, conv2d_nhwc, conv2d_nhwc_input_grad, conv2d_nhwc_input_grad_masked,
     max_pool2x2_nhwc, max_pool2x2_nhwc_backward, relu, relu_backward, to_nchw, to_nhwc,
@@ -180,6 +181,21 @@ pub(crate) fn standardize_jacobian(
     denom: &Tensor,
     active: &Tensor,
 ) -> Result<Tensor> {
+    let tracked = [dz, s0, denom, active].iter().any(|t| t.track_op());
+    if !tracked && dz.device().is_cpu() {
+        // Outside a graph: one pass per image instead of eight tensor operations.
+        let (b, n) = dz.dims2()?;
+        let (mut g, z) = (rows_f64(dz)?, rows_f64(s0)?);
+        let (den, act) = (rows_f64(denom)?, rows_f64(active)?);
+        for (i, (row, zr)) in g.chunks_mut(n.max(1)).zip(z.chunks(n.max(1))).enumerate() {
+            let mean = row.iter().sum::<f64>() / n as f64;
+            let proj = row.iter().zip(zr).map(|(a, z)| a * z).sum::<f64>() / n as f64 * act[i];
+            for (a, z) in row.iter_mut().zip(zr) {
+                *a = (*a - mean - z * proj) / den[i];
+            }
+        }
+        return tensor_from_f64(g, &[b, n], dz.dtype());
+    }
     let mean_dz = dz.mean_keepdim(D::Minus1)?;
     let proj = (dz * s0)?.mean_keepdim(D::Minus1)?;
     dz.broadcast_sub(&mean_dz)?

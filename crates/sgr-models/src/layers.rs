@@ -1,4 +1,4 @@
-use candle_core::{D, Result, Tensor};
+use candle_core::{D, DType, Result, Tensor};
 
 /// Per-image standardisation `(x − mean) / max(std, 1/√N)` over each image's `N = C·H·W` values, with the
 /// population standard deviation (as TensorFlow's `per_image_standardization`).
@@ -22,6 +22,9 @@ pub(crate) struct Standardized {
 }
 
 pub(crate) fn standardize_parts(x: &Tensor) -> Result<Standardized> {
+    if !x.track_op() && x.device().is_cpu() && x.rank() >= 2 {
+        return standardize_plain(x);
+    }
     let dims = x.dims().to_vec();
     let b = dims[0];
     let n: usize = dims[1..].iter().product();
@@ -38,6 +41,44 @@ pub(crate) fn standardize_parts(x: &Tensor) -> Result<Standardized> {
         flat,
         denom,
         active,
+    })
+}
+
+/// A tensor's values as f64, row by row (`(B, N)` flattened).
+pub(crate) fn rows_f64(t: &Tensor) -> Result<Vec<f64>> {
+    t.flatten_all()?.to_dtype(DType::F64)?.to_vec1::<f64>()
+}
+
+/// `v` as a tensor of `shape` in `dtype` on the CPU.
+pub(crate) fn tensor_from_f64(v: Vec<f64>, shape: &[usize], dtype: DType) -> Result<Tensor> {
+    Tensor::from_vec(v, shape, &candle_core::Device::Cpu)?.to_dtype(dtype)
+}
+
+/// [`standardize_parts`] outside a graph, in one pass per image (in f64) instead of ten tensor operations.
+fn standardize_plain(x: &Tensor) -> Result<Standardized> {
+    let dims = x.dims().to_vec();
+    let b = dims[0];
+    let n: usize = dims[1..].iter().product();
+    let mut v = rows_f64(x)?;
+    let floor = 1.0 / n as f64;
+    let (mut denom, mut active) = (Vec::with_capacity(b), Vec::with_capacity(b));
+    for row in v.chunks_mut(n.max(1)) {
+        let mean = row.iter().sum::<f64>() / n as f64;
+        let var = row.iter().map(|&a| (a - mean) * (a - mean)).sum::<f64>() / n as f64;
+        let d = var.max(floor).sqrt();
+        for a in row.iter_mut() {
+            *a = (*a - mean) / d;
+        }
+        denom.push(d);
+        active.push(if var > floor { 1.0 } else { 0.0 });
+    }
+    let dt = x.dtype();
+    let flat = tensor_from_f64(v, &[b, n], dt)?;
+    Ok(Standardized {
+        standardized: flat.reshape(dims)?,
+        flat,
+        denom: tensor_from_f64(denom, &[b, 1], dt)?,
+        active: tensor_from_f64(active, &[b, 1], dt)?,
     })
 }
 

@@ -876,34 +876,65 @@ struct PoolGather;
 #[derive(Clone, Copy, Debug)]
 struct PoolScatter;
 
-/// Offset (in elements, within the image) of the first arg-max of window `(i, j)` for channel `ch`.
-#[inline]
-fn argmax2x2<T: Float>(
-    x: &[T],
-    (w, c): (usize, usize),
-    (i, j, ch): (usize, usize, usize),
-) -> usize {
-    let base = (2 * i * w + 2 * j) * c + ch;
-    let mut best = base;
-    for off in [c, w * c, w * c + c] {
-        if x[base + off] > x[best] {
-            best = base + off;
-        }
-    }
-    best
+/// Which of the four values is the first maximum (row-major window order, strict comparisons), as
+/// branch-free selects so that loops over channels vectorise.
+#[inline(always)]
+fn first_argmax4<T: Float>(a: T, b: T, c: T, d: T) -> (bool, bool, bool) {
+    // Later positions win only when strictly greater than every earlier one.
+    let m_ab = if b > a { b } else { a };
+    let pick_b = b > a;
+    let pick_c = c > m_ab;
+    let m_abc = if pick_c { c } else { m_ab };
+    let pick_d = d > m_abc;
+    (pick_b, pick_c, pick_d)
+}
+
+/// The four channel rows of window `(i, j)` of one image `(H, W, C)`: offsets of `(2i, 2j)`, `(2i, 2j+1)`,
+/// `(2i+1, 2j)`, `(2i+1, 2j+1)`.
+#[inline(always)]
+fn window_offsets((w, c): (usize, usize), (i, j): (usize, usize)) -> [usize; 4] {
+    let base = (2 * i * w + 2 * j) * c;
+    [base, base + c, base + w * c, base + w * c + c]
 }
 
 fn pool_gather<T: Float>(g: &[T], x: &[T], (h, w, c): (usize, usize, usize)) -> Vec<T> {
     let (h2, w2) = (h / 2, w / 2);
     let b = x.len() / (h * w * c);
     let mut out = vec![T::default(); b * h2 * w2 * c];
+    // Max-pooling itself (g is x): the value at the first arg-max is the maximum.
+    let same = std::ptr::eq(g, x);
     out.par_chunks_mut(h2 * w2 * c)
         .zip(g.par_chunks(h * w * c).zip(x.par_chunks(h * w * c)))
         .for_each(|(o, (g, x))| {
             for i in 0..h2 {
                 for j in 0..w2 {
+                    let [p0, p1, p2, p3] = window_offsets((w, c), (i, j));
+                    let o = &mut o[(i * w2 + j) * c..(i * w2 + j + 1) * c];
+                    let (x0, x1, x2, x3) = (
+                        &x[p0..p0 + c],
+                        &x[p1..p1 + c],
+                        &x[p2..p2 + c],
+                        &x[p3..p3 + c],
+                    );
+                    if same {
+                        for ch in 0..c {
+                            let m = if x1[ch] > x0[ch] { x1[ch] } else { x0[ch] };
+                            let m = if x2[ch] > m { x2[ch] } else { m };
+                            o[ch] = if x3[ch] > m { x3[ch] } else { m };
+                        }
+                        continue;
+                    }
+                    let (g0, g1, g2, g3) = (
+                        &g[p0..p0 + c],
+                        &g[p1..p1 + c],
+                        &g[p2..p2 + c],
+                        &g[p3..p3 + c],
+                    );
                     for ch in 0..c {
-                        o[(i * w2 + j) * c + ch] = g[argmax2x2(x, (w, c), (i, j, ch))];
+                        let (pb, pc, pd) = first_argmax4(x0[ch], x1[ch], x2[ch], x3[ch]);
+                        let v = if pb { g1[ch] } else { g0[ch] };
+                        let v = if pc { g2[ch] } else { v };
+                        o[ch] = if pd { g3[ch] } else { v };
                     }
                 }
             }
@@ -914,13 +945,24 @@ fn pool_gather<T: Float>(g: &[T], x: &[T], (h, w, c): (usize, usize, usize)) -> 
 fn pool_scatter<T: Float>(g: &[T], x: &[T], (h, w, c): (usize, usize, usize)) -> Vec<T> {
     let (h2, w2) = (h / 2, w / 2);
     let mut out = vec![T::default(); x.len()];
+    let zero = T::default();
     out.par_chunks_mut(h * w * c)
         .zip(g.par_chunks(h2 * w2 * c).zip(x.par_chunks(h * w * c)))
         .for_each(|(o, (g, x))| {
             for i in 0..h2 {
                 for j in 0..w2 {
+                    let [p0, p1, p2, p3] = window_offsets((w, c), (i, j));
+                    let g = &g[(i * w2 + j) * c..(i * w2 + j + 1) * c];
                     for ch in 0..c {
-                        o[argmax2x2(x, (w, c), (i, j, ch))] = g[(i * w2 + j) * c + ch];
+                        let (pb, pc, pd) =
+                            first_argmax4(x[p0 + ch], x[p1 + ch], x[p2 + ch], x[p3 + ch]);
+                        // Exactly one of the four positions: the last window position that won.
+                        let (w3, w2_, w1) = (pd, pc && !pd, pb && !pc && !pd);
+                        let w0 = !(pb || pc || pd);
+                        o[p0 + ch] = if w0 { g[ch] } else { zero };
+                        o[p1 + ch] = if w1 { g[ch] } else { zero };
+                        o[p2 + ch] = if w2_ { g[ch] } else { zero };
+                        o[p3 + ch] = if w3 { g[ch] } else { zero };
                     }
                 }
             }

@@ -247,3 +247,47 @@ fn fused_ops_match_candle_to_second_order() {
     assert!(max_pool2x2_nhwc_backward(&rand_tensor(&[1, 3, 3, 2], 5, 0.0, 1.0), &x).is_err());
     assert!(scalar(&relu(&x).unwrap().sum_all().unwrap()) > 0.0);
 }
+
+/// Ties in a pooling window go to the first maximum in row-major order (PyTorch's choice), for the pool, its
+/// gather at another tensor's arg-max, and the scatter; odd trailing rows and columns get nothing.
+#[test]
+fn pool_ties_go_to_the_first_maximum() {
+    use sgr_models::ops::max_pool2x2_nhwc_gather;
+    let dev = candle_core::Device::Cpu;
+    // One image 3×4 (the last row is dropped by the pool), one channel; windows (row-major values):
+    // [1 3 / 3 2] → position 1, [5 5 / 5 5] → 0, [0 0 / 7 7] → 2 (the second 7 is not greater).
+    #[rustfmt::skip]
+    let x = Tensor::new(&[
+        1f64, 3., 5., 5.,
+        3.,   2., 5., 5.,
+        9.,   9., 9., 9.,
+    ], &dev).unwrap().reshape((1, 3, 4, 1)).unwrap();
+    let pooled = max_pool2x2_nhwc(&x).unwrap().flatten_all().unwrap();
+    assert_eq!(pooled.to_vec1::<f64>().unwrap(), vec![3.0, 5.0]);
+    let g = Tensor::new(&[10f64, 20.], &dev)
+        .unwrap()
+        .reshape((1, 1, 2, 1))
+        .unwrap();
+    let s = max_pool2x2_nhwc_backward(&g, &x).unwrap();
+    #[rustfmt::skip]
+    let want = vec![
+        0f64, 10., 20., 0.,
+        0.,   0.,  0.,  0.,
+        0.,   0.,  0.,  0.,
+    ];
+    assert_eq!(s.flatten_all().unwrap().to_vec1::<f64>().unwrap(), want);
+    let y = Tensor::new(&[0f64, 0., 0., 0., 7., 7., 1., 1.], &dev)
+        .unwrap()
+        .reshape((1, 2, 2, 2))
+        .unwrap();
+    let v = Tensor::new(&[1f64, 2., 3., 4., 5., 6., 7., 8.], &dev)
+        .unwrap()
+        .reshape((1, 2, 2, 2))
+        .unwrap();
+    // Channel 0 window [0 0 / 7 1] → position 2 (value 5); channel 1 [0 0 / 7 1] → 2 (value 6).
+    let got = max_pool2x2_nhwc_gather(&v, &y)
+        .unwrap()
+        .flatten_all()
+        .unwrap();
+    assert_eq!(got.to_vec1::<f64>().unwrap(), vec![5.0, 6.0]);
+}
