@@ -1,5 +1,5 @@
 //! GFLOP/s of the fused convolution and of its two backward products on the MNIST CNN's layer shapes
-//! (batch 128): `cargo run --release -p sgr-models --example conv_gflops`.
+//! (batch 128): `cargo run --release -p sgr-models --example conv_gflops [cifar]`.
 use candle_core::{Device, Tensor, Var};
 
 fn median_ms(mut f: impl FnMut() -> candle_core::Result<()>) -> candle_core::Result<f64> {
@@ -16,12 +16,13 @@ fn median_ms(mut f: impl FnMut() -> candle_core::Result<()>) -> candle_core::Res
 fn main() -> candle_core::Result<()> {
     let dev = Device::Cpu;
     println!("| layer | forward ms (GFLOP/s) | weight grad ms | input grad ms |");
-    for (h, c, o) in [
-        (28usize, 1usize, 32usize),
-        (26, 32, 32),
-        (12, 32, 64),
-        (10, 64, 64),
-    ] {
+    // `cifar` as the first argument: the CIFAR-10 CNN's layers.
+    let layers: &[(usize, usize, usize)] = if std::env::args().nth(1).as_deref() == Some("cifar") {
+        &[(32, 3, 64), (30, 64, 64), (14, 64, 128), (12, 128, 128)]
+    } else {
+        &[(28, 1, 32), (26, 32, 32), (12, 32, 64), (10, 64, 64)]
+    };
+    for &(h, c, o) in layers {
         let x = Tensor::rand(0f32, 1f32, (128, h, h, c), &dev)?;
         let w = Var::from_tensor(&Tensor::rand(-1f32, 1f32, (o, c, 3, 3), &dev)?)?;
         let b = Tensor::rand(-1f32, 1f32, o, &dev)?;

@@ -288,21 +288,31 @@ fn conv_input_grad<T: Float>(dy: &[T], wm: &[T], mask: Option<&[T]>, g: Geom) ->
     dx
 }
 
-/// `dW (O × kk) = Σ_b dy_bᵀ · unfold(x_b)`: the convolution's weight gradient. Partial sums per chunk of
-/// images, added in chunk order (deterministic).
+/// `dW (O × kk) = Σ_b dy_bᵀ · unfold(x_b)`: the convolution's weight gradient. The batch is split into at
+/// most 16 tasks (in parallel), each accumulating its L2-sized chunks of images into one partial sum; the
+/// partials are added in task order. Both splits depend only on the shapes (deterministic), and the final
+/// sum stays short when a chunk is a single image (large layers).
 fn conv_weight_grad<T: Float>(x: &[T], dy: &[T], o: usize, g: Geom) -> Vec<T> {
     let (l, kk) = (g.l(), g.kk());
-    let n = g.chunk(x.len() / g.image());
+    let b = x.len() / g.image();
+    let n = g.chunk(b);
+    let per_task = b.div_ceil(16).div_ceil(n) * n;
     let partials: Vec<Vec<T>> = x
-        .par_chunks(n * g.image())
-        .zip(dy.par_chunks(n * l * o))
+        .par_chunks(per_task * g.image())
+        .zip(dy.par_chunks(per_task * l * o))
         .map(|(x, dy)| {
-            let rows = dy.len() / o;
             let mut acc = vec![T::default(); o * kk];
-            T::with_scratch(rows * kk, |cols| {
-                unfold(x, g, cols);
-                gemm((o, kk, rows), &mut acc, false, dy, (1, o), cols, (kk, 1));
-            });
+            for (i, (x, dy)) in x
+                .chunks(n * g.image())
+                .zip(dy.chunks(n * l * o))
+                .enumerate()
+            {
+                let rows = dy.len() / o;
+                T::with_scratch(rows * kk, |cols| {
+                    unfold(x, g, cols);
+                    gemm((o, kk, rows), &mut acc, i > 0, dy, (1, o), cols, (kk, 1));
+                });
+            }
             acc
         })
         .collect();
