@@ -291,3 +291,41 @@ fn pool_ties_go_to_the_first_maximum() {
         .unwrap();
     assert_eq!(got.to_vec1::<f64>().unwrap(), vec![5.0, 6.0]);
 }
+
+/// A batch large enough for the weight gradient to accumulate several L2-sized chunks per task (64 images of
+/// 30×30×16: one task holds four images, a chunk two), against sums written with candle's matmul.
+#[test]
+fn weight_gradient_accumulates_chunks_within_tasks() {
+    use sgr_models::ops::conv2d_nhwc_weight_grad;
+    let x = rand_tensor(&[64, 30, 30, 16], 3, -1.0, 1.0);
+    let dy = rand_tensor(&[64, 28, 28, 8], 4, -1.0, 1.0);
+    let ours = conv2d_nhwc_weight_grad(&x, &dy, 3).unwrap();
+    // dW[o, c, i, j] = Σ_{b,p,q} dy[b,p,q,o]·x[b,p+i,q+j,c]: one candle matmul per kernel offset.
+    let mut want = vec![0f64; 8 * 16 * 9];
+    for i in 0..3 {
+        for j in 0..3 {
+            let xs = x
+                .narrow(1, i, 28)
+                .unwrap()
+                .narrow(2, j, 28)
+                .unwrap()
+                .reshape((64 * 28 * 28, 16))
+                .unwrap();
+            let d = dy.reshape((64 * 28 * 28, 8)).unwrap();
+            let block = d
+                .t()
+                .unwrap()
+                .matmul(&xs)
+                .unwrap()
+                .to_vec2::<f64>()
+                .unwrap();
+            for o in 0..8 {
+                for c in 0..16 {
+                    want[((o * 16 + c) * 3 + i) * 3 + j] = block[o][c];
+                }
+            }
+        }
+    }
+    let want = Tensor::from_vec(want, (8, 16, 3, 3), &candle_core::Device::Cpu).unwrap();
+    close(&ours, &want, "weight gradient, 64 images");
+}
