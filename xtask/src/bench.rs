@@ -30,9 +30,9 @@ pub struct BenchCmd {
     no_torch: bool,
     #[arg(long, default_value = "cpu", value_parser = parse_device)]
     device: DeviceKind,
-    /// Also time one full training step (objective, backward, Adam) of these methods on the MNIST CNN,
-    /// relative to clean, with the peak heap of the step: a comma list, or `all` (every method, plus
-    /// sgr-sign with the finite-difference surrogate).
+    /// Also time one full training step (objective, backward, Adam) of these methods on the CNNs of
+    /// `--model` (CIFAR-10 on synthetic images), relative to clean, with the peak heap of the step: a comma
+    /// list, or `all` (every method, plus sgr-sign with the finite-difference surrogate).
     #[arg(long)]
     methods: Option<String>,
 }
@@ -193,22 +193,52 @@ fn bench_model(
     Ok(out)
 }
 
+/// CIFAR-10-shaped training images with pseudo-random pixels (a fixed multiplicative hash) and cycling
+/// labels: step times do not depend on the content, and the real data set is not shipped.
+fn synthetic_cifar(n: usize) -> sgr_data::ImageSet {
+    sgr_data::ImageSet {
+        name: "synthetic-cifar10/train".into(),
+        channels: 3,
+        height: 32,
+        width: 32,
+        pixels: (0..n * 3 * 32 * 32)
+            .map(|i| ((i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 56) as u8)
+            .collect(),
+        labels: (0..n).map(|i| (i % 10) as u8).collect(),
+    }
+}
+
 /// Median step time (ms) and peak heap above the step's starting level (MB) of each method on the MNIST
-/// CNN. The methods take turns, one step each per round (two warm-up rounds, then `reps`), so that a
-/// change in the machine's speed during the run affects them alike and their ratios stay comparable.
+/// CNN (embedded images) or the CIFAR-10 CNN (synthetic images, CIFAR-10's defaults). The methods take
+/// turns, one step each per round (two warm-up rounds, then `reps`), so that a change in the machine's speed
+/// during the run affects them alike and their ratios stay comparable.
 fn bench_methods(
+    model: &str,
     names: &[String],
     batch: usize,
     reps: usize,
     device: &Device,
 ) -> anyhow::Result<Vec<(String, f64, f64)>> {
-    let data = sgr_data::load(sgr_data::DatasetName::MnistSubset, None)?;
-    let ctx = sgr_train::MethodContext {
-        dataset: sgr_data::DatasetName::MnistSubset,
-        train: &data.train,
+    let (dataset, train, config) = if model == "cifar" {
+        (
+            sgr_data::DatasetName::Cifar10,
+            synthetic_cifar(batch.max(10)),
+            CnnConfig::cifar10(),
+        )
+    } else {
+        let data = sgr_data::load(sgr_data::DatasetName::MnistSubset, None)?;
+        (
+            sgr_data::DatasetName::MnistSubset,
+            data.train,
+            CnnConfig::mnist(),
+        )
     };
-    let idx: Vec<usize> = (0..batch).map(|i| i % data.train.len()).collect();
-    let (x, y) = data.train.batch(&idx, None, DType::F32, device)?;
+    let ctx = sgr_train::MethodContext {
+        dataset,
+        train: &train,
+    };
+    let idx: Vec<usize> = (0..batch).map(|i| i % train.len()).collect();
+    let (x, y) = train.batch(&idx, None, DType::F32, device)?;
     struct Case {
         method: Box<dyn sgr_train::Method>,
         model: Cnn,
@@ -235,7 +265,7 @@ fn bench_methods(
         };
         let method = sgr_train::build_method(name, &ctx, options)
             .with_context(|| format!("--methods {spec}"))?;
-        let (model, varmap, adam) = fresh_model(&CnnConfig::mnist(), device)?;
+        let (model, varmap, adam) = fresh_model(&config, device)?;
         cases.push(Case {
             method,
             model,
@@ -346,7 +376,7 @@ pub fn run(cmd: BenchCmd) -> anyhow::Result<()> {
     println!("|---|---|---:|---:|---:|");
     // Rows: forward, input_grad (trainable model), clean_step (Adam), input_grad_frozen (the attacks' pass;
     // compared with torch's input_grad), and for MNIST a PGD-10 attack (torch: 10 × input_grad) and DeepFool.
-    let mut torch_mnist = None;
+    let (mut torch_mnist, mut torch_cifar) = (None, None);
     for (name, config) in models {
         let ours = bench_model(name, config, cmd.batch, cmd.reps, &device)?;
         let torch = match &python {
@@ -361,6 +391,8 @@ pub fn run(cmd: BenchCmd) -> anyhow::Result<()> {
         };
         if name == "mnist" {
             torch_mnist = torch.clone();
+        } else {
+            torch_cifar = torch.clone();
         }
         let torch_grad = torch
             .as_ref()
@@ -408,32 +440,49 @@ pub fn run(cmd: BenchCmd) -> anyhow::Result<()> {
         if !names.iter().any(|n| n == "clean") {
             names.insert(0, "clean".into());
         }
-        let rows = bench_methods(&names, cmd.batch, cmd.reps, &device)?;
-        let clean = rows
-            .iter()
-            .find(|r| r.0 == "clean")
-            .map(|r| r.1)
-            .unwrap_or(f64::NAN);
-        let torch_step = |k: &str| {
-            torch_mnist
-                .as_ref()
-                .and_then(|v: &serde_json::Value| v["median_ms"][k].as_f64())
+        let models: &[&str] = match cmd.model.as_str() {
+            "both" => &["mnist", "cifar"],
+            "cifar" => &["cifar"],
+            _ => &["mnist"],
         };
-        println!();
-        println!(
-            "MNIST CNN, one training step (objective + backward + Adam), batch {}:",
-            cmd.batch
-        );
-        println!("| method | ms | × clean | peak heap (MB) |");
-        println!("|---|---:|---:|---:|");
-        for (n, ms, mb) in &rows {
-            println!("| {n} | {ms:.1} | {:.2} | {mb:.0} |", ms / clean);
-        }
-        if let (Some(c), Some(s)) = (torch_step("clean_step"), torch_step("sgr_sign_step")) {
+        for &m in models {
+            let rows = bench_methods(m, &names, cmd.batch, cmd.reps, &device)?;
+            let clean = rows
+                .iter()
+                .find(|r| r.0 == "clean")
+                .map(|r| r.1)
+                .unwrap_or(f64::NAN);
+            let torch = if m == "cifar" {
+                &torch_cifar
+            } else {
+                &torch_mnist
+            };
+            let torch_step = |k: &str| {
+                torch
+                    .as_ref()
+                    .and_then(|v: &serde_json::Value| v["median_ms"][k].as_f64())
+            };
+            let (label, data) = if m == "cifar" {
+                ("CIFAR-10", "synthetic CIFAR-10-shaped images")
+            } else {
+                ("MNIST", "embedded MNIST images")
+            };
+            println!();
             println!(
-                "| PyTorch sgr-sign (exact) | {s:.1} | {:.2} (of PyTorch clean {c:.1}) | – |",
-                s / c
+                "{label} CNN, one training step (objective + backward + Adam), batch {}, {data}:",
+                cmd.batch
             );
+            println!("| method | ms | × clean | peak heap (MB) |");
+            println!("|---|---:|---:|---:|");
+            for (n, ms, mb) in &rows {
+                println!("| {n} | {ms:.1} | {:.2} | {mb:.0} |", ms / clean);
+            }
+            if let (Some(c), Some(s)) = (torch_step("clean_step"), torch_step("sgr_sign_step")) {
+                println!(
+                    "| PyTorch sgr-sign (exact, dense Σ) | {s:.1} | {:.2} (of PyTorch clean {c:.1}) | – |",
+                    s / c
+                );
+            }
         }
     }
     Ok(())
