@@ -28,6 +28,10 @@ pub struct BenchCmd {
     /// Skip the PyTorch comparison.
     #[arg(long)]
     no_torch: bool,
+    /// Alternating rounds of our figures and PyTorch's (each case's median across rounds is compared):
+    /// on a machine whose speed drifts, more rounds make the ratios steadier.
+    #[arg(long, default_value_t = 1)]
+    rounds: usize,
     #[arg(long, default_value = "cpu", value_parser = parse_device)]
     device: DeviceKind,
     /// Also time one full training step (objective, backward, Adam) of these methods on the CNNs of
@@ -335,6 +339,23 @@ fn torch_figures(
     serde_json::from_slice(&out.stdout).context("parsing torch_steps.py output")
 }
 
+/// `{"median_ms": {case: median over runs}}` of several `torch_steps.py --json` outputs.
+fn median_json(runs: &[serde_json::Value]) -> serde_json::Value {
+    let mut out = serde_json::Map::new();
+    if let Some(first) = runs[0]["median_ms"].as_object() {
+        for case in first.keys() {
+            let v: Vec<f64> = runs
+                .iter()
+                .filter_map(|r| r["median_ms"][case].as_f64())
+                .collect();
+            if !v.is_empty() {
+                out.insert(case.clone(), serde_json::json!(median(v)));
+            }
+        }
+    }
+    serde_json::json!({ "median_ms": out })
+}
+
 fn find_python(cmd: &BenchCmd) -> Option<PathBuf> {
     if cmd.no_torch {
         return None;
@@ -366,9 +387,10 @@ pub fn run(cmd: BenchCmd) -> anyhow::Result<()> {
         println!("(PyTorch not found: pass --torch-python PATH to compare in the same run)");
     }
     println!(
-        "batch {}, median of {} reps, {} threads, allocator purge delay {} ms",
+        "batch {}, median of {} reps, {} round(s), {} threads, allocator purge delay {} ms",
         cmd.batch,
         cmd.reps,
+        cmd.rounds.max(1),
         candle_core::utils::get_num_threads(),
         crate::alloc::purge_delay()
     );
@@ -378,17 +400,24 @@ pub fn run(cmd: BenchCmd) -> anyhow::Result<()> {
     // compared with torch's input_grad), and for MNIST a PGD-10 attack (torch: 10 × input_grad) and DeepFool.
     let (mut torch_mnist, mut torch_cifar) = (None, None);
     for (name, config) in models {
-        let ours = bench_model(name, config, cmd.batch, cmd.reps, &device)?;
-        let torch = match &python {
-            Some(p) => match torch_figures(p, name, cmd.batch, cmd.reps) {
-                Ok(v) => Some(v),
-                Err(e) => {
-                    println!("(PyTorch comparison failed: {e:#})");
-                    None
+        // Ours and PyTorch's in alternating rounds; each case's median across rounds.
+        let mut our_rounds = Vec::new();
+        let mut torch_rounds = Vec::new();
+        for _ in 0..cmd.rounds.max(1) {
+            our_rounds.push(bench_model(name, config.clone(), cmd.batch, cmd.reps, &device)?);
+            if let Some(p) = &python {
+                match torch_figures(p, name, cmd.batch, cmd.reps) {
+                    Ok(v) => torch_rounds.push(v),
+                    Err(e) => println!("(PyTorch comparison failed: {e:#})"),
                 }
-            },
-            None => None,
-        };
+            }
+        }
+        let ours: Vec<(String, f64)> = our_rounds[0]
+            .iter()
+            .enumerate()
+            .map(|(i, (case, _))| (case.clone(), median(our_rounds.iter().map(|r| r[i].1).collect())))
+            .collect();
+        let torch = (!torch_rounds.is_empty()).then(|| median_json(&torch_rounds));
         if name == "mnist" {
             torch_mnist = torch.clone();
         } else {

@@ -21,7 +21,7 @@
 use candle_core::{D, DType, Result, Tensor};
 
 use crate::cnn::Cnn;
-use crate::input_grad::{Activations, Reverse, standardize_jacobian};
+use crate::input_grad::{Activations, Reverse, log_lik_parts, standardize_jacobian};
 use crate::layers::{Standardized, standardize_parts};
 use crate::ops::{
     conv2d_nhwc, conv2d_nhwc_weight_grad, max_pool2x2_nhwc_gather, relu_backward, sum_leading,
@@ -99,16 +99,7 @@ impl Cnn {
         let dims = x.dims().to_vec();
         let std = standardize_parts(&x)?;
         let (logits, acts) = net.forward_activations(&std.standardized)?;
-        let logp = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
-        let log_lik = logp.gather(&y.unsqueeze(1)?, 1)?.squeeze(1)?;
-        let probs = logp.exp()?;
-        let k = logits.dim(1)?;
-        let classes = Tensor::arange(0u32, k as u32, y.device())?.unsqueeze(0)?;
-        let onehot = y
-            .unsqueeze(1)?
-            .broadcast_eq(&classes)?
-            .to_dtype(logits.dtype())?;
-        let delta = (onehot - &probs)?;
+        let (log_lik, probs, delta) = log_lik_parts(&logits, y)?;
         let (rev, grad) = if input_grad {
             let rev = net.reverse_parts(&acts, &delta, true)?;
             let dz = rev

@@ -151,16 +151,7 @@ impl Cnn {
             active,
         } = crate::layers::standardize_parts(&x)?;
         let (logits, acts) = self.forward_activations(&z0)?;
-        let logp = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
-        let log_lik = logp.gather(&y.unsqueeze(1)?, 1)?.squeeze(1)?;
-        // Reverse pass: d log p_y / d logits = onehot(y) − softmax.
-        let k = logits.dim(1)?;
-        let classes = Tensor::arange(0u32, k as u32, y.device())?.unsqueeze(0)?;
-        let onehot = y
-            .unsqueeze(1)?
-            .broadcast_eq(&classes)?
-            .to_dtype(logits.dtype())?;
-        let d = (onehot - logp.exp()?)?;
+        let (log_lik, _, d) = log_lik_parts(&logits, y)?;
         let dz = self.reverse(&acts, &d)?.reshape((b, n))?;
         let dx = standardize_jacobian(&dz, &s0, &denom, &active)?.reshape(dims.as_slice())?;
         Ok((logits, log_lik, dx))
@@ -170,6 +161,22 @@ impl Cnn {
     pub fn has_explicit_input_gradient(&self, x: &Tensor) -> bool {
         self.uses_fast_ops(x)
     }
+}
+
+/// `(log p(y|x) per example, softmax p, onehot(y) − p)` from the logits `(B, K)`: the last is the gradient of
+/// the log-likelihood at the logits, where the reverse pass starts.
+pub(crate) fn log_lik_parts(logits: &Tensor, y: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
+    let logp = candle_nn::ops::log_softmax(logits, D::Minus1)?;
+    let log_lik = logp.gather(&y.unsqueeze(1)?, 1)?.squeeze(1)?;
+    let probs = logp.exp()?;
+    let k = logits.dim(1)?;
+    let classes = Tensor::arange(0u32, k as u32, y.device())?.unsqueeze(0)?;
+    let onehot = y
+        .unsqueeze(1)?
+        .broadcast_eq(&classes)?
+        .to_dtype(logits.dtype())?;
+    let delta = (onehot - &probs)?;
+    Ok((log_lik, probs, delta))
 }
 
 /// The Jacobian of per-image standardisation applied to `dz` `(B, N)`: `(dz − mean dz − [var > 1/N]·s0·
