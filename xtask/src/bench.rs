@@ -404,7 +404,13 @@ pub fn run(cmd: BenchCmd) -> anyhow::Result<()> {
         let mut our_rounds = Vec::new();
         let mut torch_rounds = Vec::new();
         for _ in 0..cmd.rounds.max(1) {
-            our_rounds.push(bench_model(name, config.clone(), cmd.batch, cmd.reps, &device)?);
+            our_rounds.push(bench_model(
+                name,
+                config.clone(),
+                cmd.batch,
+                cmd.reps,
+                &device,
+            )?);
             if let Some(p) = &python {
                 match torch_figures(p, name, cmd.batch, cmd.reps) {
                     Ok(v) => torch_rounds.push(v),
@@ -415,7 +421,12 @@ pub fn run(cmd: BenchCmd) -> anyhow::Result<()> {
         let ours: Vec<(String, f64)> = our_rounds[0]
             .iter()
             .enumerate()
-            .map(|(i, (case, _))| (case.clone(), median(our_rounds.iter().map(|r| r[i].1).collect())))
+            .map(|(i, (case, _))| {
+                (
+                    case.clone(),
+                    median(our_rounds.iter().map(|r| r[i].1).collect()),
+                )
+            })
             .collect();
         let torch = (!torch_rounds.is_empty()).then(|| median_json(&torch_rounds));
         if name == "mnist" {
