@@ -15,8 +15,9 @@
 //! 3. One ordinary backward pass from `z̄ + ce_weight·(p − onehot)` gives the first-order adjoints `a_l`; the
 //!    weights gain `a_l ⊗ r_{l−1}` and the biases `Σ a_l`.
 //!
-//! Same numbers as autograd double backprop through candle's own layers (tested to 1e-10 in f64, including
-//! the uncentred and quadratic penalties of SGR); about a third less work and memory traffic.
+//! Same numbers as autograd double backprop through candle's own layers (tested to 1e-10 in f64, for linear
+//! and quadratic penalties; per training method in `sgr-train`). Measured on 2 cores: the MNIST SGR-sign step
+//! 336 → 268 ms and its peak heap 345 → 97 MB against `backward()` over the same ops.
 
 use candle_core::{D, DType, Result, Tensor};
 

@@ -8,6 +8,9 @@
 //!   exact to first and second order (candle's `max_pool2d` backward is not).
 //! * [`Cnn::frozen`] detaches the parameters; on the CPU its network is then one graph node whose backward is
 //!   the explicit reverse pass ([`Cnn::log_lik_input_gradient`]), which makes attacks' input gradients cheap.
+//! * [`Cnn::explicit_pass`] and [`Cnn::explicit_gradients`] give the parameter gradients of
+//!   `CE + P(∇_x log p)` on the CPU path without autograd (the second derivative as a tangent forward pass);
+//!   the training methods use them there.
 //! * Parameter names and layouts are PyTorch's (`conv1.weight` `[out, in, 3, 3]`, `fc1.weight` `[out, in]`,
 //!   flatten in `(C, H, W)` order): a PyTorch module of the same architecture loads a checkpoint with
 //!   `load_state_dict` (see `tests/pytorch_compat.py`).
