@@ -80,12 +80,7 @@ fn explicit_gradients_equal_double_backprop() {
         let (m, vm) = model(config.clone(), seed, DType::F64);
         let shape = [3, config.in_channels, config.height, config.width];
         // The first image is constant: the standardisation's floor branch.
-        let x = rand_tensor(&shape, seed + 1, 0.0, 1.0);
-        let flat = Tensor::full(0.25f64, &shape[1..], &Device::Cpu)
-            .unwrap()
-            .unsqueeze(0)
-            .unwrap();
-        let x = Tensor::cat(&[&flat, &x.narrow(0, 1, 2).unwrap()], 0).unwrap();
+        let x = common::batch_with_constant_first(&shape, seed + 1, 0.25);
         let y = Tensor::new(&[3u32, 0, 7], &Device::Cpu).unwrap();
         let w = rand_tensor(&shape, seed + 2, -1.0, 1.0);
         let s = 0.7;

@@ -28,12 +28,7 @@ fn explicit_input_gradient_equals_autograd_to_second_order() {
         let (m, vm) = model(config.clone(), seed, DType::F64);
         let shape = [3, config.in_channels, config.height, config.width];
         // The first image is constant: the standardisation's floor branch.
-        let x = rand_tensor(&shape, seed + 1, 0.0, 1.0);
-        let flat = Tensor::full(0.5f64, &shape[1..], &Device::Cpu)
-            .unwrap()
-            .unsqueeze(0)
-            .unwrap();
-        let x = Tensor::cat(&[&flat, &x.narrow(0, 1, 2).unwrap()], 0).unwrap();
+        let x = common::batch_with_constant_first(&shape, seed + 1, 0.5);
         let y = Tensor::new(&[2u32, 5, 9], &Device::Cpu).unwrap();
         let (logits, ll, g) = m.log_lik_input_gradient(&x, &y).unwrap();
         let xv = Var::from_tensor(&x).unwrap();
