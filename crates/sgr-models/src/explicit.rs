@@ -102,14 +102,7 @@ impl Cnn {
         let (logits, acts) = net.forward_activations(&std.standardized)?;
         let (log_lik, probs, delta) = log_lik_parts(&logits, y)?;
         let (rev, grad) = if input_grad {
-            let rev = net.reverse_parts(&acts, &delta, true)?;
-            let dz = rev
-                .dz0
-                .as_ref()
-                .ok_or_else(|| candle_core::Error::Msg("reverse pass without its input".into()))?
-                .reshape((b, ()))?;
-            let g = standardize_jacobian(&dz, &std.flat, &std.denom, &std.active)?
-                .reshape(dims.as_slice())?;
+            let (rev, g) = net.reverse_to_input(&std, &acts, &delta)?;
             (Some(rev), Some(g))
         } else {
             (None, None)

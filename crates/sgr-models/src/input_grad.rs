@@ -12,7 +12,7 @@ use candle_core::{D, Module, Result, Tensor};
 use candle_nn::{Conv2d, Linear};
 
 use crate::cnn::Cnn;
-use crate::layers::{rows_f64, tensor_from_f64};
+use crate::layers::{Standardized, rows_f64, tensor_from_f64};
 use crate::ops::{
     contiguous, conv2d_nhwc, conv2d_nhwc_input_grad, conv2d_nhwc_input_grad_masked,
     max_pool2x2_nhwc, max_pool2x2_nhwc_backward, relu, relu_backward, to_nchw, to_nhwc,
@@ -140,21 +140,30 @@ impl Cnn {
     ) -> Result<(Tensor, Tensor, Tensor)> {
         let _span = tracing::trace_span!("cnn_input_gradient").entered();
         let x = x.detach();
-        let dims = x.dims().to_vec();
-        let b = dims[0];
-        let n: usize = dims[1..].iter().product();
-        // Standardisation, with what its Jacobian needs.
-        let crate::layers::Standardized {
-            standardized: z0,
-            flat: s0,
-            denom,
-            active,
-        } = crate::layers::standardize_parts(&x)?;
-        let (logits, acts) = self.forward_activations(&z0)?;
+        let std = crate::layers::standardize_parts(&x)?;
+        let (logits, acts) = self.forward_activations(&std.standardized)?;
         let (log_lik, _, d) = log_lik_parts(&logits, y)?;
-        let dz = self.reverse(&acts, &d)?.reshape((b, n))?;
-        let dx = standardize_jacobian(&dz, &s0, &denom, &active)?.reshape(dims.as_slice())?;
+        let (_, dx) = self.reverse_to_input(&std, &acts, &d)?;
         Ok((logits, log_lik, dx))
+    }
+
+    /// The reverse pass from `d` at the logits through the standardisation `std` of the input: its
+    /// intermediates and the gradient with respect to the raw input, shaped like it.
+    pub(crate) fn reverse_to_input(
+        &self,
+        std: &Standardized,
+        acts: &Activations,
+        d: &Tensor,
+    ) -> Result<(Reverse, Tensor)> {
+        let rev = self.reverse_parts(acts, d, true)?;
+        let dz = rev
+            .dz0
+            .as_ref()
+            .ok_or_else(|| candle_core::Error::Msg("reverse pass without its input".into()))?
+            .reshape(std.flat.shape())?;
+        let dx = standardize_jacobian(&dz, &std.flat, &std.denom, &std.active)?
+            .reshape(std.standardized.shape())?;
+        Ok((rev, dx))
     }
 
     /// Whether [`Cnn::log_lik_input_gradient`] can run here (CPU tensors, custom ops enabled).

@@ -218,6 +218,18 @@ impl GradientRegularizer {
     }
 }
 
+/// `v − μ` for a batch `v` `(m, …)` and a per-item mean `μ` (`v` itself without one): the direction of the
+/// penalty's gradient, `m·∂Ω/∂g`.
+fn minus_mean(v: Tensor, mu: Option<&Tensor>) -> Result<Tensor> {
+    Ok(match mu {
+        Some(mu) => {
+            let mu = mu.to_dtype(v.dtype())?.to_device(v.device())?;
+            v.broadcast_sub(&mu.unsqueeze(0)?)?
+        }
+        None => v,
+    })
+}
+
 fn scalar_tensor(v: f64) -> Result<Tensor> {
     Ok(Tensor::new(&[v], &Device::Cpu)?)
 }
@@ -280,13 +292,9 @@ impl Regularizer for GradientRegularizer {
             SecondOrder::Central { step } | SecondOrder::Forward { step } => step,
         };
         let g = ig.grad.detach();
-        let mut v = cov.matvec(&g)?;
+        let v = cov.matvec(&g)?;
         let value = omega_from_product(&g, &v, mu.as_ref())?.detach();
-        if let Some(mu) = mu {
-            let mu = mu.to_dtype(g.dtype())?.to_device(g.device())?;
-            v = v.broadcast_sub(&mu.unsqueeze(0)?)?;
-        }
-        let v = v.detach();
+        let v = minus_mean(v, mu.as_ref())?.detach();
         let m = g.dim(0)?;
         let amax = v.flatten_from(1)?.abs()?.max(1)?;
         let tiny = if v.dtype() == DType::F64 {
@@ -319,12 +327,7 @@ impl Regularizer for GradientRegularizer {
         let g = g.detach();
         let v = cov.matvec(&g)?;
         let value = omega_from_product(&g, &v, mu.as_ref())?;
-        let mut adjoint = v;
-        if let Some(mu) = mu {
-            let mu = mu.to_dtype(g.dtype())?.to_device(g.device())?;
-            adjoint = adjoint.broadcast_sub(&mu.unsqueeze(0)?)?;
-        }
-        let adjoint = (adjoint / g.dim(0)? as f64)?;
+        let adjoint = (minus_mean(v, mu.as_ref())? / g.dim(0)? as f64)?;
         Ok((value, adjoint))
     }
 

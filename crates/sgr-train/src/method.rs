@@ -218,7 +218,7 @@ pub(crate) fn explicit_cross_entropy(
 /// Adds `other`'s gradients into `into`, parameter by parameter.
 pub(crate) fn add_gradients(
     into: &mut HashMap<String, Tensor>,
-    other: HashMap<String, Tensor>,
+    other: impl IntoIterator<Item = (String, Tensor)>,
 ) -> Result<()> {
     for (name, g) in other {
         let sum = match into.get(&name) {
@@ -306,10 +306,11 @@ impl Method for WeightDecay {
         let penalty = (l2 * (wd / 2.0))?;
         if let Some((ce, logits, mut grads)) = explicit {
             // ∇ wd/2 ‖W‖² = wd·W.
-            for (name, w) in &weights {
-                let decay = (w.as_tensor().detach() * wd)?;
-                add_gradients(&mut grads, HashMap::from([(name.clone(), decay)]))?;
-            }
+            let decay = weights
+                .iter()
+                .map(|(name, w)| Ok((name.clone(), (w.as_tensor().detach() * wd)?)))
+                .collect::<Result<Vec<_>>>()?;
+            add_gradients(&mut grads, decay)?;
             let penalty = penalty.detach();
             return Ok(StepOutput {
                 loss: (&ce + &penalty)?,

@@ -291,20 +291,9 @@ impl Method for Sgr {
         if exact && input.model.uses_fast_ops(input.x) {
             return self.explicit_step(input);
         }
+        // Off the channels-last path (GPU, or candle's own layers): autograd, double backprop when exact.
         let ig = if exact {
-            if input.model.has_explicit_input_gradient(input.x) {
-                // The reverse pass written as forward ops: no wasted parameter gradients (see sgr-models).
-                let (logits, log_lik, grad) =
-                    input.model.log_lik_input_gradient(input.x, input.y)?;
-                InputGradient {
-                    x: input.x.detach(),
-                    logits,
-                    log_lik,
-                    grad,
-                }
-            } else {
-                input_gradient(input.model, input.x, input.y, true)?
-            }
+            input_gradient(input.model, input.x, input.y, true)?
         } else {
             input_gradient_split(input.model, &input.model.frozen(), input.x, input.y)?
         };
