@@ -84,8 +84,12 @@ fn standardize_plain(x: &Tensor) -> Result<Standardized> {
 
 /// 2×2 max-pooling with stride 2 on `(B, C, H, W)`, flooring odd sizes like PyTorch.
 ///
-/// Written as a reshape and two `max` reductions: candle's `max_pool2d` backward scales gradients by 1/4,
-/// while the reductions' backward is exact to first and second order.
+/// Built from element-wise selects so that it runs on any device and its gradient goes, like PyTorch's
+/// and the channels-last CPU op's, to the first maximum of each window in row-major order (strict
+/// comparisons; the selection masks are constants, so the derivative is exact to any order). Candle's
+/// `max_pool2d` backward scales gradients by 1/4, and a reshape + `max` reduction passes a tied window's
+/// gradient to every maximum: on images with flat regions (the background of a digit) that inflated input
+/// gradients by tens of percent.
 pub fn max_pool2x2(x: &Tensor) -> Result<Tensor> {
     let (b, c, h, w) = x.dims4()?;
     let (h2, w2) = (h / 2, w / 2);
@@ -94,5 +98,13 @@ pub fn max_pool2x2(x: &Tensor) -> Result<Tensor> {
     } else {
         x.clone()
     };
-    x.reshape((b, c, h2, 2, w2, 2))?.max(5)?.max(3)
+    let x = x.reshape((b, c, h2, 2, w2, 2))?;
+    let at = |i: usize, j: usize| x.narrow(3, i, 1)?.narrow(5, j, 1);
+    // Later positions win only when strictly greater than every earlier one.
+    let mut best = at(0, 0)?;
+    for (i, j) in [(0, 1), (1, 0), (1, 1)] {
+        let next = at(i, j)?;
+        best = next.gt(&best)?.where_cond(&next, &best)?;
+    }
+    best.reshape((b, c, h2, w2))
 }

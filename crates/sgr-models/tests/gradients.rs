@@ -150,3 +150,72 @@ fn output_shapes_and_parameter_counts() {
         assert_eq!(count, params, "{}", config.arch_name());
     }
 }
+
+/// Ties in a pooling window: the gradient goes to the first maximum in row-major order (PyTorch's choice,
+/// and the channels-last op's), once, not to every maximum.
+#[test]
+fn max_pool_routes_tied_gradients_to_the_first_maximum() {
+    // Windows (row-major): [1 3 / 3 2] → position 1, [5 5 / 5 5] → 0, [0 0 / 7 7] → 2, [4 6 / 6 6] → 1.
+    #[rustfmt::skip]
+    let x = Tensor::new(&[
+        1f64, 3., 5., 5., 0., 0., 4., 6.,
+        3.,   2., 5., 5., 7., 7., 6., 6.,
+        9.,   9., 9., 9., 9., 9., 9., 9.,
+    ], &Device::Cpu).unwrap().reshape((1, 1, 3, 8)).unwrap();
+    let xv = Var::from_tensor(&x).unwrap();
+    let pooled = max_pool2x2(xv.as_tensor()).unwrap();
+    assert_eq!(
+        pooled.flatten_all().unwrap().to_vec1::<f64>().unwrap(),
+        vec![3.0, 5.0, 7.0, 6.0]
+    );
+    let w = Tensor::new(&[10f64, 20., 30., 40.], &Device::Cpu)
+        .unwrap()
+        .reshape((1, 1, 1, 4))
+        .unwrap();
+    let g = (pooled * &w)
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
+    let g = g.get(xv.as_tensor()).unwrap();
+    #[rustfmt::skip]
+    let want = vec![
+        0f64, 10., 20., 0., 0.,  0., 0., 40.,
+        0.,   0.,  0.,  0., 30., 0., 0., 0.,
+        0.,   0.,  0.,  0., 0.,  0., 0., 0.,
+    ];
+    assert_eq!(g.flatten_all().unwrap().to_vec1::<f64>().unwrap(), want);
+}
+
+/// Digit-like images (a flat background around a random patch) make pooling windows tie: candle's layers
+/// (the path off the CPU) and the channels-last ops give the same input gradient.
+#[test]
+fn input_gradients_agree_across_paths_on_flat_backgrounds() {
+    let (m, _vm) = model(CnnConfig::mnist(), 5, DType::F64);
+    let patch = rand_tensor(&[4, 1, 12, 12], 3, 0.0, 1.0);
+    let x = patch
+        .pad_with_zeros(2, 8, 8)
+        .unwrap()
+        .pad_with_zeros(3, 8, 8)
+        .unwrap();
+    let y = Tensor::new(&[0u32, 1, 2, 3], &Device::Cpu).unwrap();
+    let grad = |plain: bool| {
+        let mut net = m.clone();
+        net.set_plain_ops(plain);
+        let xv = Var::from_tensor(&x).unwrap();
+        let grads = log_lik(&net, xv.as_tensor(), &y)
+            .unwrap()
+            .backward()
+            .unwrap();
+        grads.get(xv.as_tensor()).unwrap().clone()
+    };
+    let (fast, plain) = (grad(false), grad(true));
+    let scale = sgr_testutil::max_abs(&fast);
+    assert!(scale > 0.0);
+    let diff = sgr_testutil::max_abs_diff(&fast, &plain);
+    assert!(
+        diff <= 1e-12 * scale,
+        "max diff {diff:.3e} (scale {scale:.3e})"
+    );
+}
