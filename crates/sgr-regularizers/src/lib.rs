@@ -12,8 +12,10 @@
 //! * exact double backprop: Candle keeps the graph of a gradient only when the environment variable
 //!   `CANDLE_GRAD_DO_NOT_DETACH` is set before the calling thread's first `backward()`. This crate cannot
 //!   set it safely (a library must not write the environment of a running program); the program must, and
-//!   [`ensure_double_backprop`] checks that it took effect. [`GradientRegularizer::new`] refuses exact mode
-//!   otherwise: without the variable the second-order term would be silently missing.
+//!   [`ensure_double_backprop`] checks that it took effect. [`Regularizer::penalty`] refuses exact mode
+//!   otherwise: without the variable the second-order term would be silently missing. Models that write
+//!   the second derivative out themselves (`sgr-models`' `Cnn::explicit_gradients`, the CPU path) take
+//!   `∂Ω/∂g` from [`Regularizer::penalty_adjoint`] and need no variable.
 //! * a finite-difference surrogate that needs first-order autodiff only: `v = Σ̂ g` is held constant and
 //!   `∇_θ Ω ≈ ∇_θ (1/m) Σ_i [ℓ_i(x_i + s_i v_i) − ℓ_i(x_i − s_i v_i)] / 2s_i` (or one-sided), with the step
 //!   `s_i` chosen so that the largest pixel moves by `h`.

@@ -80,6 +80,8 @@ pub trait Regularizer: std::fmt::Debug + Send {
     /// The covariance `Ω` uses now: `σ_t Σ̂_t`, scaled to the target mean diagonal.
     fn covariance(&self) -> Result<Arc<dyn Covariance>>;
     /// `Ω` for the input gradients of `ig` (from [`crate::input_gradient`], with its graph in exact mode).
+    /// In exact mode, [`RegError::NoDoubleBackprop`](crate::RegError::NoDoubleBackprop) unless candle's
+    /// double backprop works in this thread.
     fn penalty(&self, model: &dyn Module, y: &Tensor, ig: &InputGradient) -> Result<Penalty>;
     /// `Ω` for plain (detached) input gradients `g` `(m, …)` and its gradient `∂Ω/∂g = (Σ g − μ)/m`
     /// (`Σ` is symmetric), for models that differentiate `⟨∂Ω/∂g, g⟩` themselves (exact second order
@@ -108,7 +110,9 @@ pub struct GradientRegularizer {
 }
 
 impl GradientRegularizer {
-    /// Checks the settings; in exact mode, also that double backprop works in this thread.
+    /// Checks the settings. Exact mode needs candle's double backprop only where the penalty is built for
+    /// autograd ([`Regularizer::penalty`], which checks it); [`Regularizer::penalty_adjoint`], for explicit
+    /// second-order gradients, needs none.
     pub fn new(config: RegularizerConfig) -> Result<Self> {
         let (c, h, w) = config.shape;
         if c == 0 || h == 0 || w == 0 {
@@ -119,9 +123,6 @@ impl GradientRegularizer {
                 "the target mean diagonal c must be positive, got {}",
                 config.target_mean_diag
             )));
-        }
-        if config.second_order == SecondOrder::Exact {
-            ensure_double_backprop()?;
         }
         let state = match &config.cov {
             CovSpec::Identity | CovSpec::Fixed(_) => CovState::Fixed,
@@ -285,6 +286,9 @@ impl Regularizer for GradientRegularizer {
         let (cov, mu) = self.current()?;
         let step = match self.config.second_order {
             SecondOrder::Exact => {
+                // Without double backprop the graph of `ig.grad` would be cut and the second-order term
+                // silently missing.
+                ensure_double_backprop()?;
                 let omega = omega_value(&ig.grad, cov.as_ref(), mu.as_ref())?;
                 let value = omega.detach();
                 return Ok(Penalty { omega, value });

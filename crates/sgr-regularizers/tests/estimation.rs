@@ -178,14 +178,22 @@ fn exact_mode_is_refused_without_double_backprop() {
     assert!(!double_backprop_works().unwrap());
     let mut c = config(CovSpec::EmaDense, (1, 16, 16), false);
     c.second_order = SecondOrder::Exact;
-    let err = GradientRegularizer::new(c).unwrap_err();
-    assert!(matches!(err, RegError::NoDoubleBackprop));
-    assert!(err.to_string().contains("CANDLE_GRAD_DO_NOT_DETACH"));
+    // Construction and the explicit-gradient interface need no double backprop...
+    let mut r = GradientRegularizer::new(c).unwrap();
     let (m, _vm) = model(tiny_config(1), 1, DType::F32);
     let x = rand_tensor(&[2, 1, 16, 16], 1, 0.0, 1.0)
         .to_dtype(DType::F32)
         .unwrap();
     let y = Tensor::new(&[0u32, 1], &Device::Cpu).unwrap();
+    let ig = input_gradient(&m, &x, &y, false).unwrap();
+    r.observe(&ig.grad.sign().unwrap()).unwrap();
+    let (omega, adjoint) = r.penalty_adjoint(&ig.grad).unwrap();
+    assert!(scalar(&omega) > 0.0);
+    assert_eq!(adjoint.dims(), ig.grad.dims());
+    // ...but the autograd penalty and a gradient with its graph are refused, not silently first-order.
+    let err = r.penalty(&m, &y, &ig).unwrap_err();
+    assert!(matches!(err, RegError::NoDoubleBackprop), "{err}");
+    assert!(err.to_string().contains("CANDLE_GRAD_DO_NOT_DETACH"));
     assert!(matches!(
         input_gradient(&m, &x, &y, true).unwrap_err(),
         RegError::NoDoubleBackprop

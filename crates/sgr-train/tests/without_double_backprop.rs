@@ -1,0 +1,57 @@
+//! A binary that never sets `CANDLE_GRAD_DO_NOT_DETACH`: exact gradient regularisation still trains on the
+//! CPU (its second derivative is written out, no autograd), while the autograd path (candle's own layers)
+//! refuses with an error naming the variable instead of silently dropping the second-order term.
+#![allow(clippy::unwrap_used)]
+
+use candle_core::DType;
+use sgr_data::DatasetName;
+use sgr_regularizers::double_backprop_works;
+use sgr_train::{MethodContext, MethodOptions, StepInput, build_method};
+
+#[test]
+fn exact_sgr_runs_on_the_cpu_path_and_the_autograd_path_refuses() {
+    assert!(!double_backprop_works().unwrap());
+    let data = sgr_data::load(DatasetName::MnistSubset, None).unwrap();
+    let ctx = MethodContext {
+        dataset: DatasetName::MnistSubset,
+        train: &data.train,
+    };
+    let idx: Vec<usize> = (0..8).collect();
+    let (x, y) = data
+        .train
+        .batch(&idx, None, DType::F32, &candle_core::Device::Cpu)
+        .unwrap();
+    let (model, vm) = sgr_testutil::model(sgr_models::CnnConfig::mnist(), 1, DType::F32);
+    for name in ["sgr-sign", "gn"] {
+        let mut method = build_method(name, &ctx, MethodOptions::default()).unwrap();
+        assert_eq!(method.options().second_order.as_deref(), Some("exact"));
+        let input = |model| StepInput {
+            model,
+            params: &vm,
+            x: &x,
+            y: &y,
+            step: 0,
+            seed: 0,
+        };
+        let out = method.loss(&input(&model)).unwrap();
+        let grads = out
+            .grads
+            .as_ref()
+            .expect("explicit gradients on the CPU path");
+        assert_eq!(grads.len(), 14, "{name}");
+        for (k, g) in grads {
+            let norm = g
+                .sqr()
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert!(norm.is_finite() && norm > 0.0, "{name}: {k} {norm}");
+        }
+        let mut plain = model.clone();
+        plain.set_plain_ops(true);
+        let err = method.loss(&input(&plain)).unwrap_err().to_string();
+        assert!(err.contains("CANDLE_GRAD_DO_NOT_DETACH"), "{name}: {err}");
+    }
+}
