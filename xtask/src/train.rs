@@ -107,6 +107,11 @@ pub struct TrainCmd {
     /// f32 (default) or f64.
     #[arg(long)]
     dtype: Option<String>,
+    /// Run on candle's own layers and autograd (double backprop for exact gn/sgr) instead of the fast
+    /// channels-last CPU ops with explicit gradients: the same numbers up to rounding, several times
+    /// slower; for comparing the two (other devices always use candle's layers).
+    #[arg(long)]
+    plain_ops: bool,
 }
 
 /// Draws training progress: a bar on a terminal, epoch lines in the log.
@@ -260,6 +265,7 @@ pub fn run(cmd: TrainCmd) -> anyhow::Result<()> {
         device: cmd.device,
         dtype,
         pgd_eval_images: cmd.pgd_eval_images,
+        plain_ops: cmd.plain_ops,
     };
 
     let stop = interrupt_flag()?;

@@ -119,6 +119,9 @@ pub struct RunRecord {
     pub augment: Augment,
     pub device: String,
     pub dtype: String,
+    /// The last invocation ran on candle's own layers and autograd (`--plain-ops`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub plain_ops: bool,
     pub status: RunStatus,
     /// Completed epochs.
     pub epochs_done: usize,

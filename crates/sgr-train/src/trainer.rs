@@ -39,6 +39,10 @@ pub struct TrainArgs {
     pub dtype: Option<DType>,
     /// Test images for the PGD check at the end of the run (`None`: up to [`FINAL_PGD_IMAGES`]; 0: skip).
     pub pgd_eval_images: Option<usize>,
+    /// Run the model on candle's own layers and autograd (double backprop for exact gn/sgr) instead of
+    /// the channels-last CPU ops and explicit gradients: same numbers up to rounding, several times
+    /// slower; for A/B comparisons ([`Cnn::set_plain_ops`]). Other devices always use candle's layers.
+    pub plain_ops: bool,
 }
 
 /// Test images the end-of-run PGD check uses by default.
@@ -322,6 +326,7 @@ pub fn train(
             if let Some(e) = args.epochs {
                 r.epochs = e;
             }
+            r.plain_ops = args.plain_ops;
             r
         }
         None => RunRecord {
@@ -348,6 +353,7 @@ pub fn train(
             augment: augment.clone(),
             device: args.device.to_string(),
             dtype: dtype_name(dtype),
+            plain_ops: args.plain_ops,
             status: RunStatus::Running,
             epochs_done: 0,
             steps_done: 0,
@@ -358,7 +364,7 @@ pub fn train(
     };
 
     // Model and optimiser.
-    let (model, varmap) = if resume {
+    let (mut model, varmap) = if resume {
         let (model, varmap) = load_model(&out.join(MODEL_FILE), dtype, &device)?;
         (model, varmap)
     } else {
@@ -370,6 +376,7 @@ pub fn train(
         )?;
         (model, varmap)
     };
+    model.set_plain_ops(args.plain_ops);
     let named_vars: Vec<_> = {
         let data = varmap
             .data()

@@ -351,3 +351,44 @@ fn weight_decay_adds_half_wd_times_squared_weights() {
     let expected = clean.loss.to_scalar::<f64>().unwrap() + 1e-4 * sq;
     assert!((out.loss.to_scalar::<f64>().unwrap() - expected).abs() < 1e-12);
 }
+
+#[test]
+fn plain_ops_train_on_candle_layers_to_the_same_numbers() {
+    // `--plain-ops`: candle's own layers and autograd instead of the channels-last ops with explicit
+    // gradients (which tests/methods.rs compares step by step). Here, that the trainer switches: in f64 the
+    // trained parameters agree to rounding but not bit for bit (the gradients' sums run in another order),
+    // and the record says which ran.
+    let no = AtomicBool::new(false);
+    let args = |plain_ops| TrainArgs {
+        epochs: Some(1),
+        train_limit: Some(128),
+        test_limit: Some(64),
+        augment: Some("none".into()),
+        dtype: Some(candle_core::DType::F64),
+        plain_ops,
+        ..small_args(1)
+    };
+    let (fast, plain) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let rf = train(args(false), fast.path(), false, &no, &mut Quiet).unwrap();
+    let rp = train(args(true), plain.path(), false, &no, &mut Quiet).unwrap();
+    assert!(!rf.plain_ops && rp.plain_ops);
+    assert!(read_record(plain.path()).unwrap().plain_ops);
+    let (lf, lp) = (rf.history[0].loss, rp.history[0].loss);
+    assert!((lf - lp).abs() <= 1e-10 * lf.abs(), "loss {lf} vs {lp}");
+    let load = |dir: &Path| {
+        candle_core::safetensors::load(dir.join("model.safetensors"), &candle_core::Device::Cpu)
+            .unwrap()
+    };
+    let (a, b) = (load(fast.path()), load(plain.path()));
+    assert_eq!(a.len(), b.len());
+    let mut largest = 0f64;
+    for (name, ta) in &a {
+        let diff = sgr_testutil::max_abs_diff(ta, &b[name]);
+        largest = largest.max(diff);
+    }
+    assert!(largest < 1e-9, "parameters differ by {largest}");
+    assert!(
+        largest > 0.0,
+        "bit-identical: --plain-ops did not change the ops"
+    );
+}
