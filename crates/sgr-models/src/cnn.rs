@@ -3,7 +3,7 @@ use candle_nn::{Conv2d, Conv2dConfig, Linear, VarBuilder, VarMap};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
-use crate::layers::{max_pool2x2, standardize};
+use crate::layers::{max_pool2x2, relu, standardize};
 
 /// The architecture of Table 5: four 3×3 valid convolutions (two, pool, two, pool) and three dense layers,
 /// ReLU after every layer but the last.
@@ -209,13 +209,13 @@ impl Module for Cnn {
             return Ok(self.forward_activations(&standardize(x)?)?.0);
         }
         let x = standardize(x)?;
-        let x = self.conv1.forward(&x)?.relu()?;
-        let x = max_pool2x2(&self.conv2.forward(&x)?.relu()?)?;
-        let x = self.conv3.forward(&x)?.relu()?;
-        let x = max_pool2x2(&self.conv4.forward(&x)?.relu()?)?;
+        let x = relu(&self.conv1.forward(&x)?)?;
+        let x = max_pool2x2(&relu(&self.conv2.forward(&x)?)?)?;
+        let x = relu(&self.conv3.forward(&x)?)?;
+        let x = max_pool2x2(&relu(&self.conv4.forward(&x)?)?)?;
         let x = x.flatten_from(1)?;
-        let x = self.fc1.forward(&x)?.relu()?;
-        let x = self.fc2.forward(&x)?.relu()?;
+        let x = relu(&self.fc1.forward(&x)?)?;
+        let x = relu(&self.fc2.forward(&x)?)?;
         self.fc3.forward(&x)
     }
 }

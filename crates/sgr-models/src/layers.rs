@@ -29,9 +29,15 @@ pub(crate) fn standardize_parts(x: &Tensor) -> Result<Standardized> {
     let b = dims[0];
     let n: usize = dims[1..].iter().product();
     let flat = x.reshape((b, n))?;
-    let mean = flat.mean_keepdim(D::Minus1)?;
+    // Sums divided by N (candle's `mean` multiplies by a rounded 1/N): a constant image then centres to
+    // exactly 0, as in `standardize_plain`, instead of to rounding noise whose signs would set ReLU masks.
+    let count = Tensor::new(n as f64, x.device())?.to_dtype(x.dtype())?;
+    let mean = flat.sum_keepdim(D::Minus1)?.broadcast_div(&count)?;
     let centred = flat.broadcast_sub(&mean)?;
-    let var = centred.sqr()?.mean_keepdim(D::Minus1)?;
+    let var = centred
+        .sqr()?
+        .sum_keepdim(D::Minus1)?
+        .broadcast_div(&count)?;
     let floor = 1.0 / n as f64;
     let denom = var.maximum(floor)?.sqrt()?;
     let active = var.detach().gt(floor)?.to_dtype(x.dtype())?;
@@ -80,6 +86,13 @@ fn standardize_plain(x: &Tensor) -> Result<Standardized> {
         denom: tensor_from_f64(denom, &[b, 1], dt)?,
         active: tensor_from_f64(active, &[b, 1], dt)?,
     })
+}
+
+/// `max(x, 0)` with derivative 0 at 0, like PyTorch's and the channels-last op's (candle's `relu` backward
+/// passes the gradient where the input is exactly 0, e.g. a constant image under a zero bias). The mask is a
+/// constant, so the derivative is exact to any order. Any device.
+pub fn relu(x: &Tensor) -> Result<Tensor> {
+    x.mul(&x.gt(0.0)?.to_dtype(x.dtype())?)
 }
 
 /// 2×2 max-pooling with stride 2 on `(B, C, H, W)`, flooring odd sizes like PyTorch.

@@ -6,7 +6,8 @@
 //!   ReLU, ReLU, max-pool, each exact to any order and tested against candle's layers); elsewhere, or with
 //!   [`Cnn::set_plain_ops`], on candle's layers, with max-pooling as [`max_pool2x2`], element-wise selects
 //!   that route gradients to each window's first maximum like PyTorch, exact to any order (candle's
-//!   `max_pool2d` backward is not, and a `max` reduction's backward duplicates tied gradients).
+//!   `max_pool2d` backward is not, and a `max` reduction's backward duplicates tied gradients), and a ReLU
+//!   whose derivative at 0 is 0 (candle's is 1).
 //! * [`Cnn::frozen`] detaches the parameters; on the CPU its network is then one graph node whose backward is
 //!   the explicit reverse pass ([`Cnn::log_lik_input_gradient`]), which makes attacks' input gradients cheap.
 //! * [`Cnn::explicit_pass`] and [`Cnn::explicit_gradients`] give the parameter gradients of

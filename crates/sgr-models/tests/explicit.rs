@@ -164,3 +164,31 @@ fn explicit_pass_rejects_bad_input() {
     let err = plain.explicit_pass(&x, &y, false).unwrap_err().to_string();
     assert!(err.contains("channels-last"), "{err}");
 }
+
+/// Exact zeros before a ReLU: a constant image standardises to exactly 0 on every path, and with conv1's bias
+/// at 0 every first-layer pre-activation is 0. All three paths give the ReLU derivative 0 there, as PyTorch
+/// (candle's own `relu` backward passes the gradient at 0; rounding noise in the centring used to set masks).
+#[test]
+fn exact_zero_pre_activations_agree_on_every_path() {
+    setup();
+    let (m, vm) = model(CnnConfig::mnist(), 21, DType::F64);
+    {
+        let data = vm.data().lock().unwrap();
+        let b = data["conv1.bias"].as_tensor();
+        data["conv1.bias"].set(&b.zeros_like().unwrap()).unwrap();
+    }
+    let shape = [3, 1, 28, 28];
+    let x = common::batch_with_constant_first(&shape, 22, 0.5);
+    let y = Tensor::new(&[1u32, 4, 9], &Device::Cpu).unwrap();
+    let w = rand_tensor(&shape, 23, -1.0, 1.0);
+    let pass = m.explicit_pass(&x, &y, true).unwrap();
+    let g = pass.input_grad.clone().unwrap();
+    let adjoint = (&w + (&g * 0.3).unwrap()).unwrap();
+    let ours = m
+        .explicit_gradients(&pass, 1.0 / 3.0, Some(&adjoint))
+        .unwrap();
+    for plain in [false, true] {
+        let reference = autograd(plain, &m, &vm, &x, &y, 1.0 / 3.0, Some((&w, 0.3)));
+        compare(&ours, &reference, 1e-10, &format!("plain {plain}"));
+    }
+}
