@@ -59,6 +59,18 @@ fn cifar_cnn_input_gradient_matches_finite_differences() {
     check_input_gradient(CnnConfig::cifar10(), 12);
 }
 
+/// `∇_x Σ w ⊙ max_pool2x2(x)` by autograd.
+fn pool_gradient(x: &Tensor, w: &Tensor) -> Tensor {
+    let xv = Var::from_tensor(x).unwrap();
+    let grads = (max_pool2x2(xv.as_tensor()).unwrap() * w)
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
+    grads.get(xv.as_tensor()).unwrap().clone()
+}
+
 #[test]
 fn max_pool_matches_candle_forward_and_finite_differences() {
     let x = rand_tensor(&[2, 3, 6, 8], 5, -1.0, 1.0);
@@ -74,14 +86,7 @@ fn max_pool_matches_candle_forward_and_finite_differences() {
     assert_eq!(max_pool2x2(&odd).unwrap().dims(), &[1, 1, 2, 3]);
     // Gradient of Σ w ⊙ pool(x): exactly w routed to each window's arg-max (not w/4).
     let w = rand_tensor(&[2, 3, 3, 4], 7, -1.0, 1.0);
-    let xv = Var::from_tensor(&x).unwrap();
-    let g = (max_pool2x2(xv.as_tensor()).unwrap() * &w)
-        .unwrap()
-        .sum_all()
-        .unwrap()
-        .backward()
-        .unwrap();
-    let g = g.get(xv.as_tensor()).unwrap();
+    let g = pool_gradient(&x, &w);
     let h = 1e-6;
     let f = |x: &Tensor| scalar(&(max_pool2x2(x).unwrap() * &w).unwrap().sum_all().unwrap());
     let v = rand_tensor(&[2, 3, 6, 8], 8, -1.0, 1.0);
@@ -162,23 +167,20 @@ fn max_pool_routes_tied_gradients_to_the_first_maximum() {
         3.,   2., 5., 5., 7., 7., 6., 6.,
         9.,   9., 9., 9., 9., 9., 9., 9.,
     ], &Device::Cpu).unwrap().reshape((1, 1, 3, 8)).unwrap();
-    let xv = Var::from_tensor(&x).unwrap();
-    let pooled = max_pool2x2(xv.as_tensor()).unwrap();
     assert_eq!(
-        pooled.flatten_all().unwrap().to_vec1::<f64>().unwrap(),
+        max_pool2x2(&x)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f64>()
+            .unwrap(),
         vec![3.0, 5.0, 7.0, 6.0]
     );
     let w = Tensor::new(&[10f64, 20., 30., 40.], &Device::Cpu)
         .unwrap()
         .reshape((1, 1, 1, 4))
         .unwrap();
-    let g = (pooled * &w)
-        .unwrap()
-        .sum_all()
-        .unwrap()
-        .backward()
-        .unwrap();
-    let g = g.get(xv.as_tensor()).unwrap();
+    let g = pool_gradient(&x, &w);
     #[rustfmt::skip]
     let want = vec![
         0f64, 10., 20., 0., 0.,  0., 0., 40.,
