@@ -17,16 +17,39 @@ fn python() -> String {
     std::env::var("SGR_PYTHON").unwrap_or_else(|_| "python3".into())
 }
 
-/// Writes the first `n` test images and sgr's logits for them, then runs the numpy/PyTorch oracle.
+/// `∇_x Σ_i log softmax(f(x_i))[y_i]` by candle's autograd, on the channels-last ops or candle's layers.
+fn input_gradient(model: &sgr_models::Cnn, plain: bool, x: &Tensor, y: &Tensor) -> Tensor {
+    let mut net = model.clone();
+    net.set_plain_ops(plain);
+    let xv = candle_core::Var::from_tensor(x).unwrap();
+    let logp = candle_nn::ops::log_softmax(&net.forward(xv.as_tensor()).unwrap(), 1).unwrap();
+    let ll = logp
+        .gather(&y.unsqueeze(1).unwrap(), 1)
+        .unwrap()
+        .sum_all()
+        .unwrap();
+    ll.backward().unwrap().get(xv.as_tensor()).unwrap().detach()
+}
+
+/// Writes the first `n` test images with sgr's logits and input gradients (both code paths) for them, then
+/// runs the numpy/PyTorch oracle (which differentiates the network by hand and by torch's autograd).
 fn check_pytorch_compat(run: &Path, n: usize) {
     let (model, _) =
         sgr_models::load_model(&run.join("model.safetensors"), DType::F32, &Device::Cpu).unwrap();
     let test = sgr_data::load_split(DatasetName::MnistSubset, None, Split::Test).unwrap();
-    let (x, _) = test.range(0, n, DType::F32, &Device::Cpu).unwrap();
+    let (x, y) = test.range(0, n, DType::F32, &Device::Cpu).unwrap();
     let logits = model.forward(&x).unwrap();
+    let grad = input_gradient(&model, false, &x, &y);
+    let grad_plain = input_gradient(&model, true, &x, &y);
     let fixture = run.join("compat-fixture.safetensors");
-    let tensors: std::collections::HashMap<String, Tensor> =
-        [("x".to_string(), x), ("logits".to_string(), logits)].into();
+    let tensors: std::collections::HashMap<String, Tensor> = [
+        ("x".to_string(), x),
+        ("logits".to_string(), logits),
+        ("y".to_string(), y),
+        ("grad".to_string(), grad),
+        ("grad_candle_layers".to_string(), grad_plain),
+    ]
+    .into();
     candle_core::safetensors::save(&tensors, &fixture).unwrap();
     let script = repo_root().join("tests/pytorch_compat.py");
     let out = Command::new(python())
@@ -51,6 +74,9 @@ fn check_pytorch_compat(run: &Path, n: usize) {
     let report: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
     assert_eq!(report["n"], n);
     assert_eq!(report["ok"], true);
+    for key in ["numpy_grad_rel_error", "numpy_grad_candle_layers_rel_error"] {
+        assert!(report[key].as_f64().unwrap() < 1e-3, "{key}: {stdout}");
+    }
 }
 
 #[test]
