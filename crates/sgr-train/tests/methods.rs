@@ -448,8 +448,8 @@ fn sgr_sign_on_cifar_uses_a_psd_covariance_function() {
 
 /// On the CPU, every method computes its gradients without autograd (`Cnn::explicit_gradients`); they
 /// must equal (double) backprop through candle's own layers (the plain path), objective and every
-/// parameter gradient, including SGR's uncentred term and a fixed covariance. Random images: candle's
-/// max-pool splits a tied window's gradient, which blank MNIST regions would trigger.
+/// parameter gradient, including SGR's uncentred term and a fixed covariance. On MNIST digits, whose blank
+/// regions make pooling windows tie (both paths route a tie to the first maximum).
 #[test]
 fn explicit_steps_equal_autograd_through_candle_layers() {
     setup();
@@ -458,8 +458,11 @@ fn explicit_steps_equal_autograd_through_candle_layers() {
         dataset: DatasetName::MnistSubset,
         train: &data.train,
     };
-    let x = sgr_testutil::rand_tensor(&[6, 1, 28, 28], 17, 0.0, 1.0);
-    let y = Tensor::new(&[0u32, 1, 2, 7, 8, 9], &Device::Cpu).unwrap();
+    let idx: Vec<usize> = (0..6).collect();
+    let (x, y) = data
+        .train
+        .batch(&idx, None, DType::F64, &Device::Cpu)
+        .unwrap();
     let cases: [(&str, MethodOptions); 9] = [
         ("clean", MethodOptions::default()),
         ("wdecay", MethodOptions::default()),
