@@ -21,14 +21,9 @@ fn python() -> String {
 fn input_gradient(model: &sgr_models::Cnn, plain: bool, x: &Tensor, y: &Tensor) -> Tensor {
     let mut net = model.clone();
     net.set_plain_ops(plain);
-    let xv = candle_core::Var::from_tensor(x).unwrap();
-    let logp = candle_nn::ops::log_softmax(&net.forward(xv.as_tensor()).unwrap(), 1).unwrap();
-    let ll = logp
-        .gather(&y.unsqueeze(1).unwrap(), 1)
+    sgr_regularizers::input_gradient(&net, x, y, false)
         .unwrap()
-        .sum_all()
-        .unwrap();
-    ll.backward().unwrap().get(xv.as_tensor()).unwrap().detach()
+        .grad
 }
 
 /// Writes the first `n` test images with sgr's logits and input gradients (both code paths) for them, then

@@ -218,24 +218,20 @@ fn synthetic_cifar(n: usize) -> sgr_data::ImageSet {
 /// during the run affects them alike and their ratios stay comparable.
 fn bench_methods(
     model: &str,
+    config: &CnnConfig,
     names: &[String],
     batch: usize,
     reps: usize,
     device: &Device,
 ) -> anyhow::Result<Vec<(String, f64, f64)>> {
-    let (dataset, train, config) = if model == "cifar" {
+    let (dataset, train) = if model == "cifar" {
         (
             sgr_data::DatasetName::Cifar10,
             synthetic_cifar(batch.max(10)),
-            CnnConfig::cifar10(),
         )
     } else {
         let data = sgr_data::load(sgr_data::DatasetName::MnistSubset, None)?;
-        (
-            sgr_data::DatasetName::MnistSubset,
-            data.train,
-            CnnConfig::mnist(),
-        )
+        (sgr_data::DatasetName::MnistSubset, data.train)
     };
     let ctx = sgr_train::MethodContext {
         dataset,
@@ -269,7 +265,7 @@ fn bench_methods(
         };
         let method = sgr_train::build_method(name, &ctx, options)
             .with_context(|| format!("--methods {spec}"))?;
-        let (model, varmap, adam) = fresh_model(&config, device)?;
+        let (model, varmap, adam) = fresh_model(config, device)?;
         cases.push(Case {
             method,
             model,
@@ -398,8 +394,10 @@ pub fn run(cmd: BenchCmd) -> anyhow::Result<()> {
     println!("|---|---|---:|---:|---:|");
     // Rows: forward, input_grad (trainable model), clean_step (Adam), input_grad_frozen (the attacks' pass;
     // compared with torch's input_grad), and for MNIST a PGD-10 attack (torch: 10 × input_grad) and DeepFool.
-    let (mut torch_mnist, mut torch_cifar) = (None, None);
-    for (name, config) in models {
+    // PyTorch's figures per model, for the methods' table below.
+    let mut torch_by_model = Vec::new();
+    for (name, config) in &models {
+        let name = *name;
         // Ours and PyTorch's in alternating rounds; each case's median across rounds.
         let mut our_rounds = Vec::new();
         let mut torch_rounds = Vec::new();
@@ -429,11 +427,7 @@ pub fn run(cmd: BenchCmd) -> anyhow::Result<()> {
             })
             .collect();
         let torch = (!torch_rounds.is_empty()).then(|| median_json(&torch_rounds));
-        if name == "mnist" {
-            torch_mnist = torch.clone();
-        } else {
-            torch_cifar = torch.clone();
-        }
+        torch_by_model.push(torch.clone());
         let torch_grad = torch
             .as_ref()
             .and_then(|v| v["median_ms"]["input_grad"].as_f64());
@@ -480,23 +474,14 @@ pub fn run(cmd: BenchCmd) -> anyhow::Result<()> {
         if !names.iter().any(|n| n == "clean") {
             names.insert(0, "clean".into());
         }
-        let models: &[&str] = match cmd.model.as_str() {
-            "both" => &["mnist", "cifar"],
-            "cifar" => &["cifar"],
-            _ => &["mnist"],
-        };
-        for &m in models {
-            let rows = bench_methods(m, &names, cmd.batch, cmd.reps, &device)?;
+        for ((m, config), torch) in models.iter().zip(&torch_by_model) {
+            let m = *m;
+            let rows = bench_methods(m, config, &names, cmd.batch, cmd.reps, &device)?;
             let clean = rows
                 .iter()
                 .find(|r| r.0 == "clean")
                 .map(|r| r.1)
                 .unwrap_or(f64::NAN);
-            let torch = if m == "cifar" {
-                &torch_cifar
-            } else {
-                &torch_mnist
-            };
             let torch_step = |k: &str| {
                 torch
                     .as_ref()

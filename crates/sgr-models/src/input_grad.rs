@@ -54,6 +54,15 @@ pub(crate) struct Reverse {
     pub(crate) dz0: Option<Tensor>,
 }
 
+impl Reverse {
+    /// `dz0`, the gradient at the standardised input (an error for a pass made without it).
+    pub(crate) fn input(&self) -> Result<&Tensor> {
+        self.dz0
+            .as_ref()
+            .ok_or_else(|| candle_core::Error::Msg("reverse pass without its input".into()))
+    }
+}
+
 impl Cnn {
     /// The forward pass after standardisation (`z0` `(B, C, H, W)`) on the NHWC ops: logits and activations
     /// (the model's whole CPU forward pass; the activations are kept for the reverse pass).
@@ -87,9 +96,7 @@ impl Cnn {
     /// The reverse pass from `d` (gradient at the logits) to the standardised input, `(B, C, H, W)`. Built
     /// from differentiable ops: linear in `d`, and differentiable in the parameters.
     pub(crate) fn reverse(&self, a: &Activations, d: &Tensor) -> Result<Tensor> {
-        self.reverse_parts(a, d, true)?
-            .dz0
-            .ok_or_else(|| candle_core::Error::Msg("reverse pass without its input".into()))
+        Ok(self.reverse_parts(a, d, true)?.input()?.clone())
     }
 
     /// [`Cnn::reverse`] with the intermediate gradients (what the parameter gradients of `crate::explicit`
@@ -131,8 +138,9 @@ impl Cnn {
     /// (with `CANDLE_GRAD_DO_NOT_DETACH` set; without it candle drops the second-order terms).
     ///
     /// Same values as differentiating `forward` by autograd (tested to 1e-10 in f64, with the
-    /// parameter gradients of a loss on the result). On devices other than the CPU, or with plain ops,
-    /// callers should use autograd instead: the NHWC ops have no GPU kernels.
+    /// parameter gradients of a loss on the result). On devices other than the CPU, or with plain ops
+    /// (where [`Cnn::uses_fast_ops`] is false), callers should use autograd instead: the NHWC ops have no
+    /// GPU kernels.
     pub fn log_lik_input_gradient(
         &self,
         x: &Tensor,
@@ -156,19 +164,10 @@ impl Cnn {
         d: &Tensor,
     ) -> Result<(Reverse, Tensor)> {
         let rev = self.reverse_parts(acts, d, true)?;
-        let dz = rev
-            .dz0
-            .as_ref()
-            .ok_or_else(|| candle_core::Error::Msg("reverse pass without its input".into()))?
-            .reshape(std.flat.shape())?;
+        let dz = rev.input()?.reshape(std.flat.shape())?;
         let dx = standardize_jacobian(&dz, &std.flat, &std.denom, &std.active)?
             .reshape(std.standardized.shape())?;
         Ok((rev, dx))
-    }
-
-    /// Whether [`Cnn::log_lik_input_gradient`] can run here (CPU tensors, custom ops enabled).
-    pub fn has_explicit_input_gradient(&self, x: &Tensor) -> bool {
-        self.uses_fast_ops(x)
     }
 }
 

@@ -442,9 +442,8 @@ fn conv_bwd(
     Ok((dx, dw))
 }
 
-/// `Σ` over all but the last dimension, as a product with a row of ones (candle's reduction over leading
-/// dimensions is slow); differentiable.
-/// Sums over every dimension but the last: `(…, O)` → `(O,)`, as one product with a row of ones.
+/// Sums over every dimension but the last, `(…, O)` → `(O,)`, as one product with a row of ones (candle's
+/// reduction over leading dimensions is slow); differentiable.
 pub(crate) fn sum_leading(t: &Tensor) -> Result<Tensor> {
     let o = t.dim(candle_core::D::Minus1)?;
     let n = t.elem_count() / o.max(1);

@@ -7,14 +7,19 @@ use candle_core::{DType, Device, Module, Tensor, Var};
 use common::{log_lik, model, rand_tensor, scalar};
 use sgr_models::{CnnConfig, max_pool2x2, standardize};
 
+/// `∇_x Σ_i log softmax(f(x_i))[y_i]` by autograd.
+fn input_gradient(m: &sgr_models::Cnn, x: &Tensor, y: &Tensor) -> Tensor {
+    let xv = Var::from_tensor(x).unwrap();
+    let grads = log_lik(m, xv.as_tensor(), y).unwrap().backward().unwrap();
+    grads.get(xv.as_tensor()).unwrap().clone()
+}
+
 fn check_input_gradient(config: CnnConfig, seed: u64) {
     let (m, _vm) = model(config.clone(), seed, DType::F64);
     let shape = [2, config.in_channels, config.height, config.width];
     let x = rand_tensor(&shape, seed + 1, 0.0, 1.0);
     let y = Tensor::new(&[3u32, 7], &Device::Cpu).unwrap();
-    let xv = Var::from_tensor(&x).unwrap();
-    let grads = log_lik(&m, xv.as_tensor(), &y).unwrap().backward().unwrap();
-    let g = grads.get(xv.as_tensor()).unwrap().clone();
+    let g = input_gradient(&m, &x, &y);
     // Small enough that no ReLU or max-pool switches between x ± h·v (the network is piecewise smooth).
     let h = 1e-7;
     let f = |x: &Tensor| scalar(&log_lik(&m, x, &y).unwrap());
@@ -205,12 +210,7 @@ fn input_gradients_agree_across_paths_on_flat_backgrounds() {
     let grad = |plain: bool| {
         let mut net = m.clone();
         net.set_plain_ops(plain);
-        let xv = Var::from_tensor(&x).unwrap();
-        let grads = log_lik(&net, xv.as_tensor(), &y)
-            .unwrap()
-            .backward()
-            .unwrap();
-        grads.get(xv.as_tensor()).unwrap().clone()
+        input_gradient(&net, &x, &y)
     };
     let (fast, plain) = (grad(false), grad(true));
     let scale = sgr_testutil::max_abs(&fast);
