@@ -11,6 +11,11 @@
 //! | [`Pgd`] | iterated signed (L∞) or normalised (L2) steps of `ε/5`, projected and clipped each step |
 //! | [`DeepFool`] | multi-class DeepFool, overshoot 0.02, ≤ 100 iterations; reports ρ = mean ‖r‖₂/‖x‖₂ |
 //! | [`WorstOfN`] | `N` draws of correlated Gaussian noise scaled by `ε`; an example is broken if any draw breaks it |
+//! | [`Apgd`] | Auto-PGD on the CE or DLR loss: momentum, step size halved at checkpoints, random start (L∞, L2) |
+//! | [`ApgdTargeted`] | APGD-T: targeted DLR loss, one run per target class (the 2nd … 10th most likely) |
+//! | [`FabTargeted`] | FAB-T: minimal perturbations by projections onto the linearised boundary; broken within ε |
+//! | [`Square`] | score-based random search of square patches, no gradients (L∞) |
+//! | [`AutoAttack`] | the standard suite APGD-CE → APGD-T → FAB-T → Square, resumable ([`AutoAttackState`]) |
 //!
 //! `g` is the gradient of the cross-entropy loss with respect to the input, for the labels passed in: the true
 //! labels for evaluation, or the model's own predictions ([`predicted_labels`]) to avoid label leaking when
@@ -19,17 +24,27 @@
 //! Speed: attacks only need input gradients. Pass a model whose parameters are plain tensors rather than
 //! `Var`s (for the paper's CNN: `Cnn::frozen`), so backward passes skip the parameter gradients.
 
+mod apgd;
+mod autoattack;
 mod deepfool;
+mod fab;
 mod grad;
+pub mod logits;
 mod lrc;
+mod square;
 
 use candle_core::{D, DType, Result, Tensor};
 use candle_nn::Module;
 use rand::SeedableRng;
 
+pub use apgd::{Apgd, ApgdTargeted, apgd_checkpoints};
+pub use autoattack::{AaAttack, AutoAttack, AutoAttackState, StepReport};
 pub use deepfool::{DeepFool, DeepFoolResult};
+pub use fab::{FabFound, FabTargeted, project_to_hyperplane};
 pub use grad::{loss_gradient, predicted_labels};
+pub use logits::LogitLoss;
 pub use lrc::{NoiseSource, WorstOfN, WorstOfNResult};
+pub use square::{SQUARE_SEGMENT, Square, SquarePoint};
 
 /// An attack: adversarial inputs for `x` (`(B, C, H, W)` in `[0, 1]`) with labels `y` (`u32`, `(B,)`) within
 /// budget `eps`.
@@ -115,8 +130,9 @@ impl Attack for Fgsm {
     }
 }
 
-/// The norm a [`Pgd`] attack works in.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// The norm an attack's budget is measured in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Norm {
     LInf,
     L2,
