@@ -3,6 +3,7 @@
 //! | what | function | paper |
 //! |---|---|---|
 //! | white-box table: TEST, RAND, FGM, FGSM, PGD-10, FOOL (ρ) | [`whitebox`] | Table 1 left, Table 3 |
+//! | AutoAttack (APGD-CE, APGD-T, FAB-T, Square), resumable, with its masking checks | [`run_suite`], [`autoattack_row`] | — |
 //! | gradient-masking checks behind every white-box row | [`MaskingReport`] | — |
 //! | PGD-40 transfer matrix, one attack run per source model | [`transfer_matrix`] | Table 1 right, Table 4 |
 //! | worst-of-N correlated-noise accuracy (LRC, data covariance) | [`worst_of_n_accuracy`] | Fig. 3, 4 |
@@ -16,6 +17,7 @@
 //! for a seed: every random draw (RAND noise, LRC noise) derives from `(seed, batch)`. The library never
 //! installs a logger and never touches the network.
 
+mod autoattack;
 mod checks;
 mod error;
 pub mod figures;
@@ -26,6 +28,10 @@ mod table;
 mod transfer;
 mod whitebox;
 
+pub use autoattack::{
+    AutoAttackEval, AutoAttackRow, SQUARE_GAIN_LIMIT, UNBOUNDED_LIMIT, autoattack_legend,
+    autoattack_row, autoattack_table, run_suite,
+};
 pub use checks::{Check, MaskingReport, tolerance};
 pub use error::{EvalError, Result};
 pub use lrc::{LrcCurve, lrc_curve, worst_of_n_accuracy};

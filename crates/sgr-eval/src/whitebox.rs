@@ -21,6 +21,12 @@ pub struct WhiteboxConfig {
     /// The masking sweeps (ε ∈ {ε/2, ε, 2ε, 1}, 2× steps) run on the first this many images (0: all).
     pub masking_images: usize,
     pub deepfool_max_iter: usize,
+    /// AutoAttack (the AA column) with these settings (its ε is replaced by `eps`), on the first
+    /// `autoattack_images` images (0: all); `None` leaves the column out.
+    #[serde(default)]
+    pub autoattack: Option<sgr_attacks::AutoAttack>,
+    #[serde(default)]
+    pub autoattack_images: usize,
 }
 
 impl Default for WhiteboxConfig {
@@ -33,6 +39,8 @@ impl Default for WhiteboxConfig {
             deepfool_images: 0,
             masking_images: 0,
             deepfool_max_iter: 100,
+            autoattack: None,
+            autoattack_images: 0,
         }
     }
 }
@@ -52,6 +60,11 @@ pub struct WhiteboxRow {
     pub fool_rho: f64,
     pub fool_images: usize,
     pub masking: MaskingReport,
+    /// AutoAttack's robust accuracy on the first `aa_images` images, where asked for.
+    #[serde(default)]
+    pub aa: Option<f64>,
+    #[serde(default)]
+    pub aa_images: usize,
 }
 
 fn pgd(steps: usize) -> Pgd {
@@ -200,6 +213,23 @@ pub fn whitebox(
             tolerance(n),
         ),
     ];
+    let (aa, aa_images) = match &cfg.autoattack {
+        Some(suite) => {
+            let na = if cfg.autoattack_images == 0 {
+                n
+            } else {
+                cfg.autoattack_images.min(n)
+            };
+            let suite = sgr_attacks::AutoAttack {
+                eps,
+                ..suite.clone()
+            };
+            let st = suite.run_all(m, &x.narrow(0, 0, na)?, &y.narrow(0, 0, na)?)?;
+            tracing::info!(aa = st.robust_accuracy(), images = na, "AutoAttack done");
+            (Some(st.robust_accuracy()), na)
+        }
+        None => (None, 0),
+    };
     for c in checks.iter().filter(|c| !c.passed) {
         tracing::warn!(
             model = model.name,
@@ -219,6 +249,8 @@ pub fn whitebox(
         pgd: pgd_acc,
         fool_rho,
         fool_images: nf,
+        aa,
+        aa_images,
         masking: MaskingReport {
             images: nm,
             eps_curve,
@@ -228,27 +260,30 @@ pub fn whitebox(
     })
 }
 
-/// The paper's layout: `TRAIN. METH. | TEST | RAND | FGM | FGSM | PGD | FOOL`, plus a masking verdict.
+/// The paper's layout: `TRAIN. METH. | TEST | RAND | FGM | FGSM | PGD | FOOL`, plus AutoAttack's `AA` after
+/// `PGD` where a row has it, and a masking verdict.
 pub fn whitebox_table(rows: &[WhiteboxRow]) -> Table {
-    let mut t = Table::new([
-        "TRAIN. METH.",
-        "TEST",
-        "RAND",
-        "FGM",
-        "FGSM",
-        "PGD",
-        "FOOL",
-        "masking checks",
-    ]);
+    let with_aa = rows.iter().any(|r| r.aa.is_some());
+    let mut header = vec!["TRAIN. METH.", "TEST", "RAND", "FGM", "FGSM", "PGD"];
+    if with_aa {
+        header.push("AA");
+    }
+    header.extend(["FOOL", "masking checks"]);
+    let mut t = Table::new(header);
     for r in rows {
         let failed: Vec<&str> = r.masking.failed().map(|c| c.name.as_str()).collect();
-        t.push([
+        let mut row = vec![
             r.model.clone(),
             fmt_pct(r.test),
             fmt_pct(r.rand),
             fmt_pct(r.fgm),
             fmt_pct(r.fgsm),
             fmt_pct(r.pgd),
+        ];
+        if with_aa {
+            row.push(r.aa.map_or_else(|| "–".into(), fmt_pct));
+        }
+        row.extend([
             format!("{:.3}", r.fool_rho),
             if failed.is_empty() {
                 "ok".into()
@@ -256,6 +291,7 @@ pub fn whitebox_table(rows: &[WhiteboxRow]) -> Table {
                 format!("FLAGGED: {}", failed.join("; "))
             },
         ]);
+        t.push(row);
     }
     t
 }

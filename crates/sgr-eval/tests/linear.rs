@@ -243,3 +243,108 @@ fn worst_of_n_equals_brute_force_and_falls_with_draws() {
     let clean = worst_of_n_accuracy(&a, &source, &x, &y, 0.0, 3, 7, 4).unwrap();
     assert!((clean - 0.9).abs() < 1e-12);
 }
+
+fn aa_cfg(attacks: Vec<sgr_attacks::AaAttack>) -> sgr_eval::AutoAttackEval {
+    sgr_eval::AutoAttackEval {
+        suite: sgr_attacks::AutoAttack {
+            eps: EPS,
+            attacks,
+            batch_size: 4,
+            apgd_steps: 30,
+            square_queries: 400,
+            ..sgr_attacks::AutoAttack::default()
+        },
+        pgd_steps: 10,
+        masking_images: 0,
+    }
+}
+
+#[test]
+fn autoattack_row_matches_the_margins_and_resumes_through_saves() {
+    use sgr_attacks::AaAttack;
+    let (x, y) = data();
+    let a = Linear { w: WA, scale: 1.0 };
+    let named = Named {
+        name: "A",
+        model: &a,
+    };
+    // Two classes: the targeted attacks have nothing to target, so the suite here is APGD-CE and Square.
+    let cfg = aa_cfg(vec![AaAttack::ApgdCe, AaAttack::Square]);
+    let mut saves = Vec::new();
+    let state = sgr_eval::run_suite(
+        named,
+        &x,
+        &y,
+        &cfg.suite,
+        None,
+        std::time::Duration::ZERO,
+        |s| {
+            saves.push(s.clone());
+            Ok(())
+        },
+        |_, _| {},
+    )
+    .unwrap();
+    let row = sgr_eval::autoattack_row(named, &x, &y, &cfg, &state).unwrap();
+    // L∞ margins 0.3 (×4) survive ε = 0.05 (w·x moves by at most 4ε = 0.2); 0.15 and 0.05 fall; as PGD.
+    assert!((row.clean - 0.9).abs() < 1e-12);
+    assert!((row.robust - 0.4).abs() < 1e-12, "{row:?}");
+    assert!((row.pgd - 0.4).abs() < 1e-12);
+    assert!(row.failed().next().is_none(), "{:#?}", row.checks);
+    // Every save is a state to resume from, and each resumed run ends where the uninterrupted one did.
+    assert!(
+        saves.len() > 3,
+        "saved after every unit with save_every = 0"
+    );
+    for saved in &saves {
+        let resumed = sgr_eval::run_suite(
+            named,
+            &x,
+            &y,
+            &cfg.suite,
+            Some(saved.clone()),
+            std::time::Duration::from_secs(3600),
+            |_| Ok(()),
+            |_, _| {},
+        )
+        .unwrap();
+        assert_eq!(resumed.robust, state.robust);
+        assert_eq!(resumed.after, state.after);
+    }
+    let table = sgr_eval::autoattack_table(std::slice::from_ref(&row));
+    assert_eq!(
+        table.header[..6],
+        ["MODEL", "TEST", "PGD-10", "APGD-CE", "SQUARE", "AA"].map(String::from)
+    );
+    assert!(sgr_eval::autoattack_legend(&cfg).contains("30 iterations"));
+}
+
+#[test]
+fn autoattack_masking_checks_fire_on_a_saturated_model() {
+    use sgr_attacks::AaAttack;
+    let (x, y) = data();
+    let x = x.to_dtype(DType::F32).unwrap();
+    let masked = Linear { w: WA, scale: 1e4 };
+    let named = Named {
+        name: "masked",
+        model: &masked,
+    };
+    let cfg = aa_cfg(vec![AaAttack::ApgdCe, AaAttack::Square]);
+    let state = cfg.suite.run_all(&masked, &x, &y).unwrap();
+    let row = sgr_eval::autoattack_row(named, &x, &y, &cfg, &state).unwrap();
+    // The cross-entropy gradient underflows: APGD-CE breaks nothing, Square (no gradients) breaks what the
+    // margins allow.
+    assert!((row.after[0].1 - 0.9).abs() < 1e-6, "{row:?}");
+    assert!((row.robust - 0.4).abs() < 1e-6, "{row:?}");
+    let failed: Vec<&str> = row.failed().map(|c| c.name.as_str()).collect();
+    assert!(
+        failed.contains(&"Square adds little to the gradient attacks"),
+        "{failed:?}"
+    );
+    assert!(
+        failed.contains(&"APGD-CE with an unbounded budget reaches ~0 %"),
+        "{failed:?}"
+    );
+    let md = sgr_eval::autoattack_table(std::slice::from_ref(&row)).to_markdown();
+    assert!(md.contains("FLAGGED"), "{md}");
+}

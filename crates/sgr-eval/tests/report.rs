@@ -34,6 +34,8 @@ fn row(model: &str, acc: [f64; 5], rho: f64, failed: bool) -> WhiteboxRow {
         pgd: acc[4],
         fool_rho: rho,
         fool_images: 1000,
+        aa: None,
+        aa_images: 0,
         masking: MaskingReport {
             images: 1000,
             eps_curve: vec![],
@@ -290,4 +292,25 @@ fn example_figures_for_inspection() {
         .to_dtype(DType::F32)
         .unwrap();
     sgr_eval::figures::analyze_covariance(&cnn, &x, &y, &data, 0.1, 4, 6, dir).unwrap();
+}
+
+#[test]
+fn whitebox_table_shows_autoattack_after_pgd_where_run() {
+    let mut with = row("sgr-sign", [0.995, 0.995, 0.995, 0.949, 0.8951], 0.3, false);
+    with.aa = Some(0.8123);
+    with.aa_images = 1000;
+    let without = row("clean", [0.994, 0.994, 0.98, 0.891, 0.448], 0.159, false);
+    let t = whitebox_table(&[with, without]);
+    let pgd = t.header.iter().position(|h| h == "PGD").unwrap();
+    assert_eq!(t.header[pgd + 1], "AA");
+    assert_eq!(t.rows[0][pgd + 1], "81.2");
+    assert_eq!(t.rows[1][pgd + 1], "–");
+    // Without any AutoAttack run the paper's layout is unchanged.
+    let plain = whitebox_table(&[row(
+        "clean",
+        [0.994, 0.994, 0.98, 0.891, 0.448],
+        0.159,
+        false,
+    )]);
+    assert!(!plain.header.iter().any(|h| h == "AA"));
 }
