@@ -1,3 +1,5 @@
+//! `cargo xtask bench`: step times of both CNNs (and the methods' training steps) beside PyTorch's, in one run.
+
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::Instant;
@@ -39,6 +41,25 @@ pub struct BenchCmd {
     /// list, or `all` (every method, plus sgr-sign with the finite-difference surrogate).
     #[arg(long)]
     methods: Option<String>,
+    /// Instead: time each AutoAttack attack on --checkpoint (batch --aa-batch) and run torchattacks' AutoAttack
+    /// (xtask/torch_autoattack.py, where python imports torch and torchattacks) on the same model and images.
+    #[arg(long)]
+    autoattack: bool,
+    /// The trained checkpoint (run folder or .safetensors) for --autoattack.
+    #[arg(long)]
+    checkpoint: Option<PathBuf>,
+    /// MNIST IDX folder for --autoattack (default: the folder the checkpoint was trained on).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Test images for --autoattack.
+    #[arg(long, default_value_t = 1000)]
+    images: usize,
+    /// ε of --autoattack in units of 1/255.
+    #[arg(long, default_value_t = 32.0)]
+    eps: f64,
+    /// Batch of --autoattack (AutoAttack's default 250).
+    #[arg(long, default_value_t = 250)]
+    aa_batch: usize,
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -359,8 +380,13 @@ fn find_python(cmd: &BenchCmd) -> Option<PathBuf> {
     if let Some(p) = &cmd.torch_python {
         return Some(p.clone());
     }
+    let probe = if cmd.autoattack {
+        "import torch, torchattacks"
+    } else {
+        "import torch"
+    };
     let ok = Command::new("python3")
-        .args(["-c", "import torch"])
+        .args(["-c", probe])
         .output()
         .map(|o| o.status.success())
         .unwrap_or(false);
@@ -368,6 +394,20 @@ fn find_python(cmd: &BenchCmd) -> Option<PathBuf> {
 }
 
 pub fn run(cmd: BenchCmd) -> anyhow::Result<()> {
+    if cmd.autoattack {
+        let checkpoint = cmd.checkpoint.as_deref().context(
+            "--autoattack needs --checkpoint (a trained model's run folder or .safetensors file)",
+        )?;
+        return crate::bench_autoattack::run(&crate::bench_autoattack::AaBench {
+            checkpoint,
+            data_dir: cmd.data_dir.clone(),
+            images: cmd.images,
+            eps_255: cmd.eps,
+            batch: cmd.aa_batch,
+            python: find_python(&cmd),
+            device: cmd.device,
+        });
+    }
     let device = make_device(cmd.device).context("opening --device")?;
     let models: Vec<(&str, CnnConfig)> = match cmd.model.as_str() {
         "mnist" => vec![("mnist", CnnConfig::mnist())],

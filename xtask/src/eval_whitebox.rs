@@ -21,6 +21,12 @@ pub struct WhiteboxCmd {
     /// Gradient-masking sweeps on the first N test images (0: all).
     #[arg(long, default_value_t = 0)]
     pub masking_images: usize,
+    /// Add an AA column: AutoAttack's standard suite (L∞, APGD-CE, APGD-T, FAB-T, Square).
+    #[arg(long)]
+    pub autoattack: bool,
+    /// AutoAttack on the first N test images (0: all).
+    #[arg(long, default_value_t = 1000)]
+    pub autoattack_images: usize,
     /// Output folder: whitebox.md, whitebox.csv, whitebox.json.
     #[arg(long, default_value = "eval/whitebox")]
     pub out: PathBuf,
@@ -50,6 +56,12 @@ pub fn evaluate(s: &Setup, cmd: &WhiteboxCmd) -> anyhow::Result<Vec<WhiteboxRow>
         seed: cmd.data.seed,
         deepfool_images: cmd.deepfool_images,
         masking_images: cmd.masking_images,
+        autoattack: cmd.autoattack.then(|| sgr_attacks::AutoAttack {
+            seed: cmd.data.seed,
+            batch_size: cmd.data.batch_size,
+            ..sgr_attacks::AutoAttack::default()
+        }),
+        autoattack_images: cmd.autoattack_images,
         ..WhiteboxConfig::default()
     };
     s.named()
@@ -73,10 +85,18 @@ pub fn markdown(s: &Setup, rows: &[WhiteboxRow]) -> String {
     md += &format!(
         "\nRAND: uniform noise in [−ε, ε]. FGM: one step of L2 norm ε. FGSM: one step ε·sign(g). PGD: {} steps \
          of ε/5 (L∞, no random start). FOOL: DeepFool's ρ = mean ‖r‖₂/‖x‖₂ (overshoot 0.02, ≤ 100 iterations) \
-         on {nf} images. All attacks use the true labels; inputs are clipped to [0, 1].\n\n",
+         on {nf} images. All attacks use the true labels; inputs are clipped to [0, 1].{}\n\n",
         rows.first()
             .and_then(|r| r.masking.steps_curve.first())
-            .map_or(10, |p| p.0)
+            .map_or(10, |p| p.0),
+        rows.iter()
+            .find(|r| r.aa.is_some())
+            .map_or(String::new(), |r| format!(
+                " AA: AutoAttack's standard suite (APGD-CE, APGD-T, FAB-T, Square; L∞, 100 iterations, 9 \
+                 targets, 5,000 queries) on the first {} images; `cargo xtask eval-autoattack` gives each \
+                 attack's column and its own masking checks.",
+                r.aa_images
+            ))
     );
     md += &format!(
         "### Gradient-masking checks ({nm} images)\n\nAccuracy must fall with ε (PGD at ε/2, ε, 2ε, 255/255) and \

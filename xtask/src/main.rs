@@ -4,8 +4,10 @@
 mod alloc;
 mod analyze_cov;
 mod bench;
+mod bench_autoattack;
 mod common;
 mod eval;
+mod eval_autoattack;
 mod eval_lrc;
 mod eval_transfer;
 mod eval_whitebox;
@@ -40,6 +42,8 @@ enum Command {
     Eval(eval::EvalCmd),
     /// White-box table (paper Table 1 left / 3): TEST, RAND, FGM, FGSM, PGD, FOOL, with masking checks.
     EvalWhitebox(eval_whitebox::WhiteboxCmd),
+    /// AutoAttack (APGD-CE, APGD-T, FAB-T, Square): robust accuracy after each attack, resumable.
+    EvalAutoattack(eval_autoattack::AutoAttackCmd),
     /// PGD transfer matrix (paper Table 1 right / 4): one attack run per source model.
     EvalTransfer(eval_transfer::TransferCmd),
     /// Worst-of-100 correlated-noise accuracy against ζ and ε (paper Fig. 3, 4), LRC and data covariance.
@@ -72,6 +76,7 @@ fn main() -> std::process::ExitCode {
         Command::Eval(cmd) => eval::run(cmd),
         Command::Bench(cmd) => bench::run(cmd),
         Command::EvalWhitebox(cmd) => eval_whitebox::run(cmd),
+        Command::EvalAutoattack(cmd) => eval_autoattack::run(cmd),
         Command::EvalTransfer(cmd) => eval_transfer::run(cmd),
         Command::EvalLrc(cmd) => eval_lrc::run(cmd),
         Command::AnalyzeCov(cmd) => analyze_cov::run(cmd),

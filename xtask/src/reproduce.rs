@@ -42,6 +42,9 @@ pub struct ReproduceCmd {
     /// DeepFool (FOOL column) and the masking sweeps on the first N of those.
     #[arg(long, default_value_t = 500)]
     deepfool_images: usize,
+    /// AutoAttack (the AA column beside PGD) on the first N test images (0: leave it out).
+    #[arg(long, default_value_t = 200)]
+    autoattack_images: usize,
     /// Methods in the correlated-noise curves (those of the paper's Fig. 3), where trained.
     #[arg(long, value_delimiter = ',', default_value = "clean,gn,sgr-sign,lrc")]
     lrc_methods: Vec<String>,
@@ -153,6 +156,8 @@ pub fn run(cmd: ReproduceCmd) -> anyhow::Result<()> {
         pgd_steps: 10,
         deepfool_images: cmd.deepfool_images,
         masking_images: cmd.deepfool_images,
+        autoattack: cmd.autoattack_images > 0,
+        autoattack_images: cmd.autoattack_images,
         out: eval_dir.clone(),
     };
     let wb = budget.time("white-box table", || eval_whitebox::evaluate(&s, &wb_cmd))?;

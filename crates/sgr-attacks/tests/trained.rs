@@ -169,3 +169,62 @@ fn attack_orderings_and_masking_checks_on_a_trained_cnn() {
         0.0
     );
 }
+
+/// AutoAttack on the briefly trained CNN: the standard suite (fewer targets and queries, to keep the test
+/// short) is at least as strong as APGD-CE, APGD-CE as PGD-10, PGD-10 as FGSM; with an unbounded budget it
+/// breaks everything.
+#[test]
+fn autoattack_orders_below_pgd_and_fgsm_on_a_trained_cnn() {
+    use sgr_attacks::{AaAttack, AutoAttack};
+    let (model, _vm) = trained_model();
+    let frozen = model.frozen();
+    let test = load_split(DatasetName::MnistSubset, None, Split::Test).unwrap();
+    let n = 100;
+    let (x, y) = test.range(0, n, DType::F32, &Device::Cpu).unwrap();
+    let eps = 0.1;
+    let suite = AutoAttack {
+        eps,
+        batch_size: 64,
+        targets: 2,
+        fab_steps: 30,
+        square_queries: 500,
+        ..AutoAttack::default()
+    };
+    let state = suite.run_all(&frozen, &x, &y).unwrap();
+    let apgd_ce = state.after[0];
+    let aa = state.robust_accuracy();
+    let pgd = acc(
+        &model,
+        &Pgd::whitebox().run(&frozen, &x, &y, eps).unwrap(),
+        &y,
+    );
+    let fgsm = acc(&model, &Fgsm.run(&frozen, &x, &y, eps).unwrap(), &y);
+    eprintln!(
+        "clean {:.2} fgsm {fgsm:.2} pgd-10 {pgd:.2} apgd-ce {apgd_ce:.2} aa {aa:.2} ({:?})",
+        state.clean_accuracy(),
+        state.after
+    );
+    let tol = 2.0 / n as f64;
+    assert!(
+        aa <= apgd_ce && apgd_ce <= pgd + tol && pgd <= fgsm + tol,
+        "{:?}",
+        state.after
+    );
+    assert!(
+        aa < state.clean_accuracy() - 0.2,
+        "ε = 0.1 hurts an undefended model"
+    );
+    // An unbounded budget leaves nothing (else gradients would be masked).
+    let unbounded = AutoAttack {
+        eps: 1.0,
+        attacks: vec![AaAttack::ApgdCe],
+        ..suite.clone()
+    };
+    assert_eq!(
+        unbounded
+            .run_all(&frozen, &x, &y)
+            .unwrap()
+            .robust_accuracy(),
+        0.0
+    );
+}

@@ -1,6 +1,7 @@
 //! AutoAttack evaluation: robust accuracy after each attack of the standard suite, PGD beside it, and the
 //! gradient-masking checks AutoAttack's authors recommend; driven resumably.
 
+use std::ops::ControlFlow;
 use std::time::{Duration, Instant};
 
 use candle_core::Tensor;
@@ -71,8 +72,8 @@ impl AutoAttackRow {
     }
 }
 
-/// Runs `suite` to the end from `state` (or from the start), calling `progress` after every unit of work and
-/// `save` at least every `save_every`, after each attack, and at the end.
+/// Runs `suite` from `state` (or from the start) until it is done or `progress`, called after every unit of
+/// work, breaks; calls `save` at least every `save_every`, after each attack, and when it returns.
 #[allow(clippy::too_many_arguments)]
 pub fn run_suite(
     model: Named<'_>,
@@ -82,7 +83,7 @@ pub fn run_suite(
     state: Option<AutoAttackState>,
     save_every: Duration,
     mut save: impl FnMut(&AutoAttackState) -> Result<()>,
-    mut progress: impl FnMut(&AutoAttackState, &StepReport),
+    mut progress: impl FnMut(&AutoAttackState, &StepReport) -> ControlFlow<()>,
 ) -> Result<AutoAttackState> {
     let n = check_data(x, y)?;
     let _span = tracing::info_span!("autoattack", model = model.name, images = n).entered();
@@ -100,13 +101,17 @@ pub fn run_suite(
     let mut saved = Instant::now();
     while state.attack < suite.attacks.len() {
         let report = suite.step(model.model, x, y, &mut state)?;
-        progress(&state, &report);
+        let flow = progress(&state, &report);
         if report.attack_done {
             tracing::info!(
                 attack = report.attack.name(),
                 robust = state.robust_accuracy(),
                 "attack done"
             );
+        }
+        if flow.is_break() {
+            save(&state)?;
+            break;
         }
         if report.attack_done || report.done || saved.elapsed() >= save_every {
             save(&state)?;

@@ -282,7 +282,7 @@ fn autoattack_row_matches_the_margins_and_resumes_through_saves() {
             saves.push(s.clone());
             Ok(())
         },
-        |_, _| {},
+        |_, _| std::ops::ControlFlow::Continue(()),
     )
     .unwrap();
     let row = sgr_eval::autoattack_row(named, &x, &y, &cfg, &state).unwrap();
@@ -305,7 +305,7 @@ fn autoattack_row_matches_the_margins_and_resumes_through_saves() {
             Some(saved.clone()),
             std::time::Duration::from_secs(3600),
             |_| Ok(()),
-            |_, _| {},
+            |_, _| std::ops::ControlFlow::Continue(()),
         )
         .unwrap();
         assert_eq!(resumed.robust, state.robust);
