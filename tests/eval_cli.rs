@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 
 mod common;
-use common::{ok, repo_root, xtask};
+use common::{err, ok, repo_root, xtask};
 
 use candle_core::{DType, Device};
 
@@ -90,6 +90,72 @@ fn eval_commands_on_the_mnist_subset() {
     // The same seed gives the same table.
     let again = ok(&xtask(&wb_args));
     assert!(again == md);
+
+    // AutoAttack: a JSON summary whose accuracies fall attack by attack; a finished run is refused without
+    // --resume, resumed with the same numbers, and refused with other settings.
+    let out = dir.path().join("aa");
+    let aa_args = [
+        "eval-autoattack",
+        "--checkpoints",
+        s(&a),
+        s(&b),
+        "--test-limit",
+        "30",
+        "--apgd-steps",
+        "10",
+        "--fab-steps",
+        "10",
+        "--square-queries",
+        "100",
+        "--targets",
+        "2",
+        "--masking-images",
+        "20",
+        "--json",
+        "--out",
+        s(&out),
+    ];
+    let first: serde_json::Value = serde_json::from_str(&ok(&xtask(&aa_args))).unwrap();
+    assert_eq!(first["n"], 30);
+    assert_eq!(first["eps_255"], 32.0);
+    assert_eq!(first["norm"], "linf");
+    for name in ["a", "b"] {
+        let m = &first["models"][name];
+        let mut prev = m["clean"].as_f64().unwrap();
+        for attack in ["apgd-ce", "apgd-t", "fab-t", "square"] {
+            let v = m[attack]
+                .as_f64()
+                .unwrap_or_else(|| panic!("{name} {attack}: {m}"));
+            assert!((0.0..=prev + 1e-12).contains(&v), "{name} {attack}: {m}");
+            prev = v;
+        }
+        assert_eq!(m["robust"].as_f64().unwrap(), prev);
+        assert!(m["seconds"].as_f64().unwrap() > 0.0);
+    }
+    for f in [
+        "autoattack.md",
+        "autoattack.csv",
+        "autoattack.json",
+        "settings.json",
+    ] {
+        assert!(out.join(f).is_file(), "{f}");
+    }
+    let refused = err(&xtask(&aa_args));
+    assert!(refused.contains("--resume"), "{refused}");
+    let mut resume_args = aa_args.to_vec();
+    resume_args.push("--resume");
+    let resumed: serde_json::Value = serde_json::from_str(&ok(&xtask(&resume_args))).unwrap();
+    for name in ["a", "b"] {
+        for key in ["clean", "apgd-ce", "apgd-t", "fab-t", "square", "robust"] {
+            assert_eq!(
+                resumed["models"][name][key], first["models"][name][key],
+                "{name} {key}"
+            );
+        }
+    }
+    resume_args.extend(["--eps", "64"]);
+    let other = err(&xtask(&resume_args));
+    assert!(other.contains("other checkpoints or settings"), "{other}");
 
     let out = dir.path().join("tr");
     let md = ok(&xtask(&[
@@ -216,6 +282,8 @@ fn reproduce_writes_a_report() {
         "2",
         "--cov-images",
         "10",
+        "--autoattack-images",
+        "10",
         "--out",
         s(&out),
     ];
@@ -232,7 +300,17 @@ fn reproduce_writes_a_report() {
     ] {
         assert!(report.contains(section), "missing {section}");
     }
-    assert_eq!(row(&report, "sgr-sign").len(), 6, "{report}");
+    // TEST RAND FGM FGSM PGD AA FOOL, and the AA column after PGD.
+    assert_eq!(row(&report, "sgr-sign").len(), 7, "{report}");
+    let header: Vec<&str> = report
+        .lines()
+        .find(|l| l.starts_with("| TRAIN. METH."))
+        .unwrap()
+        .split('|')
+        .map(str::trim)
+        .collect();
+    let pgd = header.iter().position(|h| *h == "PGD").unwrap();
+    assert_eq!(header[pgd + 1], "AA", "{report}");
     // Every figure the report links exists.
     for link in report
         .split("](")

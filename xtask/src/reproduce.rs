@@ -352,25 +352,35 @@ fn report(
             md,
             "\n### Beside the paper (Table 3, ε = {paper_eps}/255; ours / paper)\n\n"
         );
-        let mut t =
-            sgr_eval::Table::new(["TRAIN. METH.", "TEST", "RAND", "FGM", "FGSM", "PGD", "FOOL"]);
+        // AutoAttack postdates the paper: our AA sits beside the PGD column, with no paper figure.
+        let with_aa = wb.iter().any(|r| r.aa.is_some());
+        let mut header = vec!["TRAIN. METH.", "TEST", "RAND", "FGM", "FGSM", "PGD"];
+        if with_aa {
+            header.push("AA (ours)");
+        }
+        header.push("FOOL");
+        let mut t = sgr_eval::Table::new(header);
         for r in wb {
             let p = sgr_eval::paper::whitebox_row(ds, &r.model);
             let cell = |ours: f64, i: usize| {
                 let o = sgr_eval::fmt_pct(ours);
                 p.map_or(o.clone(), |p| format!("{o} / {:.1}", p.1[i]))
             };
-            t.push([
+            let mut row = vec![
                 r.model.clone(),
                 cell(r.test, 0),
                 cell(r.rand, 1),
                 cell(r.fgm, 2),
                 cell(r.fgsm, 3),
                 cell(r.pgd, 4),
-                p.map_or(format!("{:.3}", r.fool_rho), |p| {
-                    format!("{:.3} / {:.3}", r.fool_rho, p.2)
-                }),
-            ]);
+            ];
+            if with_aa {
+                row.push(r.aa.map_or_else(|| "–".into(), sgr_eval::fmt_pct));
+            }
+            row.push(p.map_or(format!("{:.3}", r.fool_rho), |p| {
+                format!("{:.3} / {:.3}", r.fool_rho, p.2)
+            }));
+            t.push(row);
         }
         md += &t.to_markdown();
     }
