@@ -332,10 +332,10 @@ fn torch_figures(
     batch: usize,
     reps: usize,
 ) -> anyhow::Result<serde_json::Value> {
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("torch_steps.py");
-    let out = Command::new(python)
-        .arg(&script)
-        .args([
+    run_script_json(
+        python,
+        "torch_steps.py",
+        &[
             "--model",
             model,
             "--batch",
@@ -343,7 +343,20 @@ fn torch_figures(
             "--reps",
             &reps.to_string(),
             "--json",
-        ])
+        ],
+    )
+}
+
+/// Runs `xtask/<script>` with `python` and `args`; parses the last line of its output as JSON.
+pub(crate) fn run_script_json(
+    python: &std::path::Path,
+    script: &str,
+    args: &[&str],
+) -> anyhow::Result<serde_json::Value> {
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(script);
+    let out = Command::new(python)
+        .arg(&script)
+        .args(args)
         .output()
         .with_context(|| format!("running {} {}", python.display(), script.display()))?;
     if !out.status.success() {
@@ -353,7 +366,9 @@ fn torch_figures(
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    serde_json::from_slice(&out.stdout).context("parsing torch_steps.py output")
+    let text = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(text.lines().last().unwrap_or_default())
+        .with_context(|| format!("parsing the output of {}", script.display()))
 }
 
 /// `{"median_ms": {case: median over runs}}` of several `torch_steps.py --json` outputs.

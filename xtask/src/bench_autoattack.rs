@@ -2,9 +2,7 @@
 //! AutoAttack (xtask/torch_autoattack.py) on the same model and images in the same invocation.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
-use anyhow::Context;
 use sgr_attacks::{AaAttack, AutoAttack};
 
 use crate::evalkit::{DataOpts, setup};
@@ -26,35 +24,19 @@ fn torch_run(
     dir: &Path,
     b: &AaBench<'_>,
 ) -> anyhow::Result<serde_json::Value> {
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("torch_autoattack.py");
-    let out = Command::new(python)
-        .arg(&script)
-        .arg(ckpt)
-        .arg(dir)
-        .args([
-            "--n",
-            &b.images.to_string(),
-            "--eps",
-            &b.eps_255.to_string(),
-            "--batch",
-            &b.batch.to_string(),
-            "--json",
-        ])
-        .output()
-        .with_context(|| format!("running {} {}", python.display(), script.display()))?;
-    if !out.status.success() {
-        anyhow::bail!(
-            "{} failed: {}",
-            script.display(),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    let last = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .last()
-        .unwrap_or_default()
-        .to_string();
-    serde_json::from_str(&last).context("parsing torch_autoattack.py output")
+    let (n, eps, batch) = (
+        b.images.to_string(),
+        b.eps_255.to_string(),
+        b.batch.to_string(),
+    );
+    let (ckpt, dir) = (ckpt.display().to_string(), dir.display().to_string());
+    crate::bench::run_script_json(
+        python,
+        "torch_autoattack.py",
+        &[
+            &ckpt, &dir, "--n", &n, "--eps", &eps, "--batch", &batch, "--json",
+        ],
+    )
 }
 
 pub fn run(b: &AaBench<'_>) -> anyhow::Result<()> {

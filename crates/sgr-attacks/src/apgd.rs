@@ -293,10 +293,86 @@ pub(crate) fn assemble(
     rows_to_tensor(&out, x.dims(), x.dtype(), x.device())
 }
 
-/// Which examples of the batch the model classifies correctly.
-pub(crate) fn correct_mask(model: &dyn Module, x: &Tensor, y: &[usize]) -> Result<Vec<bool>> {
-    let z = crate::logits::logits_rows(model, x)?;
-    Ok(z.iter().zip(y).map(|(r, &l)| ranked(r)[0] == l).collect())
+/// The examples of a batch that the model classifies correctly: what every attack starts from.
+pub(crate) struct Correct {
+    /// All examples as host rows, and their labels.
+    pub(crate) rows: Vec<Vec<f64>>,
+    pub(crate) labels: Vec<usize>,
+    /// Positions of the correctly classified ones, and their clean logits.
+    pub(crate) idx: Vec<usize>,
+    pub(crate) logits: Vec<Vec<f64>>,
+    pub(crate) classes: usize,
+}
+
+impl Correct {
+    pub(crate) fn of(model: &dyn Module, x: &Tensor, y: &Tensor) -> Result<Self> {
+        let (rows, labels) = host(x, y)?;
+        let z = crate::logits::logits_rows(model, x)?;
+        let classes = z.first().map_or(0, Vec::len);
+        let idx: Vec<usize> = (0..rows.len())
+            .filter(|&i| ranked(&z[i])[0] == labels[i])
+            .collect();
+        let logits = idx.iter().map(|&i| z[i].clone()).collect();
+        Ok(Self {
+            rows,
+            labels,
+            idx,
+            logits,
+            classes,
+        })
+    }
+
+    /// The subset `sub` (positions into `idx`) as a batch, its ids (batch positions), labels and clean logits.
+    pub(crate) fn subset(
+        &self,
+        sub: &[usize],
+        like: &Tensor,
+    ) -> (Batch<'_>, Vec<u64>, Vec<usize>, Vec<Vec<f64>>) {
+        let pos: Vec<usize> = sub.iter().map(|&k| self.idx[k]).collect();
+        (
+            Batch::new(pos.iter().map(|&i| self.rows[i].as_slice()).collect(), like),
+            pos.iter().map(|&i| i as u64).collect(),
+            pos.iter().map(|&i| self.labels[i]).collect(),
+            sub.iter().map(|&k| self.logits[k].clone()).collect(),
+        )
+    }
+
+    /// The batch with the rows found (per entry of `idx`) put in, others clean, as a tensor like `x`.
+    pub(crate) fn assemble(&self, x: &Tensor, found: &[Option<Vec<f64>>]) -> Result<Tensor> {
+        let mut all = vec![None; self.rows.len()];
+        for (k, &i) in self.idx.iter().enumerate() {
+            all[i].clone_from(&found[k]);
+        }
+        assemble(x, &self.rows, &all)
+    }
+}
+
+/// A targeted attack as an ε-bounded [`Attack`]: `one(rank, batch, ids, labels, clean logits)` runs the target
+/// of that rank on the examples still robust (returning what it broke), for `runs` ranks.
+pub(crate) fn targeted_runs(
+    model: &dyn Module,
+    x: &Tensor,
+    y: &Tensor,
+    runs: impl Fn(usize) -> usize,
+    mut one: impl FnMut(
+        usize,
+        &Batch<'_>,
+        &[u64],
+        &[usize],
+        &[Vec<f64>],
+    ) -> Result<Vec<Option<Vec<f64>>>>,
+) -> Result<Tensor> {
+    let c = Correct::of(model, x, y)?;
+    let mut found: Vec<Option<Vec<f64>>> = vec![None; c.idx.len()];
+    for rank in 0..runs(c.classes) {
+        let live: Vec<usize> = (0..c.idx.len()).filter(|&k| found[k].is_none()).collect();
+        let (batch, ids, labels, logits) = c.subset(&live, x);
+        let res = one(rank, &batch, &ids, &labels, &logits)?;
+        for (a, &k) in live.iter().enumerate() {
+            found[k].clone_from(&res[a]);
+        }
+    }
+    c.assemble(x, &found)
 }
 
 impl Attack for Apgd {
@@ -317,20 +393,15 @@ impl Attack for Apgd {
             );
         }
         let _span = tracing::debug_span!("apgd", steps = self.steps, eps).entered();
-        let (rows, ys) = host(x, y)?;
-        let correct = correct_mask(model, x, &ys)?;
-        let idx: Vec<usize> = (0..rows.len()).filter(|&i| correct[i]).collect();
-        let batch = Batch::new(idx.iter().map(|&i| rows[i].as_slice()).collect(), x);
-        let mut rngs = point_rngs(self.seed, 0xA9D0, idx.iter().map(|&i| i as u64));
-        let sub_y: Vec<usize> = idx.iter().map(|&i| ys[i]).collect();
-        let res = apgd_batch(
-            model, &batch, &sub_y, None, self.loss, eps, self.norm, self.steps, self.rho, &mut rngs,
+        let c = Correct::of(model, x, y)?;
+        let all: Vec<usize> = (0..c.idx.len()).collect();
+        let (batch, ids, labels, _) = c.subset(&all, x);
+        let mut rngs = point_rngs(self.seed, 0xA9D0, ids.iter().copied());
+        let found = apgd_batch(
+            model, &batch, &labels, None, self.loss, eps, self.norm, self.steps, self.rho,
+            &mut rngs,
         )?;
-        let mut found = vec![None; rows.len()];
-        for (k, &i) in idx.iter().enumerate() {
-            found[i].clone_from(&res[k]);
-        }
-        assemble(x, &rows, &found)
+        c.assemble(x, &found)
     }
 }
 
@@ -410,28 +481,14 @@ impl Attack for ApgdTargeted {
     fn run(&self, model: &dyn Module, x: &Tensor, y: &Tensor, eps: f64) -> Result<Tensor> {
         check_eps(eps)?;
         let _span = tracing::debug_span!("apgd_t", steps = self.steps, eps).entered();
-        let (rows, ys) = host(x, y)?;
-        let logits = crate::logits::logits_rows(model, x)?;
-        let mut found: Vec<Option<Vec<f64>>> = vec![None; rows.len()];
-        let mut robust: Vec<bool> = logits
-            .iter()
-            .zip(&ys)
-            .map(|(z, &l)| ranked(z)[0] == l)
-            .collect();
-        for rank in 0..self.runs(logits.first().map_or(0, Vec::len)) {
-            let idx: Vec<usize> = (0..rows.len()).filter(|&i| robust[i]).collect();
-            let batch = Batch::new(idx.iter().map(|&i| rows[i].as_slice()).collect(), x);
-            let ids: Vec<u64> = idx.iter().map(|&i| i as u64).collect();
-            let sub = |v: &[usize]| idx.iter().map(|&i| v[i]).collect::<Vec<_>>();
-            let zl: Vec<Vec<f64>> = idx.iter().map(|&i| logits[i].clone()).collect();
-            let res = self.run_target(model, &batch, &ids, &sub(&ys), &zl, rank, eps)?;
-            for (k, &i) in idx.iter().enumerate() {
-                if let Some(a) = &res[k] {
-                    found[i] = Some(a.clone());
-                    robust[i] = false;
-                }
-            }
-        }
-        assemble(x, &rows, &found)
+        targeted_runs(
+            model,
+            x,
+            y,
+            |k| self.runs(k),
+            |rank, batch, ids, labels, logits| {
+                self.run_target(model, batch, ids, labels, logits, rank, eps)
+            },
+        )
     }
 }

@@ -4,8 +4,8 @@
 use candle_core::{Result, Tensor};
 use candle_nn::Module;
 
-use crate::apgd::{Batch, assemble, host, target_of_rank, vector_norm};
-use crate::logits::{LogitLoss, LossGrad, logits_rows, loss_and_grad, ranked};
+use crate::apgd::{Batch, Correct, target_of_rank, targeted_runs, vector_norm};
+use crate::logits::{LogitLoss, LossGrad, loss_and_grad};
 use crate::{Attack, Norm, check_eps};
 
 /// The smallest `λ ≥ 0` with `Σᵢ aᵢ·min(λ, rᵢ) ≥ c` (weights `aᵢ ≥ 0`, caps `rᵢ ≥ 0`), or `None` where even
@@ -202,18 +202,13 @@ impl FabTargeted {
         x: &Tensor,
         y: &Tensor,
     ) -> Result<Vec<Option<FabFound>>> {
-        let (rows, ys) = host(x, y)?;
-        let logits = logits_rows(model, x)?;
-        let idx: Vec<usize> = (0..rows.len())
-            .filter(|&i| ranked(&logits[i])[0] == ys[i])
-            .collect();
-        let batch = Batch::new(idx.iter().map(|&i| rows[i].as_slice()).collect(), x);
-        let sub_y: Vec<usize> = idx.iter().map(|&i| ys[i]).collect();
-        let zl: Vec<Vec<f64>> = idx.iter().map(|&i| logits[i].clone()).collect();
-        let mut best: Vec<Option<FabFound>> = vec![None; rows.len()];
-        for rank in 0..self.runs(logits.first().map_or(0, Vec::len)) {
-            let res = self.run_target(model, &batch, &sub_y, &zl, rank)?;
-            for (k, &i) in idx.iter().enumerate() {
+        let c = Correct::of(model, x, y)?;
+        let all: Vec<usize> = (0..c.idx.len()).collect();
+        let (batch, _, labels, logits) = c.subset(&all, x);
+        let mut best: Vec<Option<FabFound>> = vec![None; c.rows.len()];
+        for rank in 0..self.runs(c.classes) {
+            let res = self.run_target(model, &batch, &labels, &logits, rank)?;
+            for (k, &i) in c.idx.iter().enumerate() {
                 if let Some(f) = &res[k] {
                     if best[i].as_ref().is_none_or(|b| f.distance < b.distance) {
                         best[i] = Some(f.clone());
@@ -233,27 +228,18 @@ impl Attack for FabTargeted {
     fn run(&self, model: &dyn Module, x: &Tensor, y: &Tensor, eps: f64) -> Result<Tensor> {
         check_eps(eps)?;
         let _span = tracing::debug_span!("fab_t", steps = self.steps, eps).entered();
-        let (rows, ys) = host(x, y)?;
-        let logits = logits_rows(model, x)?;
-        let mut found: Vec<Option<Vec<f64>>> = vec![None; rows.len()];
-        let mut robust: Vec<bool> = logits
-            .iter()
-            .zip(&ys)
-            .map(|(z, &l)| ranked(z)[0] == l)
-            .collect();
-        for rank in 0..self.runs(logits.first().map_or(0, Vec::len)) {
-            let idx: Vec<usize> = (0..rows.len()).filter(|&i| robust[i]).collect();
-            let batch = Batch::new(idx.iter().map(|&i| rows[i].as_slice()).collect(), x);
-            let sub_y: Vec<usize> = idx.iter().map(|&i| ys[i]).collect();
-            let zl: Vec<Vec<f64>> = idx.iter().map(|&i| logits[i].clone()).collect();
-            let res = self.run_target(model, &batch, &sub_y, &zl, rank)?;
-            for (k, &i) in idx.iter().enumerate() {
-                if let Some(f) = res[k].as_ref().filter(|f| f.distance <= eps) {
-                    found[i] = Some(f.adversarial.clone());
-                    robust[i] = false;
-                }
-            }
-        }
-        assemble(x, &rows, &found)
+        targeted_runs(
+            model,
+            x,
+            y,
+            |k| self.runs(k),
+            |rank, batch, _, labels, logits| {
+                Ok(self
+                    .run_target(model, batch, labels, logits, rank)?
+                    .into_iter()
+                    .map(|f| f.filter(|f| f.distance <= eps).map(|f| f.adversarial))
+                    .collect())
+            },
+        )
     }
 }

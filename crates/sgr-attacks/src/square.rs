@@ -6,8 +6,8 @@ use candle_nn::Module;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
-use crate::apgd::{Batch, assemble, host, point_rngs};
-use crate::logits::{logits_rows, margin, ranked};
+use crate::apgd::{Batch, Correct, point_rngs};
+use crate::logits::{logits_rows, margin};
 use crate::{Attack, check_eps};
 
 /// Square, L∞, with AutoAttack's settings by [`Default`]: 5,000 queries, `p_init = 0.8` and the reference's
@@ -184,24 +184,17 @@ impl Attack for Square {
             candle_core::bail!("Square needs (B, C, H, W) images, got {:?}", x.dims());
         }
         let _span = tracing::debug_span!("square", queries = self.queries, eps).entered();
-        let (rows, ys) = host(x, y)?;
-        let logits = logits_rows(model, x)?;
-        let idx: Vec<usize> = (0..rows.len())
-            .filter(|&i| ranked(&logits[i])[0] == ys[i])
-            .collect();
-        let batch = Batch::new(idx.iter().map(|&i| rows[i].as_slice()).collect(), x);
-        let ids: Vec<u64> = idx.iter().map(|&i| i as u64).collect();
-        let sub_y: Vec<usize> = idx.iter().map(|&i| ys[i]).collect();
-        let mut pts = self.init(model, &batch, &ids, &sub_y, eps)?;
+        let c = Correct::of(model, x, y)?;
+        let all: Vec<usize> = (0..c.idx.len()).collect();
+        let (batch, ids, labels, _) = c.subset(&all, x);
+        let mut pts = self.init(model, &batch, &ids, &labels, eps)?;
         for seg in 0..self.segments() {
-            self.segment(model, &batch, &ids, &sub_y, eps, &mut pts, seg)?;
+            self.segment(model, &batch, &ids, &labels, eps, &mut pts, seg)?;
         }
-        let mut found = vec![None; rows.len()];
-        for (k, &i) in idx.iter().enumerate() {
-            if pts[k].broken() {
-                found[i] = Some(pts[k].best.clone());
-            }
-        }
-        assemble(x, &rows, &found)
+        let found: Vec<Option<Vec<f64>>> = pts
+            .into_iter()
+            .map(|p| p.broken().then_some(p.best))
+            .collect();
+        c.assemble(x, &found)
     }
 }

@@ -210,14 +210,7 @@ pub fn autoattack_row(
         open,
         UNBOUNDED_LIMIT.max(tolerance(nm)),
     ));
-    for c in checks.iter().filter(|c| !c.passed) {
-        tracing::warn!(
-            model = model.name,
-            check = c.name,
-            detail = c.detail,
-            "gradient-masking check failed"
-        );
-    }
+    crate::checks::warn_failed(model.name, &checks);
     Ok(AutoAttackRow {
         model: model.name.to_string(),
         images: n,

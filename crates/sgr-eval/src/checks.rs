@@ -84,3 +84,15 @@ pub(crate) fn near_zero(name: &str, label: &str, acc: f64, max: f64) -> Check {
         detail: format!("{label} {} (limit {})", pct(acc), pct(max)),
     }
 }
+
+/// Logs every failed check of a model (a table shows them too).
+pub(crate) fn warn_failed(model: &str, checks: &[Check]) {
+    for c in checks.iter().filter(|c| !c.passed) {
+        tracing::warn!(
+            model,
+            check = c.name,
+            detail = c.detail,
+            "gradient-masking check failed"
+        );
+    }
+}

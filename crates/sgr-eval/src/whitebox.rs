@@ -230,14 +230,7 @@ pub fn whitebox(
         }
         None => (None, 0),
     };
-    for c in checks.iter().filter(|c| !c.passed) {
-        tracing::warn!(
-            model = model.name,
-            check = c.name,
-            detail = c.detail,
-            "gradient-masking check failed"
-        );
-    }
+    crate::checks::warn_failed(model.name, &checks);
     Ok(WhiteboxRow {
         model: model.name.to_string(),
         images: n,
