@@ -327,7 +327,7 @@ fn bench_methods(
 }
 
 fn torch_figures(
-    python: &PathBuf,
+    python: &std::path::Path,
     model: &str,
     batch: usize,
     reps: usize,

@@ -1,6 +1,7 @@
 //! AutoAttack's pieces against closed forms: the DLR losses by hand, APGD's checkpoint schedule, the box-constrained
 //! hyperplane projections, and each attack on linear softmax models whose per-point L∞ / L2 margins are known;
 //! gradient masking (vanishing gradients) that fools the gradient attacks but not Square; resumption.
+#![allow(clippy::unwrap_used)]
 
 use candle_core::{D, DType, Device, Module, Result, Tensor};
 use sgr_attacks::logits::ranked;
