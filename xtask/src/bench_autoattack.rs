@@ -117,7 +117,8 @@ pub fn run(b: &AaBench<'_>) -> anyhow::Result<()> {
             100.0 * state.after[i],
             ta.map_or("–".into(), |v| format!("{:.1}", 100.0 * v)),
             ts.map_or("–".into(), |v| format!("{v:.1}")),
-            ts.map_or("–".into(), |v| format!("{:.2}", secs / v)),
+            ts.filter(|v| *v > 0.0)
+                .map_or("–".into(), |v| format!("{:.2}", secs / v)),
             attacked[i] as f64 / secs.max(1e-9)
         );
     }
