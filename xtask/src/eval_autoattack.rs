@@ -134,12 +134,7 @@ impl Bars {
             return;
         }
         let attack = suite.attacks[st.attack];
-        let runs = suite.targets.min(self.classes.saturating_sub(1)).max(1);
-        let stages = match attack {
-            AaAttack::ApgdCe => 1,
-            AaAttack::ApgdT | AaAttack::FabT => runs,
-            AaAttack::Square => suite.square_queries.div_ceil(sgr_attacks::SQUARE_SEGMENT) + 1,
-        };
+        let stages = suite.units_per_chunk(attack, self.classes);
         let bs = suite.batch_size;
         let len = st.queue.len().max(1) * stages;
         let done_pts = (st.chunk * bs).min(st.queue.len());

@@ -257,6 +257,24 @@ impl Default for Apgd {
     }
 }
 
+impl Apgd {
+    /// One run on the examples `ids` (their rows in `batch`, labels `y`): the adversarial input per example, or
+    /// `None`. Each example's random start comes from `(seed, id)`, whatever else shares the batch.
+    pub(crate) fn run_batch(
+        &self,
+        model: &dyn Module,
+        batch: &Batch<'_>,
+        ids: &[u64],
+        y: &[usize],
+        eps: f64,
+    ) -> Result<Vec<Option<Vec<f64>>>> {
+        let mut rngs = point_rngs(self.seed, 0xA9D0, ids.iter().copied());
+        apgd_batch(
+            model, batch, y, None, self.loss, eps, self.norm, self.steps, self.rho, &mut rngs,
+        )
+    }
+}
+
 /// One random stream per example of a batch: `(seed, stream, index)`.
 pub(crate) fn point_rngs(
     seed: u64,
@@ -396,11 +414,7 @@ impl Attack for Apgd {
         let c = Correct::of(model, x, y)?;
         let all: Vec<usize> = (0..c.idx.len()).collect();
         let (batch, ids, labels, _) = c.subset(&all, x);
-        let mut rngs = point_rngs(self.seed, 0xA9D0, ids.iter().copied());
-        let found = apgd_batch(
-            model, &batch, &labels, None, self.loss, eps, self.norm, self.steps, self.rho,
-            &mut rngs,
-        )?;
+        let found = self.run_batch(model, &batch, &ids, &labels, eps)?;
         c.assemble(x, &found)
     }
 }
@@ -429,6 +443,11 @@ impl Default for ApgdTargeted {
     }
 }
 
+/// Target runs of a targeted attack with `targets` targets on a `classes`-class model (every other class at most).
+pub fn target_runs(targets: usize, classes: usize) -> usize {
+    targets.min(classes.saturating_sub(1))
+}
+
 /// The target of rank `rank` (0 = the second most likely class) for each clean logit row.
 pub(crate) fn target_of_rank(clean_logits: &[Vec<f64>], rank: usize) -> Vec<usize> {
     clean_logits.iter().map(|z| ranked(z)[rank + 1]).collect()
@@ -437,7 +456,7 @@ pub(crate) fn target_of_rank(clean_logits: &[Vec<f64>], rank: usize) -> Vec<usiz
 impl ApgdTargeted {
     /// The number of target runs for a `k`-class model.
     pub fn runs(&self, k: usize) -> usize {
-        self.targets.min(k.saturating_sub(1))
+        target_runs(self.targets, k)
     }
 
     /// One target's run on the examples `ids` (their clean rows `x`, labels, clean logits): the adversarial

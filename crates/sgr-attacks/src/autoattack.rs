@@ -12,7 +12,7 @@ use candle_core::{D, DType, Device, Result, Tensor};
 use candle_nn::Module;
 use serde::{Deserialize, Serialize};
 
-use crate::apgd::{Batch, apgd_batch, host, point_rngs};
+use crate::apgd::{Batch, host};
 use crate::logits::{LogitLoss, logits_rows};
 use crate::square::SquarePoint;
 use crate::{Apgd, ApgdTargeted, FabTargeted, Norm, Square, check_eps};
@@ -213,6 +213,16 @@ impl AutoAttack {
         Ok(state)
     }
 
+    /// Units of work [`AutoAttack::step`] spends on one chunk of `attack` for a `classes`-class model: one
+    /// for APGD-CE, one per target for APGD-T and FAB-T, Square's initialisation and each of its segments.
+    pub fn units_per_chunk(&self, attack: AaAttack, classes: usize) -> usize {
+        match attack {
+            AaAttack::ApgdCe => 1,
+            AaAttack::ApgdT | AaAttack::FabT => crate::target_runs(self.targets, classes).max(1),
+            AaAttack::Square => self.square_queries.div_ceil(crate::SQUARE_SEGMENT) + 1,
+        }
+    }
+
     /// Checks that `state` belongs to this suite and these points.
     pub fn check_state(&self, state: &AutoAttackState, n: usize) -> Result<()> {
         let fits = state.n == n
@@ -335,11 +345,7 @@ impl AutoAttack {
                     seed: self.seed,
                     ..Apgd::default()
                 };
-                let mut rngs = point_rngs(apgd.seed, 0xA9D0, ids.iter().copied());
-                let res = apgd_batch(
-                    model, &batch, &sub_y, None, apgd.loss, self.eps, apgd.norm, apgd.steps,
-                    apgd.rho, &mut rngs,
-                )?;
+                let res = apgd.run_batch(model, &batch, &ids, &sub_y, self.eps)?;
                 for (a, &k) in live.iter().enumerate() {
                     if res[a].is_some() {
                         self.mark(state, chunk[k]);

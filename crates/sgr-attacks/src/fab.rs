@@ -4,7 +4,7 @@
 use candle_core::{Result, Tensor};
 use candle_nn::Module;
 
-use crate::apgd::{Batch, Correct, target_of_rank, targeted_runs, vector_norm};
+use crate::apgd::{Batch, Correct, target_of_rank, target_runs, targeted_runs, vector_norm};
 use crate::logits::{LogitLoss, LossGrad, loss_and_grad};
 use crate::{Attack, Norm, check_eps};
 
@@ -102,7 +102,7 @@ pub struct FabFound {
 impl FabTargeted {
     /// The number of target runs for a `k`-class model.
     pub fn runs(&self, k: usize) -> usize {
-        self.targets.min(k.saturating_sub(1))
+        target_runs(self.targets, k)
     }
 
     /// One target's run: per example the closest misclassified input found (any distance), or `None`.
@@ -191,9 +191,7 @@ impl FabTargeted {
         }
         Ok(best)
     }
-}
 
-impl FabTargeted {
     /// The smallest perturbation found for each example over all target runs (every target is tried on every
     /// correctly classified example), or `None` for examples misclassified already or never flipped.
     pub fn minimal(

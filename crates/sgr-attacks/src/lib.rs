@@ -37,7 +37,7 @@ use candle_core::{D, DType, Result, Tensor};
 use candle_nn::Module;
 use rand::SeedableRng;
 
-pub use apgd::{Apgd, ApgdTargeted, apgd_checkpoints};
+pub use apgd::{Apgd, ApgdTargeted, apgd_checkpoints, target_runs};
 pub use autoattack::{AaAttack, AutoAttack, AutoAttackState, StepReport};
 pub use deepfool::{DeepFool, DeepFoolResult};
 pub use fab::{FabFound, FabTargeted, project_to_hyperplane};
