@@ -95,6 +95,10 @@ pub struct TrainCmd {
     /// Use only the first N test images.
     #[arg(long)]
     test_limit: Option<usize>,
+    /// Hold out the last N training images (e.g. 5000 on MNIST) and measure each epoch's accuracy and the
+    /// final PGD check on them instead of the test set: for choosing λ without looking at the test set.
+    #[arg(long)]
+    validation: Option<usize>,
     /// Output folder (default runs/<dataset>-<method>).
     #[arg(long)]
     out: Option<PathBuf>,
@@ -190,7 +194,11 @@ impl Observer for Progress {
                     ));
                 }
             }
-            Event::Epoch { record, epochs } => {
+            Event::Epoch {
+                record,
+                epochs,
+                split,
+            } => {
                 if let Some(bar) = &self.bar {
                     bar.reset();
                 }
@@ -200,10 +208,11 @@ impl Observer for Progress {
                     .map(|(k, v)| format!(" {k}={v:.4}"))
                     .collect();
                 let line = format!(
-                    "epoch {}/{epochs}: loss {:.4} train acc {:.4} test acc {:.4} ({:.0} img/s, {:.1} s){extra}",
+                    "epoch {}/{epochs}: loss {:.4} train acc {:.4} {} acc {:.4} ({:.0} img/s, {:.1} s){extra}",
                     record.epoch,
                     record.loss,
                     record.train_accuracy,
+                    if split == "test" { "test" } else { "val" },
                     record.test_accuracy,
                     record.images_per_second,
                     record.seconds
@@ -262,6 +271,7 @@ pub fn run(cmd: TrainCmd) -> anyhow::Result<()> {
         augment: cmd.augment,
         train_limit: cmd.train_limit,
         test_limit: cmd.test_limit,
+        validation: cmd.validation,
         device: cmd.device,
         dtype,
         pgd_eval_images: cmd.pgd_eval_images,
@@ -280,11 +290,12 @@ pub fn run(cmd: TrainCmd) -> anyhow::Result<()> {
     match record.status {
         RunStatus::Complete => {
             println!(
-                "done: {} on {} for {} epochs; test accuracy {acc} on {} images; checkpoint {}",
+                "done: {} on {} for {} epochs; {} accuracy {acc} on {} images; checkpoint {}",
                 record.method,
                 record.dataset,
                 record.epochs_done,
-                record.test_images,
+                record.eval_split(),
+                if record.validation_images > 0 { record.validation_images } else { record.test_images },
                 out.join(sgr_train::MODEL_FILE).display()
             );
             if let Some(omega) = record.history.last().and_then(|e| e.metrics.get("omega")) {
@@ -295,11 +306,12 @@ pub fn run(cmd: TrainCmd) -> anyhow::Result<()> {
             }
             if let Some(f) = &record.final_eval {
                 println!(
-                    "{} at ε = {}/255: accuracy {:.2} % on the first {} test images (clean {:.2} %)",
+                    "{} at ε = {}/255: accuracy {:.2} % on the first {} {} images (clean {:.2} %)",
                     f.attack,
                     f.eps_255,
                     100.0 * f.pgd_accuracy,
                     f.images,
+                    f.split,
                     100.0 * f.clean_accuracy
                 );
             }

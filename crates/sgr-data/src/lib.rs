@@ -206,6 +206,23 @@ impl ImageSet {
         }
     }
 
+    /// Removes the last `n` images (all of them when `n` is larger) and returns them as a set named
+    /// `<dataset>/<name>`: a held-out validation split ("the last 5,000 training images").
+    pub fn split_off_last(&mut self, n: usize, name: &str) -> ImageSet {
+        let keep = self.len().saturating_sub(n);
+        let labels = self.labels.split_off(keep);
+        let pixels = self.pixels.split_off(keep * self.image_len());
+        let dataset = self.name.split('/').next().unwrap_or(&self.name);
+        ImageSet {
+            name: format!("{dataset}/{name}"),
+            channels: self.channels,
+            height: self.height,
+            width: self.width,
+            pixels,
+            labels,
+        }
+    }
+
     /// The images at `indices` as a `(B, C, H, W)` tensor with values in `[0, 1]`, and their labels as `u32`.
     ///
     /// With `augment`, each image is augmented with randomness drawn from `rng` in index order.

@@ -513,3 +513,25 @@ fn epoch_orders_are_seeded_permutations() {
     s.sort();
     assert_eq!(s, (0..100).collect::<Vec<_>>());
 }
+
+#[test]
+fn split_off_last_holds_out_the_tail_in_order() -> Result<(), DataError> {
+    let full = load(DatasetName::MnistSubset, None)?;
+    let mut train = full.train.clone();
+    let val = train.split_off_last(1000, "validation");
+    assert_eq!((train.len(), val.len()), (4000, 1000));
+    assert_eq!(val.name, "mnist-subset/validation");
+    assert_eq!(val.shape(), full.train.shape());
+    // The two parts concatenate to the original set, byte for byte.
+    assert_eq!(train.labels[..], full.train.labels[..4000]);
+    assert_eq!(val.labels[..], full.train.labels[4000..]);
+    assert_eq!(train.pixels[..], full.train.pixels[..4000 * 784]);
+    assert_eq!(val.pixels[..], full.train.pixels[4000 * 784..]);
+    // Asking for more than there is takes everything; zero takes nothing.
+    let mut t = full.train.clone();
+    assert_eq!(t.split_off_last(0, "v").len(), 0);
+    assert_eq!(t.len(), 5000);
+    assert_eq!(t.split_off_last(9999, "v").len(), 5000);
+    assert!(t.is_empty());
+    Ok(())
+}

@@ -109,6 +109,10 @@ pub struct RunRecord {
     pub data_source: String,
     pub train_images: usize,
     pub test_images: usize,
+    /// Images held out from the end of the training set (`--validation`); when non-zero, each epoch's
+    /// `test_accuracy` and the `final_eval` are measured on them instead of the test set.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub validation_images: usize,
     pub image_shape: [usize; 3],
     pub epochs: usize,
     pub batch_size: usize,
@@ -135,21 +139,43 @@ pub struct RunRecord {
     pub final_eval: Option<FinalEval>,
 }
 
-/// Clean and PGD accuracy of the final model on the first `images` test images, at the data set's default ε.
+/// Clean and PGD accuracy of the final model on the first `images` images of the evaluation split (test or
+/// validation), at the data set's default ε.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct FinalEval {
     pub attack: String,
     /// ε in units of 1/255.
     pub eps_255: f64,
+    /// `test`, or `validation` for a run with a held-out split (records before the split existed: test).
+    #[serde(default = "test_split")]
+    pub split: String,
     pub images: usize,
     pub clean_accuracy: f64,
     pub pgd_accuracy: f64,
 }
 
 impl RunRecord {
+    /// The last epoch's accuracy on the evaluation split (see [`RunRecord::eval_split`]).
     pub fn final_test_accuracy(&self) -> Option<f64> {
         self.history.last().map(|e| e.test_accuracy)
     }
+
+    /// What the per-epoch accuracy and the final check measure: `validation` with a held-out split, else `test`.
+    pub fn eval_split(&self) -> &'static str {
+        if self.validation_images > 0 {
+            "validation"
+        } else {
+            "test"
+        }
+    }
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
+}
+
+fn test_split() -> String {
+    "test".to_string()
 }
 
 pub fn read_record(dir: &Path) -> Result<RunRecord> {

@@ -35,6 +35,10 @@ pub struct TrainArgs {
     pub augment: Option<String>,
     pub train_limit: Option<usize>,
     pub test_limit: Option<usize>,
+    /// Hold out the last N images of the training set as a validation split: the run trains on the rest
+    /// (at most `train_limit` of them), and its per-epoch accuracy and end-of-run PGD check are measured
+    /// on the held-out images, never on the test set (for choosing λ). `None`/0: no split.
+    pub validation: Option<usize>,
     pub device: DeviceKind,
     pub dtype: Option<DType>,
     /// Test images for the PGD check at the end of the run (`None`: up to [`FINAL_PGD_IMAGES`]; 0: skip).
@@ -94,6 +98,8 @@ pub enum Event<'a> {
     Epoch {
         record: &'a EpochRecord,
         epochs: usize,
+        /// What `record.test_accuracy` was measured on: `test` or `validation`.
+        split: &'static str,
     },
     /// The run stopped at the user's request after saving.
     Interrupted { record: &'a RunRecord },
@@ -280,6 +286,20 @@ pub fn train(
     });
     let data_dir = args.data_dir.as_deref().or(stored_dir.as_deref());
     let mut data = sgr_data::load(dataset, data_dir)?;
+    let validation = match &stored {
+        Some(r) => {
+            check_same(out, "--validation", args.validation, r.validation_images)?;
+            r.validation_images
+        }
+        None => args.validation.unwrap_or(0),
+    };
+    if validation >= data.train.len() {
+        return Err(TrainError::Config(format!(
+            "--validation {validation}: the training set has only {} images",
+            data.train.len()
+        )));
+    }
+    let validation_set = data.train.split_off_last(validation, "validation");
     match &stored {
         Some(r) => {
             if data.train.len() < r.train_images || data.test.len() < r.test_images {
@@ -308,6 +328,12 @@ pub fn train(
             "--train-limit and --test-limit must be at least 1".into(),
         ));
     }
+    // What the per-epoch accuracy and the end-of-run check measure: the held-out split when there is one.
+    let eval_set = if validation > 0 {
+        &validation_set
+    } else {
+        &data.test
+    };
 
     let mut method = build_method(
         &method_name,
@@ -337,6 +363,7 @@ pub fn train(
             data_source: sgr_data::describe_source(dataset, data_dir),
             train_images: data.train.len(),
             test_images: data.test.len(),
+            validation_images: validation,
             image_shape: [c, h, w],
             epochs: args
                 .epochs
@@ -486,7 +513,7 @@ pub fn train(
                 return Ok(record);
             }
         }
-        let (correct, total) = evaluate(&model, &data.test, 256, dtype, &device)?;
+        let (correct, total) = evaluate(&model, eval_set, 256, dtype, &device)?;
         let p = std::mem::take(&mut record.partial);
         let images = p.images.max(1) as f64;
         let epoch_rec = EpochRecord {
@@ -512,6 +539,7 @@ pub fn train(
             obs.event(Event::Epoch {
                 record: last,
                 epochs: record.epochs,
+                split: record.eval_split(),
             });
         }
         if stop.load(Ordering::SeqCst) && record.epochs_done < record.epochs {
@@ -525,14 +553,15 @@ pub fn train(
     let images = args
         .pgd_eval_images
         .unwrap_or(FINAL_PGD_IMAGES)
-        .min(data.test.len());
+        .min(eval_set.len());
     if images > 0 && record.final_eval.is_none() {
         let eps_255 = default_eps_255(dataset);
         let (clean, robust) =
-            pgd_accuracy(&model, &data.test, images, eps_255 / 255.0, dtype, &device)?;
+            pgd_accuracy(&model, eval_set, images, eps_255 / 255.0, dtype, &device)?;
         record.final_eval = Some(FinalEval {
             attack: "PGD-10 (L∞, step ε/5, true labels)".into(),
             eps_255,
+            split: record.eval_split().to_string(),
             images,
             clean_accuracy: clean,
             pgd_accuracy: robust,
@@ -542,7 +571,7 @@ pub fn train(
     Ok(record)
 }
 
-/// Clean and PGD-10 accuracy on the first `images` test images.
+/// Clean and PGD-10 accuracy on the first `images` images of `test`.
 pub fn pgd_accuracy(
     model: &Cnn,
     test: &ImageSet,

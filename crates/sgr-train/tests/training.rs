@@ -392,3 +392,85 @@ fn plain_ops_train_on_candle_layers_to_the_same_numbers() {
         "bit-identical: --plain-ops did not change the ops"
     );
 }
+
+#[test]
+fn validation_split_is_held_out_and_measured_instead_of_the_test_set() -> anyhow::Result<()> {
+    let no = AtomicBool::new(false);
+    let dir = tempfile::tempdir()?;
+    // The subset has 5,000 training images: hold out the last 4,680, train on the first 320.
+    let args = TrainArgs {
+        train_limit: None,
+        validation: Some(4680),
+        pgd_eval_images: Some(40),
+        ..small_args(1)
+    };
+    let r = train(args.clone(), dir.path(), false, &no, &mut Quiet)?;
+    assert_eq!((r.train_images, r.validation_images), (320, 4680));
+    assert_eq!(r.steps_done, 5, "320 images in batches of 64");
+    assert_eq!(r.eval_split(), "validation");
+    let fe = r.final_eval.as_ref().expect("final check");
+    assert_eq!((fe.split.as_str(), fe.images), ("validation", 40));
+
+    // The epoch's accuracy is the checkpoint's accuracy on the held-out tail, counted here independently.
+    let full = sgr_data::load(DatasetName::MnistSubset, None)?;
+    let (model, _) = sgr_models::load_model(
+        &dir.path().join("model.safetensors"),
+        DType::F32,
+        &Device::Cpu,
+    )?;
+    let (x, y) = full.train.range(320, 5000, DType::F32, &Device::Cpu)?;
+    let pred = candle_core::Module::forward(&model, &x)?.argmax(1)?.to_vec1::<u32>()?;
+    let correct = pred.iter().zip(y.to_vec1::<u32>()?).filter(|(p, y)| **p == *y).count();
+    assert_eq!(r.history[0].test_accuracy, correct as f64 / 4680.0);
+    // And its final check: clean accuracy on the first 40 held-out images.
+    let first: usize = pred[..40]
+        .iter()
+        .zip(&y.to_vec1::<u32>()?[..40])
+        .filter(|(p, y)| *p == *y)
+        .count();
+    assert_eq!(fe.clean_accuracy, first as f64 / 40.0);
+
+    // run.json records the split; resuming keeps it and refuses another.
+    let text = std::fs::read_to_string(dir.path().join("run.json"))?;
+    assert!(text.contains("\"validation_images\": 4680"), "{text}");
+    let err = train(
+        TrainArgs {
+            validation: Some(1000),
+            epochs: Some(2),
+            ..TrainArgs::default()
+        },
+        dir.path(),
+        true,
+        &no,
+        &mut Quiet,
+    )
+    .expect_err("other split on resume");
+    assert!(err.to_string().contains("--validation"), "{err}");
+    let r2 = train(
+        TrainArgs {
+            epochs: Some(2),
+            ..TrainArgs::default()
+        },
+        dir.path(),
+        true,
+        &no,
+        &mut Quiet,
+    )?;
+    assert_eq!((r2.epochs_done, r2.validation_images, r2.train_images), (2, 4680, 320));
+
+    // A split as large as the training set is refused, naming the flag.
+    let big = tempfile::tempdir()?;
+    let err = train(
+        TrainArgs {
+            validation: Some(5000),
+            ..small_args(1)
+        },
+        big.path(),
+        false,
+        &no,
+        &mut Quiet,
+    )
+    .expect_err("no training images left");
+    assert!(err.to_string().contains("--validation 5000"), "{err}");
+    Ok(())
+}
