@@ -329,3 +329,45 @@ fn ctrl_c_saves_and_the_run_resumes() {
         serde_json::from_str(&std::fs::read_to_string(run.join("run.json")).unwrap()).unwrap();
     assert_eq!(record["status"], "complete");
 }
+
+/// `--arch`: networks off the paper's path train on the fast exact path (sgr-sign: double backprop written
+/// out), record their spec, reload from the checkpoint alone and mean the same network to numpy and PyTorch.
+#[test]
+fn other_architectures_train_record_their_spec_and_load_in_pytorch() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    for (name, spec) in [
+        ("lenet", "conv6-k5-same,pool,conv16-k5,pool,fc120,fc84"),
+        ("mlp", "fc64,fc32"),
+    ] {
+        let run = dir.path().join(name);
+        let run_s = run.to_str().unwrap_or_default();
+        #[rustfmt::skip]
+        let stdout = ok(&xtask(&[
+            "train", "--method", "sgr-sign", "--arch", spec, "--epochs", "1", "--train-limit", "512",
+            "--test-limit", "200", "--pgd-eval-images", "0", "--out", run_s,
+        ]));
+        assert!(stdout.contains("done: sgr-sign"), "{stdout}");
+        let record: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(run.join("run.json"))?)?;
+        assert_eq!(record["arch"], spec);
+        let (model, _) = sgr_models::load_model(&run, DType::F32, &Device::Cpu)?;
+        assert_eq!(model.config().spec(), spec);
+        check_pytorch_compat(&run, 100);
+        // Resuming with another network is refused, naming the flag.
+        #[rustfmt::skip]
+        let msg = err(&xtask(&[
+            "train", "--out", run_s, "--resume", "--epochs", "2", "--arch", "fc10",
+        ]));
+        assert!(msg.contains("--arch"), "{msg}");
+    }
+    // A bad spec names the flag and the layer.
+    let msg = err(&xtask(&[
+        "train",
+        "--arch",
+        "conv8,dense4",
+        "--out",
+        dir.path().join("bad").to_str().unwrap_or_default(),
+    ]));
+    assert!(msg.contains("--arch") && msg.contains("'dense4'"), "{msg}");
+    Ok(())
+}

@@ -17,6 +17,12 @@ pub struct TrainCmd {
     /// (default clean).
     #[arg(long)]
     method: Option<String>,
+    /// The network: paper (the paper's CNN for the data set, default), mnist, cifar10, or a spec of
+    /// comma-separated layers after the per-image standardisation, the output layer implied:
+    /// conv<C>[-k<K>][-same|-p<P>][-linear] (3×3 valid + ReLU by default), pool (2×2 max), relu, flatten
+    /// (implied before the first fc), fc<N>[-linear]; e.g. conv32,conv32,pool,conv64,conv64,pool,fc200,fc200.
+    #[arg(long)]
+    arch: Option<String>,
     /// mnist-subset (embedded, the default), mnist, fashion-mnist or cifar10.
     #[arg(long, value_parser = parse_dataset)]
     dataset: Option<DatasetName>,
@@ -245,6 +251,7 @@ pub fn run(cmd: TrainCmd) -> anyhow::Result<()> {
     });
     let args = TrainArgs {
         method: cmd.method,
+        arch: cmd.arch,
         method_options: MethodOptions {
             weight_decay: cmd.weight_decay,
             lambda: cmd.lambda,

@@ -4,7 +4,8 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
 
-use crate::cnn::{Cnn, CnnConfig};
+use crate::arch::CnnConfig;
+use crate::cnn::Cnn;
 use crate::fsutil::write_atomic;
 
 #[derive(Debug, thiserror::Error)]
@@ -17,15 +18,15 @@ pub enum ModelError {
     },
     #[error("{path}: not a readable safetensors file: {reason}")]
     BadFile { path: PathBuf, reason: String },
-    #[error("{path}: not a checkpoint of the paper's CNN: {reason}")]
+    #[error("{path}: not a checkpoint of an sgr network: {reason}")]
     BadCheckpoint { path: PathBuf, reason: String },
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
 }
 
 /// Writes every variable of `varmap` to `path` as safetensors (atomically), with PyTorch names and the
-/// architecture in the header metadata: one key, `sgr`, holding `{"arch": …, "config": …}` as JSON (one key
-/// only, so that the same parameters always give the same bytes).
+/// architecture in the header metadata: one key, `sgr`, holding `{"arch": SPEC, "config": CnnConfig}` as
+/// JSON (one key only, so that the same parameters always give the same bytes). Loading needs nothing else.
 pub fn save_model(varmap: &VarMap, config: &CnnConfig, path: &Path) -> Result<(), ModelError> {
     let data = varmap
         .data()
@@ -40,7 +41,7 @@ pub fn save_model(varmap: &VarMap, config: &CnnConfig, path: &Path) -> Result<()
         tensors.push((name, var.as_tensor().to_device(&Device::Cpu)?));
     }
     let mut meta = HashMap::new();
-    let info = serde_json::json!({ "arch": config.arch_name(), "config": config });
+    let info = serde_json::json!({ "arch": config.spec(), "config": config });
     meta.insert("sgr".to_string(), info.to_string());
     let bytes = safetensors::serialize(tensors.iter().map(|(n, t)| (n.as_str(), t)), Some(meta))
         .map_err(|e| ModelError::BadFile {
@@ -53,7 +54,41 @@ pub fn save_model(varmap: &VarMap, config: &CnnConfig, path: &Path) -> Result<()
     })
 }
 
-fn infer_config(path: &Path, tensors: &HashMap<String, Tensor>) -> Result<CnnConfig, ModelError> {
+/// The network a checkpoint's header describes (`None` for files without sgr's metadata, and for those
+/// written before networks were layer lists: their `config` has no `layers`).
+fn config_from_metadata(path: &Path, bytes: &[u8]) -> Result<Option<CnnConfig>, ModelError> {
+    let (_, meta) =
+        safetensors::SafeTensors::read_metadata(bytes).map_err(|e| ModelError::BadFile {
+            path: path.to_owned(),
+            reason: e.to_string(),
+        })?;
+    let Some(info) = meta.metadata().as_ref().and_then(|m| m.get("sgr")) else {
+        return Ok(None);
+    };
+    let bad = |reason: String| ModelError::BadCheckpoint {
+        path: path.to_owned(),
+        reason,
+    };
+    let json: serde_json::Value = serde_json::from_str(info)
+        .map_err(|e| bad(format!("metadata 'sgr' is not JSON: {e}")))?;
+    let config = &json["config"];
+    if config.get("layers").is_none() {
+        return Ok(None);
+    }
+    let config: CnnConfig = serde_json::from_value(config.clone())
+        .map_err(|e| bad(format!("metadata 'sgr.config': {e}")))?;
+    config
+        .shapes()
+        .map_err(|e| bad(format!("metadata 'sgr.config': {e}")))?;
+    Ok(Some(config))
+}
+
+/// The paper's CNN (Table 5) fitted to the tensors' shapes: for checkpoints without a recorded network
+/// (PyTorch's `save_file`, sgr before layer lists). Square images, four 3×3 valid convolutions.
+fn infer_paper_cnn(
+    path: &Path,
+    tensors: &HashMap<String, Tensor>,
+) -> Result<CnnConfig, ModelError> {
     let bad = |reason: String| ModelError::BadCheckpoint {
         path: path.to_owned(),
         reason,
@@ -62,7 +97,7 @@ fn infer_config(path: &Path, tensors: &HashMap<String, Tensor>) -> Result<CnnCon
         tensors
             .get(name)
             .map(|t| t.dims().to_vec())
-            .ok_or_else(|| bad(format!("missing tensor {name}")))
+            .ok_or_else(|| bad(format!("missing tensor {name} (and no network in the metadata)")))
     };
     let c1 = dims("conv1.weight")?;
     if c1.len() != 4 {
@@ -92,34 +127,65 @@ fn infer_config(path: &Path, tensors: &HashMap<String, Tensor>) -> Result<CnnCon
         )));
     }
     let hw = (s * 2 + 4) * 2 + 4;
-    let cfg = CnnConfig {
-        in_channels: c1[1],
-        height: hw,
-        width: hw,
-        convs,
-        hidden: [f1[0], f2[0]],
-        classes: f3[0],
+    let spec = format!(
+        "conv{},conv{},pool,conv{},conv{},pool,fc{},fc{}",
+        convs[0], convs[1], convs[2], convs[3], f1[0], f2[0]
+    );
+    CnnConfig::parse(&spec, (c1[1], hw, hw), f3[0]).map_err(bad)
+}
+
+/// Checks that `tensors` hold every parameter of `config` with its shape, and nothing else.
+fn check_tensors(
+    path: &Path,
+    config: &CnnConfig,
+    tensors: &HashMap<String, Tensor>,
+) -> Result<(), ModelError> {
+    let bad = |reason: String| ModelError::BadCheckpoint {
+        path: path.to_owned(),
+        reason,
     };
-    for (name, shape) in cfg.param_shapes() {
-        let found = dims(&name)?;
-        if found != shape {
+    let shapes = config.param_shapes();
+    for (name, shape) in &shapes {
+        let found = tensors
+            .get(name)
+            .map(|t| t.dims().to_vec())
+            .ok_or_else(|| bad(format!("missing tensor {name} of network '{}'", config.spec())))?;
+        if &found != shape {
             return Err(bad(format!(
                 "{name} has shape {found:?}, expected {shape:?}"
             )));
         }
     }
-    Ok(cfg)
+    if let Some(extra) = tensors.keys().find(|k| !shapes.iter().any(|(n, _)| n == *k)) {
+        return Err(bad(format!(
+            "unexpected tensor {extra} for network '{}'",
+            config.spec()
+        )));
+    }
+    Ok(())
 }
 
-/// Builds a model from named tensors (PyTorch layout), inferring the architecture from their shapes.
-/// The returned `VarMap` holds the parameters as trainable variables.
+/// Builds the paper's CNN (Table 5) from named tensors (PyTorch layout), fitted to their shapes. The
+/// returned `VarMap` holds the parameters as trainable variables. For other networks use [`load_model`],
+/// which reads the network from the checkpoint's metadata.
 pub fn load_model_from_tensors(
     path: &Path,
     tensors: HashMap<String, Tensor>,
     dtype: DType,
     device: &Device,
 ) -> Result<(Cnn, VarMap), ModelError> {
-    let config = infer_config(path, &tensors)?;
+    let config = infer_paper_cnn(path, &tensors)?;
+    build(path, config, tensors, dtype, device)
+}
+
+fn build(
+    path: &Path,
+    config: CnnConfig,
+    tensors: HashMap<String, Tensor>,
+    dtype: DType,
+    device: &Device,
+) -> Result<(Cnn, VarMap), ModelError> {
+    check_tensors(path, &config, &tensors)?;
     let varmap = VarMap::new();
     {
         let mut data = varmap
@@ -135,8 +201,9 @@ pub fn load_model_from_tensors(
     Ok((model, varmap))
 }
 
-/// Loads a checkpoint written by [`save_model`] (or by PyTorch's `safetensors.torch.save_file` with the same
-/// names). `path` may be the `.safetensors` file or a run folder holding `model.safetensors`.
+/// Loads a checkpoint written by [`save_model`] (the network from its metadata), or one without sgr's
+/// network metadata (PyTorch's `safetensors.torch.save_file` with the same names, sgr before layer lists) as
+/// the paper's CNN fitted to its shapes. `path` may be the `.safetensors` file or a run folder holding `model.safetensors`.
 pub fn load_model(path: &Path, dtype: DType, device: &Device) -> Result<(Cnn, VarMap), ModelError> {
     let file = if path.is_dir() {
         path.join("model.safetensors")
@@ -153,5 +220,8 @@ pub fn load_model(path: &Path, dtype: DType, device: &Device) -> Result<(Cnn, Va
             reason: e.to_string(),
         }
     })?;
-    load_model_from_tensors(&file, tensors, dtype, device)
+    match config_from_metadata(&file, &bytes)? {
+        Some(config) => build(&file, config, tensors, dtype, device),
+        None => load_model_from_tensors(&file, tensors, dtype, device),
+    }
 }

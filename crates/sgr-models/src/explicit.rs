@@ -21,8 +21,8 @@
 
 use candle_core::{D, DType, Result, Tensor};
 
-use crate::cnn::Cnn;
-use crate::input_grad::{Activations, Reverse, log_lik_parts, standardize_jacobian};
+use crate::cnn::{Cnn, Node};
+use crate::input_grad::{Activations, Reverse, log_lik_parts, pad_nhwc, standardize_jacobian};
 use crate::layers::{Standardized, standardize_parts};
 use crate::ops::{
     conv2d_nhwc, conv2d_nhwc_weight_grad, max_pool2x2_nhwc_gather, relu_backward, sum_leading,
@@ -56,22 +56,14 @@ impl std::fmt::Debug for ExplicitPass {
     }
 }
 
-/// `(out, in)` weight gradient of a dense layer: `dyᵀ·x`.
-fn dense_grad(x: &Tensor, dy: &Tensor) -> Result<Tensor> {
-    dy.t()?.matmul(x)
-}
-
-/// The weight gradients of the seven layers for one stream: layer inputs `ins` and output gradients `dys`
-/// (dense ones `(B, ·)`, convolution ones channels-last), in the order conv1..conv4, fc1..fc3.
-fn weight_grads(ins: [&Tensor; 7], dys: [&Tensor; 7]) -> Result<Vec<Tensor>> {
-    let mut out = Vec::with_capacity(7);
-    for l in 0..4 {
-        out.push(conv2d_nhwc_weight_grad(ins[l], dys[l], 3)?);
+/// The weight gradient of layer `node` from its input `x` (padded for a padded convolution; dense inputs
+/// `(B, ·)`, convolution inputs channels-last) and the gradient `dy` at its output before the ReLU.
+fn weight_grad(node: &Node, x: &Tensor, dy: &Tensor) -> Result<Tensor> {
+    match node {
+        Node::Conv { k, .. } => conv2d_nhwc_weight_grad(x, dy, *k),
+        // `(out, in)`: dyᵀ·x.
+        _ => dy.t()?.matmul(x),
     }
-    for l in 4..7 {
-        out.push(dense_grad(ins[l], dys[l])?);
-    }
-    Ok(out)
 }
 
 impl Cnn {
@@ -136,7 +128,7 @@ impl Cnn {
         let a = &pass.acts;
         // ∂L/∂z of the cross-entropy term.
         let mut zbar = (&pass.delta * (-ce_weight))?;
-        let mut second = None;
+        let mut second: Vec<Option<Tensor>> = vec![None; net.nodes.len()];
         if let Some(gbar) = input_grad_adjoint {
             let rev = pass.rev.as_ref().ok_or_else(|| {
                 candle_core::Error::Msg(
@@ -157,62 +149,81 @@ impl Cnn {
             let pz = (p * &zdot)?;
             let dot = pz.sum_keepdim(D::Minus1)?;
             zbar = (zbar - (pz - p.broadcast_mul(&dot)?)?)?;
-            let [t0, t1, t2, t3, t4, t5, t6] = &tangents;
-            second = Some(weight_grads(
-                [t0, t1, t2, t3, t4, t5, t6],
-                [
-                    &rev.e1,
-                    &rev.q2,
-                    &rev.e3,
-                    &rev.q4,
-                    &rev.e5,
-                    &rev.e6,
-                    &pass.delta,
-                ],
-            )?);
+            // The weights' share of ⟨ḡ, g⟩: tangent input ⊗ the reverse pass's gradient, per layer.
+            for (l, node) in net.nodes.iter().enumerate() {
+                if let Some(t) = &tangents[l] {
+                    second[l] = Some(weight_grad(node, t, rev.at(l)?)?);
+                }
+            }
         }
         // First-order backward pass from z̄: the reverse pass again, without its last product.
         let adj = net.reverse_parts(a, &zbar, false)?;
-        let p4 = a.p4c.flatten_from(1)?;
-        let mut w = weight_grads(
-            [&a.z0, &a.r1, &a.p2, &a.r3, &p4, &a.r5, &a.r6],
-            [&adj.e1, &adj.q2, &adj.e3, &adj.q4, &adj.e5, &adj.e6, &zbar],
-        )?;
-        if let Some(second) = second {
-            for (w, s) in w.iter_mut().zip(second) {
-                *w = (&*w + s)?;
-            }
-        }
-        let biases = [&adj.e1, &adj.q2, &adj.e3, &adj.q4, &adj.e5, &adj.e6, &zbar];
         let names = self.config().param_shapes();
-        let mut out = Vec::with_capacity(14);
-        for (l, (wg, bias_dy)) in w.into_iter().zip(biases).enumerate() {
-            out.push((names[2 * l].0.clone(), wg));
-            out.push((names[2 * l + 1].0.clone(), sum_leading(bias_dy)?));
+        let mut names = names.into_iter().map(|(n, _)| n);
+        let mut out = Vec::with_capacity(2 * net.nodes.len());
+        for (l, node) in net.nodes.iter().enumerate() {
+            let (padding, has_params) = match node {
+                Node::Conv { padding, .. } => (*padding, true),
+                Node::Dense { .. } => (0, true),
+                _ => (0, false),
+            };
+            if !has_params {
+                continue;
+            }
+            let dy = adj.at(l)?;
+            let mut wg = weight_grad(node, &pad_nhwc(a.input(l), padding)?, dy)?;
+            if let Some(s) = second[l].take() {
+                wg = (wg + s)?;
+            }
+            let missing = || candle_core::Error::Msg("parameter names run out".into());
+            out.push((names.next().ok_or_else(missing)?, wg));
+            out.push((names.next().ok_or_else(missing)?, sum_leading(dy)?));
         }
         Ok(out)
     }
 
-    /// The tangent forward pass from `t_0 = J_s ḡ` (channels-last): `ż` at the logits and each layer's
-    /// tangent input `t_0 … t_6` (conv inputs channels-last, dense inputs `(B, ·)`).
-    fn tangent_pass(&self, pass: &ExplicitPass, gbar: &Tensor) -> Result<(Tensor, [Tensor; 7])> {
+    /// The tangent forward pass from `t_0 = J_s ḡ` (channels-last): `ż` at the logits and, for each layer with
+    /// parameters, its tangent input (padded for a padded convolution; dense inputs `(B, ·)`). A ReLU's mask
+    /// is applied after the pools and flattens that follow it (at a window's arg-max the pooled value is the
+    /// ReLU's output), where there is less to mask.
+    fn tangent_pass(
+        &self,
+        pass: &ExplicitPass,
+        gbar: &Tensor,
+    ) -> Result<(Tensor, Vec<Option<Tensor>>)> {
         let a = &pass.acts;
         let s = &pass.std;
         let b = pass.dims[0];
+        let n = self.nodes.len();
+        let relu_out = self.relu_outputs();
         let gbar = gbar.to_dtype(pass.logits.dtype())?.reshape((b, ()))?;
         let t0 = standardize_jacobian(&gbar, &s.flat, &s.denom, &s.active)?;
-        let t0 = to_nhwc(&t0.reshape(pass.dims.as_slice())?)?;
-        let conv = |t: &Tensor, l: &candle_nn::Conv2d| conv2d_nhwc(t, l.weight(), None, false);
-        let t1 = relu_backward(&conv(&t0, &self.conv1)?, &a.r1)?;
-        let t2 = max_pool2x2_nhwc_gather(&conv(&t1, &self.conv2)?, &a.r2)?;
-        let t2 = relu_backward(&t2, &a.p2)?;
-        let t3 = relu_backward(&conv(&t2, &self.conv3)?, &a.r3)?;
-        let t4 = max_pool2x2_nhwc_gather(&conv(&t3, &self.conv4)?, &a.r4)?;
-        let t4 = relu_backward(&to_nchw(&t4)?, &a.p4c)?.flatten_from(1)?;
-        let dense = |t: &Tensor, l: &candle_nn::Linear| t.matmul(&l.weight().t()?);
-        let t5 = relu_backward(&dense(&t4, &self.fc1)?, &a.r5)?;
-        let t6 = relu_backward(&dense(&t5, &self.fc2)?, &a.r6)?;
-        let zdot = dense(&t6, &self.fc3)?;
-        Ok((zdot, [t0, t1, t2, t3, t4, t5, t6]))
+        let mut t = to_nhwc(&t0.reshape(pass.dims.as_slice())?)?;
+        let mut tangents: Vec<Option<Tensor>> = vec![None; n];
+        for (l, node) in self.nodes.iter().enumerate() {
+            t = match node {
+                Node::Conv { conv, padding, .. } => {
+                    let tin = pad_nhwc(&t, *padding)?;
+                    let y = conv2d_nhwc(&tin, conv.weight(), None, false)?;
+                    tangents[l] = Some(tin);
+                    y
+                }
+                Node::Dense { linear, .. } => {
+                    let y = t.matmul(&linear.weight().t()?)?;
+                    tangents[l] = Some(t);
+                    y
+                }
+                Node::Pool => max_pool2x2_nhwc_gather(&t, a.input(l))?,
+                Node::Flatten => to_nchw(&t)?.flatten_from(1)?,
+                Node::Relu => t,
+            };
+            let carried_on = l + 1 < n
+                && relu_out[l]
+                && matches!(self.nodes[l + 1], Node::Pool | Node::Flatten | Node::Relu);
+            if relu_out[l] && !carried_on {
+                t = relu_backward(&t, &a.outs[l])?;
+            }
+        }
+        Ok((t, tangents))
     }
 }

@@ -9,48 +9,50 @@
 //! Masks are constants (their derivative is zero almost everywhere), exactly as in autograd.
 
 use candle_core::{D, Module, Result, Tensor};
-use candle_nn::{Conv2d, Linear};
 
-use crate::cnn::Cnn;
+use crate::cnn::{Cnn, Node};
 use crate::layers::{Standardized, rows_f64, tensor_from_f64};
 use crate::ops::{
     contiguous, conv2d_nhwc, conv2d_nhwc_input_grad, conv2d_nhwc_input_grad_masked,
     max_pool2x2_nhwc, max_pool2x2_nhwc_backward, relu, relu_backward, to_nchw, to_nhwc,
 };
 
-fn fc_back(layer: &Linear, d: &Tensor) -> Result<Tensor> {
-    d.matmul(layer.weight())
+/// Zero padding of `p` on both sides of the spatial dimensions of channels-last `x` `(B, H, W, C)`.
+pub(crate) fn pad_nhwc(x: &Tensor, p: usize) -> Result<Tensor> {
+    if p == 0 {
+        return Ok(x.clone());
+    }
+    x.pad_with_zeros(1, p, p)?.pad_with_zeros(2, p, p)
 }
 
-/// Back through a convolution whose input was `input` `(B, H, W, C)`.
-fn conv_back(layer: &Conv2d, d: &Tensor, input: &Tensor) -> Result<Tensor> {
-    let (_, h, w, _) = input.dims4()?;
-    conv2d_nhwc_input_grad(d, layer.weight(), (h, w))
+/// The adjoint of [`pad_nhwc`]: the interior `(B, H, W, C)` of a padded `(B, H + 2p, W + 2p, C)`.
+fn crop_nhwc(x: &Tensor, p: usize) -> Result<Tensor> {
+    if p == 0 {
+        return Ok(x.clone());
+    }
+    let (_, h, w, _) = x.dims4()?;
+    x.narrow(1, p, h - 2 * p)?.narrow(2, p, w - 2 * p)?.contiguous()
 }
 
-/// Every activation the reverse pass needs, channels-last (ReLU masks are `output > 0`).
+/// Every activation the reverse pass needs: the standardised input `z0` and each layer's output, spatial
+/// ones channels-last `(B, H, W, C)`, flat ones `(B, N)` (ReLU masks are `output > 0`).
 pub(crate) struct Activations {
     pub(crate) z0: Tensor,
-    pub(crate) r1: Tensor,
-    pub(crate) r2: Tensor,
-    pub(crate) p2: Tensor,
-    pub(crate) r3: Tensor,
-    pub(crate) r4: Tensor,
-    /// `p4` in `(B, C, H, W)`, as fc1 sees it.
-    pub(crate) p4c: Tensor,
-    pub(crate) r5: Tensor,
-    pub(crate) r6: Tensor,
+    pub(crate) outs: Vec<Tensor>,
 }
 
-/// The gradients of the reverse pass from the logits (channels-last where spatial): `e*` after a ReLU mask,
-/// `q*` after a pool's scatter; `dz0` at the standardised input, `(B, C, H, W)`, when asked for.
+impl Activations {
+    /// The input of layer `l`.
+    pub(crate) fn input(&self, l: usize) -> &Tensor {
+        if l == 0 { &self.z0 } else { &self.outs[l - 1] }
+    }
+}
+
+/// The gradients of the reverse pass from the logits: for each layer with parameters, the gradient at its
+/// output before its ReLU (`None` for the others, and for layers the pass did not reach); `dz0` at the
+/// standardised input, `(B, C, H, W)`, when asked for.
 pub(crate) struct Reverse {
-    pub(crate) e6: Tensor,
-    pub(crate) e5: Tensor,
-    pub(crate) q4: Tensor,
-    pub(crate) e3: Tensor,
-    pub(crate) q2: Tensor,
-    pub(crate) e1: Tensor,
+    pub(crate) e: Vec<Option<Tensor>>,
     pub(crate) dz0: Option<Tensor>,
 }
 
@@ -61,36 +63,60 @@ impl Reverse {
             .as_ref()
             .ok_or_else(|| candle_core::Error::Msg("reverse pass without its input".into()))
     }
+
+    /// The gradient at layer `l`'s output before its ReLU (an error where the pass has none).
+    pub(crate) fn at(&self, l: usize) -> Result<&Tensor> {
+        self.e.get(l).and_then(Option::as_ref).ok_or_else(|| {
+            candle_core::Error::Msg(format!("reverse pass has no gradient at layer {}", l + 1))
+        })
+    }
 }
 
 impl Cnn {
+    /// For each layer, whether its output is a ReLU's output, possibly through pools, flattens and ReLUs
+    /// after it: where `[output > 0]` is that ReLU's mask (at a window's arg-max the pooled value is the
+    /// ReLU's output).
+    pub(crate) fn relu_outputs(&self) -> Vec<bool> {
+        let layers = &self.config().layers;
+        let mut out: Vec<bool> = Vec::with_capacity(layers.len());
+        for (l, layer) in layers.iter().enumerate() {
+            let carried = l > 0
+                && out[l - 1]
+                && matches!(self.nodes[l], Node::Pool | Node::Flatten | Node::Relu);
+            out.push(layer.ends_with_relu() || carried);
+        }
+        out
+    }
+
     /// The forward pass after standardisation (`z0` `(B, C, H, W)`) on the NHWC ops: logits and activations
     /// (the model's whole CPU forward pass; the activations are kept for the reverse pass).
     pub(crate) fn forward_activations(&self, z0: &Tensor) -> Result<(Tensor, Activations)> {
         let z0 = to_nhwc(z0)?;
-        let c = |l: &Conv2d, t: &Tensor| conv2d_nhwc(t, l.weight(), l.bias(), true);
-        let r1 = c(&self.conv1, &z0)?;
-        let r2 = c(&self.conv2, &r1)?;
-        let p2 = max_pool2x2_nhwc(&r2)?;
-        let r3 = c(&self.conv3, &p2)?;
-        let r4 = c(&self.conv4, &r3)?;
-        let p4 = max_pool2x2_nhwc(&r4)?;
-        let p4c = to_nchw(&p4)?;
-        let r5 = relu(&self.fc1.forward(&p4c.flatten_from(1)?)?)?;
-        let r6 = relu(&self.fc2.forward(&r5)?)?;
-        let logits = self.fc3.forward(&r6)?;
-        let acts = Activations {
-            z0,
-            r1,
-            r2,
-            p2,
-            r3,
-            r4,
-            p4c,
-            r5,
-            r6,
-        };
-        Ok((logits, acts))
+        let mut outs: Vec<Tensor> = Vec::with_capacity(self.nodes.len());
+        for node in &self.nodes {
+            let x = outs.last().unwrap_or(&z0);
+            let y = match node {
+                Node::Conv {
+                    conv,
+                    padding,
+                    relu: r,
+                    ..
+                } => conv2d_nhwc(&pad_nhwc(x, *padding)?, conv.weight(), conv.bias(), *r)?,
+                Node::Relu => relu(x)?,
+                Node::Pool => max_pool2x2_nhwc(x)?,
+                Node::Flatten => to_nchw(x)?.flatten_from(1)?,
+                Node::Dense { linear, relu: r } => {
+                    let y = linear.forward(x)?;
+                    if *r { relu(&y)? } else { y }
+                }
+            };
+            outs.push(y);
+        }
+        let logits = outs
+            .last()
+            .cloned()
+            .ok_or_else(|| candle_core::Error::Msg("a network without layers".into()))?;
+        Ok((logits, Activations { z0, outs }))
     }
 
     /// The reverse pass from `d` (gradient at the logits) to the standardised input, `(B, C, H, W)`. Built
@@ -99,38 +125,70 @@ impl Cnn {
         Ok(self.reverse_parts(a, d, true)?.input()?.clone())
     }
 
-    /// [`Cnn::reverse`] with the intermediate gradients (what the parameter gradients of `crate::explicit`
-    /// need); the last product, to the input, only `to_input`.
+    /// [`Cnn::reverse`] with the gradient at every parameter layer's output (what the parameter gradients of
+    /// `crate::explicit` need); the products below the first parameter layer only `to_input`.
+    ///
+    /// The gradient reaching a ReLU's output (through pools and flattens) is already masked: each layer
+    /// applies the mask of its input's ReLU as it computes its input gradient (fused into the convolution's
+    /// transposed product; on the pooled side, a quarter of the work, before a pool's scatter), so a layer's
+    /// own ReLU costs nothing here.
     pub(crate) fn reverse_parts(
         &self,
         a: &Activations,
         d: &Tensor,
         to_input: bool,
     ) -> Result<Reverse> {
-        let e6 = relu_backward(&fc_back(&self.fc3, d)?, &a.r6)?;
-        let e5 = relu_backward(&fc_back(&self.fc2, &e6)?, &a.r5)?;
-        // The ReLU before a pool is masked on the pooled side: the scatter puts each pooled gradient at its
-        // window's arg-max, whose value is the pooled value (same numbers, a quarter of the work).
-        let e4 = relu_backward(&fc_back(&self.fc1, &e5)?.reshape(a.p4c.dims())?, &a.p4c)?;
-        let q4 = max_pool2x2_nhwc_backward(&to_nhwc(&e4)?, &a.r4)?;
-        let e3 = conv2d_nhwc_input_grad_masked(&q4, self.conv4.weight(), &a.r3)?;
-        let e2 = conv2d_nhwc_input_grad_masked(&e3, self.conv3.weight(), &a.p2)?;
-        let q2 = max_pool2x2_nhwc_backward(&e2, &a.r2)?;
-        let e1 = conv2d_nhwc_input_grad_masked(&q2, self.conv2.weight(), &a.r1)?;
-        let dz0 = if to_input {
-            Some(to_nchw(&conv_back(&self.conv1, &e1, &a.z0)?)?)
-        } else {
-            None
-        };
-        Ok(Reverse {
-            e6,
-            e5,
-            q4,
-            e3,
-            q2,
-            e1,
-            dz0,
-        })
+        let n = self.nodes.len();
+        let relu_out = self.relu_outputs();
+        let first_param = self
+            .config()
+            .layers
+            .iter()
+            .position(|l| l.has_params())
+            .unwrap_or(0);
+        let mut e: Vec<Option<Tensor>> = vec![None; n];
+        let mut d = d.clone();
+        for l in (0..n).rev() {
+            let input = a.input(l);
+            let mask_input = l > 0 && relu_out[l - 1];
+            if !to_input && l < first_param {
+                break;
+            }
+            d = match &self.nodes[l] {
+                Node::Dense { linear, .. } => {
+                    e[l] = Some(d.clone());
+                    if !to_input && l == first_param {
+                        break;
+                    }
+                    let g = d.matmul(linear.weight())?;
+                    if mask_input { relu_backward(&g, input)? } else { g }
+                }
+                Node::Conv { conv, padding, .. } => {
+                    e[l] = Some(d.clone());
+                    if !to_input && l == first_param {
+                        break;
+                    }
+                    if *padding == 0 && mask_input {
+                        conv2d_nhwc_input_grad_masked(&d, conv.weight(), input)?
+                    } else {
+                        let (_, h, w, _) = input.dims4()?;
+                        let p = *padding;
+                        let g = conv2d_nhwc_input_grad(&d, conv.weight(), (h + 2 * p, w + 2 * p))?;
+                        let g = crop_nhwc(&g, p)?;
+                        if mask_input { relu_backward(&g, input)? } else { g }
+                    }
+                }
+                Node::Pool => max_pool2x2_nhwc_backward(&d, input)?,
+                Node::Flatten => {
+                    let (b, h, w, c) = input.dims4()?;
+                    to_nhwc(&d.reshape((b, c, h, w))?)?
+                }
+                // The gradient arrived masked by [output > 0] = [input > 0].
+                Node::Relu => d,
+            };
+        }
+        let dz0 = if to_input { Some(to_nchw(&d)?) } else { None };
+        Ok(Reverse { e, dz0 })
     }
 
     /// `(logits, log p(y|x) per example, ∇_x Σ_i log p(y_i|x_i))`, all three carrying their graphs to the

@@ -1,4 +1,6 @@
-//! The two CNNs of the paper (Table 5) for MNIST and CIFAR-10, built from candle-nn layers.
+//! Sequential image classifiers described once as a list of layers ([`CnnConfig`], [`Layer`]): the paper's
+//! two CNNs (Table 5) for MNIST and CIFAR-10 as presets, any stack of convolutions (any kernel size, valid or
+//! same padding), ReLUs, 2×2 max-pools and dense layers from a spec string.
 //!
 //! * Inputs are images in `[0, 1]`; per-image standardisation is the model's first layer
 //!   ([`standardize`]), so attacks and clipping work in pixel space.
@@ -13,10 +15,13 @@
 //! * [`Cnn::explicit_pass`] and [`Cnn::explicit_gradients`] give the parameter gradients of
 //!   `CE + P(∇_x log p)` on the CPU path without autograd (the second derivative as a tangent forward pass);
 //!   the training methods use them there.
-//! * Parameter names and layouts are PyTorch's (`conv1.weight` `[out, in, 3, 3]`, `fc1.weight` `[out, in]`,
-//!   flatten in `(C, H, W)` order): a PyTorch module of the same architecture loads a checkpoint with
-//!   `load_state_dict` (see `tests/pytorch_compat.py`).
+//! * Every path walks the one layer list: candle's layers ([`Cnn`]'s `forward` off the fast path), the
+//!   channels-last forward, reverse (input adjoint) and tangent passes, and the weight gradients.
+//! * Parameter names and layouts are PyTorch's (`conv1.weight` `[out, in, k, k]`, `fc1.weight` `[out, in]`,
+//!   numbered in order, flatten in `(C, H, W)` order); checkpoints record the spec, so a PyTorch module built
+//!   from it loads them with `load_state_dict` (see `tests/pytorch_compat.py`).
 
+mod arch;
 mod checkpoint;
 mod cnn;
 mod device;
@@ -27,7 +32,8 @@ mod layers;
 pub mod ops;
 
 pub use checkpoint::{ModelError, load_model, load_model_from_tensors, save_model};
-pub use cnn::{Cnn, CnnConfig, init_params};
+pub use arch::{ActShape, CIFAR10_SPEC, CnnConfig, Layer, MNIST_SPEC};
+pub use cnn::{Cnn, init_params};
 pub use device::{DeviceKind, make_device};
 pub use explicit::ExplicitPass;
 pub use layers::{max_pool2x2, standardize};

@@ -76,7 +76,15 @@ fn compare(ours: &[(String, Tensor)], reference: &[(String, Tensor)], tol: f64, 
 #[test]
 fn explicit_gradients_equal_double_backprop() {
     setup();
-    for (config, seed) in [(CnnConfig::mnist(), 41u64), (CnnConfig::cifar10(), 42)] {
+    let mut cases = vec![(CnnConfig::mnist(), 41u64), (CnnConfig::cifar10(), 42)];
+    for (k, (_, config)) in sgr_testutil::other_archs(1)
+        .into_iter()
+        .chain(sgr_testutil::other_archs(2))
+        .enumerate()
+    {
+        cases.push((config, 43 + k as u64));
+    }
+    for (config, seed) in cases {
         let (m, vm) = model(config.clone(), seed, DType::F64);
         let shape = [3, config.in_channels, config.height, config.width];
         // The first image is constant: the standardisation's floor branch.

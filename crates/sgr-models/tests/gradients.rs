@@ -51,7 +51,21 @@ fn check_input_gradient(config: CnnConfig, seed: u64) {
             gflat[k]
         );
     }
-    eprintln!("{}: worst relative error {worst:.2e}", config.arch_name());
+    // The frozen copy (one custom op whose backward is the explicit reverse pass, what attacks use) and
+    // candle's own layers give the same gradient.
+    let mut plain = m.clone();
+    plain.set_plain_ops(true);
+    for (what, other) in [
+        ("frozen", input_gradient(&m.frozen(), &x, &y)),
+        ("candle's layers", input_gradient(&plain, &x, &y)),
+    ] {
+        let diff = sgr_testutil::max_abs_diff(&other, &g);
+        assert!(
+            diff <= 1e-10 * sgr_testutil::max_abs(&g),
+            "{what}: max diff {diff:.3e}"
+        );
+    }
+    eprintln!("{}: worst relative error {worst:.2e}", config.spec());
 }
 
 #[test]
@@ -62,6 +76,16 @@ fn mnist_cnn_input_gradient_matches_finite_differences() {
 #[test]
 fn cifar_cnn_input_gradient_matches_finite_differences() {
     check_input_gradient(CnnConfig::cifar10(), 12);
+}
+
+#[test]
+fn other_architectures_input_gradients_match_finite_differences() {
+    let archs = sgr_testutil::other_archs(1)
+        .into_iter()
+        .chain(sgr_testutil::other_archs(3));
+    for (k, (_, config)) in archs.enumerate() {
+        check_input_gradient(config, 60 + k as u64);
+    }
 }
 
 /// `∇_x Σ w ⊙ max_pool2x2(x)` by autograd.
@@ -157,7 +181,7 @@ fn output_shapes_and_parameter_counts() {
         .unwrap();
         assert_eq!(m.forward(&x).unwrap().dims(), &[4, 10]);
         let count: usize = vm.all_vars().iter().map(|v| v.elem_count()).sum();
-        assert_eq!(count, params, "{}", config.arch_name());
+        assert_eq!(count, params, "{}", config.spec());
     }
 }
 

@@ -36,16 +36,24 @@ pub fn model(config: CnnConfig, seed: u64, dtype: DType) -> (Cnn, VarMap) {
     (m, vm)
 }
 
-/// The architecture of the paper shrunk for fast exact checks: 1×16×16 inputs, 5 classes.
+/// The architecture of the paper shrunk for fast exact checks: 16×16 inputs, 5 classes.
 pub fn tiny_config(channels: usize) -> CnnConfig {
-    CnnConfig {
-        in_channels: channels,
-        height: 16,
-        width: 16,
-        convs: [3, 4, 4, 4],
-        hidden: [8, 8],
-        classes: 5,
-    }
+    CnnConfig::parse("conv3,conv4,pool,conv4,conv4,pool,fc8,fc8", (channels, 16, 16), 5)
+        .expect("a valid spec")
+}
+
+/// Networks off the paper's path that every exact check also runs on, with a name for messages: a
+/// two-layer MLP, a LeNet-style net with 5×5 "same" convolutions, and a stack mixing a linear
+/// convolution, a separate ReLU, a pool right after the input and an odd map size.
+pub fn other_archs(channels: usize) -> Vec<(&'static str, CnnConfig)> {
+    let parse = |spec: &str, hw: usize| {
+        CnnConfig::parse(spec, (channels, hw, hw), 10).expect("a valid spec")
+    };
+    vec![
+        ("mlp", parse("fc32,fc16", 12)),
+        ("lenet-same", parse("conv4-k5-same,pool,conv6-k5,pool,fc24,fc12", 16)),
+        ("mixed", parse("pool,conv3-k3-linear,relu,conv4-same,pool,fc7-linear,relu,fc9", 15)),
+    ]
 }
 
 /// Every entry of a tensor of any float dtype, as f64, in row-major order.

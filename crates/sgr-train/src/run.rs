@@ -104,6 +104,10 @@ impl std::str::FromStr for LrSchedule {
 pub struct RunRecord {
     pub sgr_version: String,
     pub method: String,
+    /// The network's canonical spec (`sgr_models::CnnConfig::spec`); absent in runs from before `--arch`,
+    /// which trained the paper's CNN for their data set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub arch: Option<String>,
     pub method_options: MethodOptions,
     pub dataset: String,
     pub data_source: String,

@@ -24,6 +24,9 @@ use crate::run::{
 #[derive(Clone, Debug, Default)]
 pub struct TrainArgs {
     pub method: Option<String>,
+    /// The network: `paper` (the paper's CNN for the data set; the default), `mnist`, `cifar10`, or a spec
+    /// string such as `conv32,conv32,pool,fc100` (see [`CnnConfig::parse`]).
+    pub arch: Option<String>,
     pub method_options: MethodOptions,
     pub dataset: Option<DatasetName>,
     pub data_dir: Option<PathBuf>,
@@ -345,7 +348,19 @@ pub fn train(
     )?;
     let device = make_device(args.device)?;
     let (c, h, w) = data.train.shape();
-    let config = CnnConfig::for_image(c, h, w);
+    let arch_flag = args.arch.as_deref();
+    let arch = match &stored {
+        // Runs from before `--arch` trained the paper's CNN.
+        Some(r) => r.arch.as_deref().unwrap_or("paper"),
+        None => arch_flag.unwrap_or("paper"),
+    };
+    let config = CnnConfig::from_arch(arch, (c, h, w), 10)
+        .map_err(|e| TrainError::Config(format!("--arch {arch}: {e}")))?;
+    if let (Some(flag), Some(_)) = (arch_flag, &stored) {
+        let given = CnnConfig::from_arch(flag, (c, h, w), 10)
+            .map_err(|e| TrainError::Config(format!("--arch {flag}: {e}")))?;
+        check_same(out, "--arch", Some(given.spec()), config.spec())?;
+    }
 
     let mut record = match stored {
         Some(mut r) => {
@@ -353,11 +368,13 @@ pub fn train(
                 r.epochs = e;
             }
             r.plain_ops = args.plain_ops;
+            r.arch = Some(config.spec());
             r
         }
         None => RunRecord {
             sgr_version: env!("CARGO_PKG_VERSION").to_string(),
             method: method_name.clone(),
+            arch: Some(config.spec()),
             method_options: method.options().clone(),
             dataset: dataset.to_string(),
             data_source: sgr_data::describe_source(dataset, data_dir),
