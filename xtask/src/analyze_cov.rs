@@ -1,3 +1,5 @@
+//! `analyze-cov`: the covariance of adversarial perturbations of a model, its figures and summary.
+
 use std::path::PathBuf;
 
 use clap::Args;

@@ -1,3 +1,5 @@
+//! Helpers shared by the commands: logging, flag parsers, terminal detection.
+
 use std::io::IsTerminal;
 
 use sgr_data::DatasetName;

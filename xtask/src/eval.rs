@@ -1,3 +1,5 @@
+//! `eval`: clean test accuracy of a checkpoint.
+
 use std::path::PathBuf;
 
 use anyhow::Context;

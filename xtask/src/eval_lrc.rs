@@ -1,3 +1,5 @@
+//! `eval-lrc`: accuracy under worst-of-N long-range-correlated noise, per noise scale (the paper's Fig. 3/4).
+
 use std::path::PathBuf;
 
 use anyhow::Context;

@@ -1,3 +1,5 @@
+//! `eval-transfer`: the PGD transfer matrix between checkpoints (the paper's Table 4).
+
 use std::path::PathBuf;
 
 use clap::Args;

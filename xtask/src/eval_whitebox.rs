@@ -1,3 +1,5 @@
+//! `eval-whitebox`: the white-box table (the paper's Table 3) with the masking checks.
+
 use std::path::PathBuf;
 
 use clap::Args;

@@ -1,3 +1,5 @@
+//! The input gradient of the cross-entropy that the gradient attacks step along, and predicted labels.
+
 use candle_core::{D, Result, Tensor, Var};
 use candle_nn::Module;
 

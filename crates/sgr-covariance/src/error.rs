@@ -1,3 +1,5 @@
+//! The crate's error type.
+
 /// Errors of the covariance crate. Bad input is an error, never a panic.
 #[derive(Debug, thiserror::Error)]
 pub enum CovError {

@@ -1,3 +1,4 @@
+//! Helpers shared by the covariance tests: dense reference products and tensors.
 #![allow(dead_code, unused_imports)]
 use candle_core::{DType, Tensor};
 pub use sgr_testutil::{max_abs, max_abs_diff, rand_tensor};

@@ -1,3 +1,5 @@
+//! The crate's error type: every variant names the file or flag at fault.
+
 use std::path::PathBuf;
 
 /// Everything that can go wrong while finding, reading or decoding a data set.

@@ -1,3 +1,5 @@
+//! The crate's error type.
+
 /// What can go wrong in an evaluation.
 #[derive(Debug, thiserror::Error)]
 pub enum EvalError {

@@ -1,3 +1,5 @@
+//! Safetensors checkpoints: saving with the network's spec in the metadata, loading (also PyTorch's files).
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 

@@ -1,3 +1,5 @@
+//! The `--device` choices (cpu, cuda, metal) and opening one.
+
 use candle_core::{Device, Result};
 
 /// The `--device` choices.

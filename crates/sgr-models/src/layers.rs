@@ -1,3 +1,5 @@
+//! Layers on candle's own ops for any device: per-image standardisation, ReLU (derivative 0 at 0), 2×2 max-pool.
+
 use candle_core::{D, DType, Result, Tensor};
 
 /// Per-image standardisation `(x − mean) / max(std, 1/√N)` over each image's `N = C·H·W` values, with the

@@ -1,3 +1,5 @@
+//! Checkpoints: save/load round trips for every test network, PyTorch names and metadata, bad files named.
+
 mod common;
 
 use candle_core::{DType, Device, Module};

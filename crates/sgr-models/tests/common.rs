@@ -1,3 +1,4 @@
+//! Helpers shared by the model tests: seeded models, the log-likelihood, batches with a constant image.
 #![allow(dead_code)]
 use candle_core::{D, DType, Device, Module, Result, Tensor};
 use candle_nn::{VarBuilder, VarMap};

@@ -1,3 +1,5 @@
+//! The crate's error type.
+
 use sgr_covariance::CovError;
 
 pub type Result<T> = std::result::Result<T, RegError>;

@@ -1,3 +1,5 @@
+//! Input gradients of the log-likelihood (the g of Ω) by autograd, kept differentiable, and Ω's value from them.
+
 use candle_core::{D, Module, Tensor, Var};
 
 use crate::error::{RegError, Result};

@@ -1,3 +1,5 @@
+//! The regularizers: Ω = σ/(2m) Σ gᵀΣ̂g with Σ̂ an EMA of perturbation second moments (SGR) or the identity (GN).
+
 use std::collections::HashMap;
 use std::sync::Arc;
 

@@ -1,3 +1,5 @@
+//! How second-order gradients are taken (exact double backprop or finite differences) and the check that candle's double backprop is on.
+
 use candle_core::{Device, Var};
 
 use crate::error::{RegError, Result};
