@@ -371,3 +371,70 @@ fn other_architectures_train_record_their_spec_and_load_in_pytorch() -> anyhow::
     assert!(msg.contains("--arch") && msg.contains("'dense4'"), "{msg}");
     Ok(())
 }
+
+/// `--checkpoint-every`: a run killed with SIGKILL at random moments, many times per epoch, still makes
+/// progress, and once finished equals an uninterrupted run bit for bit (the model, and Adam's and Σ̂'s state).
+#[test]
+fn runs_killed_at_random_moments_resume_to_the_same_bytes() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (straight, killed) = (dir.path().join("straight"), dir.path().join("killed"));
+    #[rustfmt::skip]
+    let args = |out: &Path| -> Vec<String> {
+        ["train", "--method", "sgr-sign", "--epochs", "2", "--train-limit", "1280", "--batch-size", "64",
+         "--test-limit", "100", "--pgd-eval-images", "0", "--checkpoint-every", "1", "--out"]
+            .iter().map(|s| s.to_string()).chain([out.display().to_string()]).collect()
+    };
+    let a = args(&straight);
+    ok(&xtask(&a.iter().map(String::as_str).collect::<Vec<_>>()));
+
+    // Kill after a pseudo-random 0.3–1.3 s, again and again, resuming each time.
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    let (mut kills, mut finished) = (0, false);
+    for _ in 0..200 {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_xtask"));
+        cmd.args(args(&killed)).env("SGR_LOG", "warn");
+        if killed.join("run.json").exists() {
+            cmd.arg("--resume");
+        }
+        let mut child = cmd
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()?;
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        let wait = std::time::Duration::from_millis(300 + state % 1000);
+        let start = std::time::Instant::now();
+        while start.elapsed() < wait && child.try_wait()?.is_none() {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        if let Some(status) = child.try_wait()? {
+            let mut stderr = String::new();
+            if let Some(mut e) = child.stderr.take() {
+                std::io::Read::read_to_string(&mut e, &mut stderr)?;
+            }
+            assert!(status.success(), "a resumed run failed: {stderr}");
+            finished = true;
+            break;
+        }
+        child.kill()?; // SIGKILL on Unix
+        child.wait()?;
+        kills += 1;
+    }
+    assert!(finished, "no progress after {kills} kills");
+    eprintln!("finished after {kills} kills");
+    assert!(kills >= 3, "the run should have been killed several times ({kills})");
+    for file in ["model.safetensors", "optimizer.safetensors"] {
+        assert!(
+            std::fs::read(straight.join(file))? == std::fs::read(killed.join(file))?,
+            "{file} differs from the uninterrupted run's"
+        );
+    }
+    let leftovers: Vec<_> = std::fs::read_dir(&killed)?
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains(".next-") || n.contains(".tmp"))
+        .collect();
+    assert!(leftovers.is_empty(), "pending files left: {leftovers:?}");
+    Ok(())
+}

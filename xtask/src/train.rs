@@ -1,3 +1,5 @@
+//! `train`: the command-line front end of `sgr_train::train`, with a progress bar and Ctrl-C handling.
+
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -111,6 +113,10 @@ pub struct TrainCmd {
     /// Continue the run in --out where it stopped.
     #[arg(long)]
     resume: bool,
+    /// Save within epochs: every N steps (e.g. 200) or after a time (30s, 10m, 1h; default 10m). Each epoch's
+    /// end always saves. Any checkpoint resumes bit-identically, also after the process was killed.
+    #[arg(long)]
+    checkpoint_every: Option<sgr_train::CheckpointEvery>,
     /// cpu, cuda or metal.
     #[arg(long, default_value = "cpu", value_parser = parse_device)]
     device: DeviceKind,
@@ -283,6 +289,7 @@ pub fn run(cmd: TrainCmd) -> anyhow::Result<()> {
         dtype,
         pgd_eval_images: cmd.pgd_eval_images,
         plain_ops: cmd.plain_ops,
+        checkpoint_every: cmd.checkpoint_every,
     };
 
     let stop = interrupt_flag()?;

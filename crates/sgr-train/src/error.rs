@@ -1,3 +1,5 @@
+//! The crate's error type: every variant names the run folder, file or flag at fault.
+
 use std::path::PathBuf;
 
 #[derive(Debug, thiserror::Error)]

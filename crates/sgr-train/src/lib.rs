@@ -6,8 +6,10 @@
 //! * `optimizer.safetensors`: Adam's moments and step count, and the method's own state (`method.*`);
 //! * `run.json`: every setting, the progress and per-epoch metrics ([`RunRecord`]).
 //!
-//! Every file is written to a temporary name and renamed, `run.json` last. A run stopped at any point resumes
-//! exactly: the data order of epoch `e` and the augmentation of batch `b` derive from `(seed, e, b)` alone.
+//! Checkpoints are written at each epoch's end and within epochs (`TrainArgs::checkpoint_every`, default every
+//! 10 minutes), under pending names committed by `run.json` (see `run.rs`), so a process killed at any moment
+//! resumes from its last checkpoint. A resumed run is bit-identical to an uninterrupted one: the data order of
+//! epoch `e` and the augmentation of batch `b` derive from `(seed, e, b)` alone.
 
 mod adam;
 mod adversarial;
@@ -25,8 +27,8 @@ pub use method::{
     WeightDecay, build_method, cross_entropy,
 };
 pub use run::{
-    EpochRecord, FinalEval, LrSchedule, MODEL_FILE, PartialEpoch, RUN_FILE, RunRecord, RunStatus,
-    STATE_FILE, model_path, read_record,
+    CheckpointEvery, EpochRecord, FinalEval, LrSchedule, MODEL_FILE, PartialEpoch, RUN_FILE, RunRecord, RunStatus,
+    STATE_FILE, model_path, read_record, recover,
 };
 pub use sgr::{DATA_COV_IMAGES, Sgr, data_covariance, default_lambda};
 pub use trainer::{

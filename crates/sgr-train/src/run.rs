@@ -1,7 +1,10 @@
 //! The run folder: `model.safetensors`, `optimizer.safetensors` (Adam and method state) and `run.json`.
 //!
-//! Every file is written to a temporary name and renamed; `run.json` is renamed last and is the commit
-//! point, so after a crash the folder holds the previous consistent checkpoint.
+//! A checkpoint of step `n` is written as `model.safetensors.next-n` and `optimizer.safetensors.next-n`
+//! (each to a temporary name, synced, renamed), then `run.json` (the commit point, naming step `n`), then the
+//! two files are renamed into place. Opening a run ([`recover`]) finishes that last step when `run.json`
+//! names the files' step and deletes them otherwise, so a process killed at any moment (SIGKILL included)
+//! leaves a folder that resumes from the last committed checkpoint.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -239,5 +242,102 @@ pub fn model_path(checkpoint: &Path) -> PathBuf {
         checkpoint.join(MODEL_FILE)
     } else {
         checkpoint.to_owned()
+    }
+}
+
+/// The name a checkpoint file of step `step` has until its step is committed.
+pub(crate) fn pending_name(file: &str, step: u64) -> String {
+    format!("{file}.next-{step}")
+}
+
+/// Moves the pending files of step `step` into place (model first, then optimizer state).
+pub(crate) fn promote(dir: &Path, step: u64) -> Result<()> {
+    for file in [MODEL_FILE, STATE_FILE] {
+        let from = dir.join(pending_name(file, step));
+        if from.exists() {
+            std::fs::rename(&from, dir.join(file)).map_err(|source| TrainError::Io {
+                path: from.clone(),
+                source,
+            })?;
+        }
+    }
+    Ok(())
+}
+
+/// Completes or discards a checkpoint that a killed process left half written: pending files of the step
+/// `run.json` names are moved into place, any others deleted, and so are temporary files of interrupted
+/// writes.
+pub fn recover(dir: &Path, record: &RunRecord) -> Result<()> {
+    promote(dir, record.steps_done)?;
+    let entries = std::fs::read_dir(dir).map_err(|source| TrainError::Io {
+        path: dir.to_owned(),
+        source,
+    })?;
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        // Pending files of another step, and temporary files a killed write left behind.
+        let stale = [MODEL_FILE, STATE_FILE]
+            .iter()
+            .any(|f| name.starts_with(&format!("{f}.next-")))
+            || ([MODEL_FILE, STATE_FILE, RUN_FILE]
+                .iter()
+                .any(|f| name.starts_with(&format!("{f}.")))
+                && name.ends_with(".tmp"));
+        if stale {
+            std::fs::remove_file(entry.path()).map_err(|source| TrainError::Io {
+                path: entry.path(),
+                source,
+            })?;
+        }
+    }
+    Ok(())
+}
+
+/// How often a run saves within an epoch (it always saves at each epoch's end).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum CheckpointEvery {
+    /// After every `n` optimiser steps.
+    Steps(u64),
+    /// When this many seconds have passed since the last save.
+    Seconds(f64),
+}
+
+impl Default for CheckpointEvery {
+    /// Every 10 minutes.
+    fn default() -> Self {
+        CheckpointEvery::Seconds(600.0)
+    }
+}
+
+impl std::str::FromStr for CheckpointEvery {
+    type Err = String;
+    /// `N` (steps), `Ns`, `Nm` or `Nh` (wall time).
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        let bad = || {
+            format!("--checkpoint-every '{s}': expected a number of steps (e.g. 200) or a time (e.g. 30s, 10m, 1h)")
+        };
+        let t = s.trim();
+        let (num, scale) = match t.chars().last() {
+            Some('s') => (&t[..t.len() - 1], Some(1.0)),
+            Some('m') => (&t[..t.len() - 1], Some(60.0)),
+            Some('h') => (&t[..t.len() - 1], Some(3600.0)),
+            _ => (t, None),
+        };
+        match scale {
+            Some(scale) => {
+                let v: f64 = num.trim().parse().map_err(|_| bad())?;
+                if !(v > 0.0 && v.is_finite()) {
+                    return Err(bad());
+                }
+                Ok(CheckpointEvery::Seconds(v * scale))
+            }
+            None => {
+                let n: u64 = num.parse().map_err(|_| bad())?;
+                if n == 0 {
+                    return Err(bad());
+                }
+                Ok(CheckpointEvery::Steps(n))
+            }
+        }
     }
 }

@@ -15,8 +15,9 @@ use crate::adversarial::default_eps_255;
 use crate::error::{Result, TrainError};
 use crate::method::{Method, MethodContext, MethodOptions, StepInput, build_method};
 use crate::run::{
-    EpochRecord, FinalEval, LrSchedule, MODEL_FILE, PartialEpoch, RUN_FILE, RunRecord, RunStatus,
-    STATE_FILE, read_record, read_tensors, write_record, write_tensors,
+    CheckpointEvery, EpochRecord, FinalEval, LrSchedule, MODEL_FILE, PartialEpoch, RUN_FILE,
+    RunRecord, RunStatus, STATE_FILE, pending_name, promote, read_record, read_tensors, recover,
+    write_record, write_tensors,
 };
 
 /// Training settings as given on the command line: `None` means "the default", or on `--resume` "what the
@@ -50,6 +51,9 @@ pub struct TrainArgs {
     /// the channels-last CPU ops and explicit gradients: same numbers up to rounding, several times
     /// slower; for A/B comparisons ([`Cnn::set_plain_ops`]). Other devices always use candle's layers.
     pub plain_ops: bool,
+    /// Saves within an epoch (default every 10 minutes; each epoch's end always saves). Does not change
+    /// the result: a run resumed from any checkpoint is bit-identical to an uninterrupted one.
+    pub checkpoint_every: Option<CheckpointEvery>,
 }
 
 /// Test images the end-of-run PGD check uses by default.
@@ -207,7 +211,9 @@ pub fn train(
         source,
     })?;
     let stored = if resume {
-        Some(read_record(out)?)
+        let record = read_record(out)?;
+        recover(out, &record)?;
+        Some(record)
     } else {
         None
     };
@@ -464,6 +470,8 @@ pub fn train(
         batches,
     });
     record.status = RunStatus::Running;
+    let every = args.checkpoint_every.unwrap_or_default();
+    let (mut saved_at, mut saved_step) = (Instant::now(), record.steps_done);
 
     while record.epochs_done < record.epochs {
         // The model changes: an earlier end-of-run check no longer describes it.
@@ -529,6 +537,14 @@ pub fn train(
                 obs.event(Event::Interrupted { record: &record });
                 return Ok(record);
             }
+            let due = match every {
+                CheckpointEvery::Steps(k) => record.steps_done - saved_step >= k,
+                CheckpointEvery::Seconds(t) => saved_at.elapsed().as_secs_f64() >= t,
+            };
+            if due && b + 1 < batches {
+                save_checkpoint(out, &varmap, &config, &adam, method.as_ref(), &record)?;
+                (saved_at, saved_step) = (Instant::now(), record.steps_done);
+            }
         }
         let (correct, total) = evaluate(&model, eval_set, 256, dtype, &device)?;
         let p = std::mem::take(&mut record.partial);
@@ -552,6 +568,7 @@ pub fn train(
             record.status = RunStatus::Complete;
         }
         save_checkpoint(out, &varmap, &config, &adam, method.as_ref(), &record)?;
+        (saved_at, saved_step) = (Instant::now(), record.steps_done);
         if let Some(last) = record.history.last() {
             obs.event(Event::Epoch {
                 record: last,
@@ -618,13 +635,17 @@ fn save_checkpoint(
     record: &RunRecord,
 ) -> Result<()> {
     let _span = tracing::debug_span!("checkpoint").entered();
-    save_model(varmap, config, &out.join(MODEL_FILE))?;
+    // The two files under pending names, then run.json (the commit point), then the renames; see
+    // `crate::run` for how a half-written checkpoint is completed or discarded.
+    let step = record.steps_done;
+    save_model(varmap, config, &out.join(pending_name(MODEL_FILE, step)))?;
     let mut state = adam.state()?;
     for (k, v) in method.state()? {
         state.insert(format!("method.{k}"), v);
     }
-    write_tensors(&out.join(STATE_FILE), &state)?;
-    write_record(out, record)
+    write_tensors(&out.join(pending_name(STATE_FILE, step)), &state)?;
+    write_record(out, record)?;
+    promote(out, step)
 }
 
 /// Number of rows of `logits` whose arg-max equals the label.

@@ -474,3 +474,23 @@ fn validation_split_is_held_out_and_measured_instead_of_the_test_set() -> anyhow
     assert!(err.to_string().contains("--validation 5000"), "{err}");
     Ok(())
 }
+
+#[test]
+fn checkpoint_every_parses_steps_and_times() {
+    use sgr_train::CheckpointEvery::{Seconds, Steps};
+    for (s, want) in [
+        ("200", Steps(200)),
+        ("30s", Seconds(30.0)),
+        ("10m", Seconds(600.0)),
+        ("1.5h", Seconds(5400.0)),
+    ] {
+        assert_eq!(s.parse::<sgr_train::CheckpointEvery>(), Ok(want), "{s}");
+    }
+    for bad in ["0", "", "m", "-5m", "ten", "0s"] {
+        let err = bad
+            .parse::<sgr_train::CheckpointEvery>()
+            .expect_err(bad);
+        assert!(err.contains("--checkpoint-every"), "{err}");
+    }
+    assert_eq!(sgr_train::CheckpointEvery::default(), Seconds(600.0));
+}
