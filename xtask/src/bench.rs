@@ -275,7 +275,7 @@ fn bench_methods(
             Some((n, "fd")) => (
                 n,
                 sgr_train::MethodOptions {
-                    second_order: Some("fd".into()),
+                    second_order: Some(sgr_train::SecondOrderMode::Fd),
                     ..Default::default()
                 },
             ),
@@ -284,6 +284,9 @@ fn bench_methods(
             }
             None => (spec.as_str(), sgr_train::MethodOptions::default()),
         };
+        let name: sgr_train::MethodName = name
+            .parse()
+            .map_err(|e| anyhow::anyhow!("--methods {spec}: {e}"))?;
         let method = sgr_train::build_method(name, &ctx, options)
             .with_context(|| format!("--methods {spec}"))?;
         let (model, varmap, adam) = fresh_model(config, device)?;
@@ -520,7 +523,10 @@ pub fn run(cmd: BenchCmd) -> anyhow::Result<()> {
     }
     if let Some(spec) = &cmd.methods {
         let mut names: Vec<String> = if spec == "all" {
-            let mut v: Vec<String> = sgr_train::METHODS.iter().map(|s| s.to_string()).collect();
+            let mut v: Vec<String> = sgr_train::MethodName::ALL
+                .iter()
+                .map(|m| m.to_string())
+                .collect();
             v.push("sgr-sign:fd".into());
             v
         } else {

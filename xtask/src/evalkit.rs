@@ -109,19 +109,14 @@ pub fn resolve_dataset(
     let stored = first.record.as_ref();
     let name = match (dataset, stored) {
         (Some(d), _) => d,
-        (None, Some(r)) => r.dataset.parse().with_context(|| {
-            format!(
-                "run.json of {} names an unknown dataset",
-                first.path.display()
-            )
-        })?,
+        (None, Some(r)) => r.dataset,
         (None, None) if first.model.config().in_channels == 3 => DatasetName::Cifar10,
         (None, None) => DatasetName::MnistSubset,
     };
     // A run trained on a --data-dir is tested on the same folder unless told otherwise.
     let dir = data_dir.map(Path::to_path_buf).or_else(|| {
         stored
-            .filter(|r| r.dataset == name.as_str() && dataset.is_none())
+            .filter(|r| r.dataset == name && dataset.is_none())
             .and_then(|r| {
                 let p = PathBuf::from(&r.data_source);
                 p.is_dir().then_some(p)

@@ -9,7 +9,7 @@ use anyhow::Context;
 use clap::Args;
 use sgr_data::DatasetName;
 use sgr_models::DeviceKind;
-use sgr_train::{RunStatus, TrainArgs};
+use sgr_train::{MethodName, RunStatus, TrainArgs};
 
 use crate::common::{parse_dataset, parse_device};
 use crate::evalkit::{DataOpts, Setup, out_dir, setup, write};
@@ -35,7 +35,7 @@ pub struct ReproduceCmd {
         value_delimiter = ',',
         default_value = "clean,wdecay,pgd,fgsm,gn,sgr-grad,sgr-sign,fgsm-sgr,pgd-sgr,lrc"
     )]
-    methods: Vec<String>,
+    methods: Vec<MethodName>,
     /// Test images for the white-box table and the transfer matrix (0: all).
     #[arg(long, default_value_t = 1000)]
     test_limit: usize,
@@ -47,7 +47,7 @@ pub struct ReproduceCmd {
     autoattack_images: usize,
     /// Methods in the correlated-noise curves (those of the paper's Fig. 3), where trained.
     #[arg(long, value_delimiter = ',', default_value = "clean,gn,sgr-sign,lrc")]
-    lrc_methods: Vec<String>,
+    lrc_methods: Vec<MethodName>,
     /// Test images for the correlated-noise curves (100 draws each per setting).
     #[arg(long, default_value_t = 200)]
     lrc_test_limit: usize,
@@ -84,14 +84,6 @@ impl Budget {
 }
 
 pub fn run(cmd: ReproduceCmd) -> anyhow::Result<()> {
-    for m in cmd.methods.iter().chain(&cmd.lrc_methods) {
-        if !sgr_train::METHODS.contains(&m.as_str()) {
-            anyhow::bail!(
-                "--methods/--lrc-methods: unknown method '{m}' (known: {})",
-                sgr_train::METHODS.join(", ")
-            );
-        }
-    }
     let out = cmd
         .out
         .clone()
@@ -104,14 +96,14 @@ pub fn run(cmd: ReproduceCmd) -> anyhow::Result<()> {
     // 1. Train (or resume, or keep) one run per method.
     let mut runs = Vec::new();
     for method in &cmd.methods {
-        let dir = out.join("runs").join(method);
+        let dir = out.join("runs").join(method.name());
         let existing = sgr_train::read_record(&dir).ok();
         let done = existing.as_ref().is_some_and(|r| {
             r.status == RunStatus::Complete && cmd.epochs.is_none_or(|e| r.epochs_done >= e)
         });
         if !done {
             let args = TrainArgs {
-                method: Some(method.clone()),
+                method: Some(*method),
                 dataset: Some(cmd.dataset),
                 data_dir: cmd.data_dir.clone(),
                 epochs: cmd.epochs,
@@ -203,7 +195,7 @@ pub fn run(cmd: ReproduceCmd) -> anyhow::Result<()> {
 
     let reference = runs
         .iter()
-        .find(|r| r.0 == "clean")
+        .find(|r| r.0 == MethodName::Clean)
         .unwrap_or(&runs[0])
         .1
         .clone();
@@ -223,7 +215,7 @@ pub fn run(cmd: ReproduceCmd) -> anyhow::Result<()> {
         analyze_cov::evaluate(&cs, &cov_cmd)
     })?;
 
-    let traj_runs: Vec<PathBuf> = ["sgr-sign", "clean"]
+    let traj_runs: Vec<PathBuf> = [MethodName::SgrSign, MethodName::Clean]
         .iter()
         .filter_map(|m| runs.iter().find(|r| r.0 == *m).map(|r| r.1.clone()))
         .collect();
@@ -271,7 +263,7 @@ fn report(
     cmd: &ReproduceCmd,
     out: &Path,
     s: &Setup,
-    runs: &[(String, PathBuf)],
+    runs: &[(MethodName, PathBuf)],
     wb: &[sgr_eval::WhiteboxRow],
     tm: &sgr_eval::TransferMatrix,
     lrc: Option<&(Setup, eval_lrc::LrcResults)>,

@@ -18,7 +18,7 @@ pub struct TrainCmd {
     /// Training method: clean, wdecay, fgsm, pgd, gn, sgr-grad, sgr-sign, fgsm-sgr, pgd-sgr or lrc
     /// (default clean).
     #[arg(long)]
-    method: Option<String>,
+    method: Option<sgr_train::MethodName>,
     /// The network: paper (the paper's CNN for the data set, default), mnist, cifar10, or a spec of
     /// comma-separated layers after the per-image standardisation, the output layer implied:
     /// conv<C>[-k<K>][-same|-p<P>][-linear] (3×3 valid + ReLU by default), pool (2×2 max), relu, flatten
@@ -65,7 +65,7 @@ pub struct TrainCmd {
     pgd_steps: Option<usize>,
     /// Σ of the sgr methods: dense (default up to 1,024 pixels), covfun (default above), data, lrc.
     #[arg(long)]
-    cov: Option<String>,
+    cov: Option<sgr_train::CovKind>,
     /// Radius of --cov covfun (default 8).
     #[arg(long)]
     cov_radius: Option<usize>,
@@ -80,7 +80,7 @@ pub struct TrainCmd {
     beta: Option<f64>,
     /// Second-order gradients of gn/sgr: exact (double backprop), fd (central differences) or fd-forward.
     #[arg(long)]
-    second_order: Option<String>,
+    second_order: Option<sgr_train::SecondOrderMode>,
     /// Largest pixel displacement of the finite-difference modes (default 1e-3).
     #[arg(long)]
     fd_step: Option<f64>,
@@ -90,7 +90,7 @@ pub struct TrainCmd {
     /// Labels the perturbations ξ are made for: true or predicted (default: true for sgr-grad/sgr-sign,
     /// predicted for fgsm-sgr/pgd-sgr).
     #[arg(long)]
-    xi_labels: Option<String>,
+    xi_labels: Option<sgr_train::XiLabels>,
     /// The mean diagonal Σ is scaled to (default: the training set's mean pixel variance, Algorithm 1).
     #[arg(long)]
     scale_to: Option<f64>,
@@ -122,7 +122,7 @@ pub struct TrainCmd {
     device: DeviceKind,
     /// f32 (default) or f64.
     #[arg(long)]
-    dtype: Option<String>,
+    dtype: Option<sgr_train::FloatType>,
     /// Run on candle's own layers and autograd (double backprop for exact gn/sgr) instead of the fast
     /// channels-last CPU ops with explicit gradients: the same numbers up to rounding, several times
     /// slower; for comparing the two (other devices always use candle's layers).
@@ -245,15 +245,12 @@ impl Observer for Progress {
 }
 
 pub fn run(cmd: TrainCmd) -> anyhow::Result<()> {
-    let dtype = match cmd.dtype.as_deref() {
-        None => None,
-        Some("f32") => Some(candle_core::DType::F32),
-        Some("f64") => Some(candle_core::DType::F64),
-        Some(other) => anyhow::bail!("--dtype {other}: expected f32 or f64"),
-    };
     let out = cmd.out.clone().unwrap_or_else(|| {
         let ds = cmd.dataset.unwrap_or(DatasetName::MnistSubset);
-        PathBuf::from("runs").join(format!("{ds}-{}", cmd.method.as_deref().unwrap_or("clean")))
+        PathBuf::from("runs").join(format!(
+            "{ds}-{}",
+            cmd.method.unwrap_or(sgr_train::MethodName::Clean)
+        ))
     });
     let args = TrainArgs {
         method: cmd.method,
@@ -286,7 +283,7 @@ pub fn run(cmd: TrainCmd) -> anyhow::Result<()> {
         test_limit: cmd.test_limit,
         validation: cmd.validation,
         device: cmd.device,
-        dtype,
+        dtype: cmd.dtype,
         pgd_eval_images: cmd.pgd_eval_images,
         plain_ops: cmd.plain_ops,
         checkpoint_every: cmd.checkpoint_every,

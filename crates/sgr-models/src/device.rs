@@ -3,7 +3,8 @@
 use candle_core::{Device, Result};
 
 /// The `--device` choices.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(try_from = "String", into = "String")]
 pub enum DeviceKind {
     #[default]
     Cpu,
@@ -22,6 +23,19 @@ impl std::str::FromStr for DeviceKind {
                 "unknown device '{other}': expected cpu, cuda or metal"
             )),
         }
+    }
+}
+
+impl TryFrom<String> for DeviceKind {
+    type Error = String;
+    fn try_from(s: String) -> std::result::Result<Self, String> {
+        s.parse()
+    }
+}
+
+impl From<DeviceKind> for String {
+    fn from(d: DeviceKind) -> String {
+        d.to_string()
     }
 }
 

@@ -25,6 +25,7 @@ fn main() -> anyhow::Result<()> {
     };
     let idx: Vec<usize> = (0..128).map(|i| i % data.train.len()).collect();
     let (x, y) = data.train.batch(&idx, None, DType::F32, &Device::Cpu)?;
+    let name: sgr_train::MethodName = name.parse().map_err(anyhow::Error::msg)?;
     let mut method = build_method(name, &ctx, MethodOptions::default())?;
     let config = CnnConfig::mnist();
     let varmap = VarMap::new();

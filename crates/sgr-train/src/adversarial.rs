@@ -9,6 +9,7 @@ use crate::method::{
     Method, MethodContext, MethodError, MethodOptions, StepInput, StepOutput, add_gradients,
     cross_entropy, explicit_cross_entropy,
 };
+use crate::settings::MethodName;
 
 /// The paper's attack budget for a data set, in units of 1/255: 32 (MNIST-like), 4 (CIFAR-10).
 pub fn default_eps_255(dataset: DatasetName) -> f64 {
@@ -50,7 +51,7 @@ enum Perturb {
 /// `fgsm`, `pgd` and `lrc` training.
 #[derive(Debug)]
 pub struct Augmented {
-    name: String,
+    name: MethodName,
     options: MethodOptions,
     perturb: Perturb,
     lambda: f64,
@@ -59,7 +60,7 @@ pub struct Augmented {
 
 impl Augmented {
     pub fn new(
-        name: &str,
+        name: MethodName,
         ctx: &MethodContext<'_>,
         mut options: MethodOptions,
     ) -> std::result::Result<Self, MethodError> {
@@ -70,8 +71,8 @@ impl Augmented {
             )));
         }
         let perturb = match name {
-            "fgsm" => Perturb::Fgsm,
-            "pgd" => Perturb::Pgd {
+            MethodName::Fgsm => Perturb::Fgsm,
+            MethodName::Pgd => Perturb::Pgd {
                 steps: *options.pgd_steps.get_or_insert(10),
             },
             _ => {
@@ -84,14 +85,14 @@ impl Augmented {
                 Perturb::Lrc(NoiseSource::lrc(ctx.train.shape(), zeta)?)
             }
         };
-        let default_eps = if name == "lrc" {
+        let default_eps = if name == MethodName::Lrc {
             LRC_EPS_255
         } else {
             default_eps_255(ctx.dataset)
         };
         let eps = check_positive("--eps", *options.eps.get_or_insert(default_eps))? / 255.0;
         Ok(Self {
-            name: name.to_string(),
+            name,
             options,
             perturb,
             lambda,
@@ -101,8 +102,8 @@ impl Augmented {
 }
 
 impl Method for Augmented {
-    fn name(&self) -> &str {
-        &self.name
+    fn name(&self) -> MethodName {
+        self.name
     }
     fn options(&self) -> &MethodOptions {
         &self.options

@@ -16,6 +16,7 @@ mod adversarial;
 mod error;
 mod method;
 mod run;
+mod settings;
 mod sgr;
 mod trainer;
 
@@ -23,13 +24,14 @@ pub use adam::{Adam, AdamConfig, Gradients, ParamGradients};
 pub use adversarial::{Augmented, LRC_EPS_255, default_eps_255};
 pub use error::{Result, TrainError};
 pub use method::{
-    Clean, METHODS, Method, MethodContext, MethodError, MethodOptions, StepInput, StepOutput,
+    Clean, Method, MethodContext, MethodError, MethodOptions, StepInput, StepOutput,
     WeightDecay, build_method, cross_entropy,
 };
 pub use run::{
-    CheckpointEvery, EpochRecord, FinalEval, LrSchedule, MODEL_FILE, PartialEpoch, RUN_FILE, RunRecord, RunStatus,
-    STATE_FILE, model_path, read_record, recover,
+    CheckpointEvery, EpochRecord, FinalEval, LrSchedule, MODEL_FILE, PartialEpoch, RUN_FILE, RUN_SCHEMA,
+    RunRecord, RunStatus, STATE_FILE, model_path, read_record, recover,
 };
+pub use settings::{CovKind, FloatType, MethodName, SecondOrderMode, XiLabels};
 pub use sgr::{DATA_COV_IMAGES, Sgr, data_covariance, default_lambda};
 pub use trainer::{
     Event, FINAL_PGD_IMAGES, MAX_LOSS, Observer, Quiet, StopAfterSteps, TrainArgs, count_correct,

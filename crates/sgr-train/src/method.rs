@@ -14,6 +14,7 @@ use sgr_data::{DatasetName, ImageSet};
 use sgr_models::Cnn;
 
 use crate::adam::Gradients;
+use crate::settings::{CovKind, MethodName, SecondOrderMode, XiLabels};
 
 /// What a method sees of one training step.
 pub struct StepInput<'a> {
@@ -64,7 +65,7 @@ impl StepOutput {
 
 pub trait Method: std::fmt::Debug + Send {
     /// The name used on the command line and in run.json.
-    fn name(&self) -> &str;
+    fn name(&self) -> MethodName;
     /// Every hyper-parameter of the method, for run.json.
     fn options(&self) -> &MethodOptions;
     fn loss(&mut self, input: &StepInput<'_>) -> Result<StepOutput>;
@@ -97,7 +98,7 @@ pub struct MethodOptions {
     /// Σ of SGR: `dense` or `covfun` (estimated from perturbations), `data` (the training set's
     /// covariance), `lrc` (synthetic, decay length `zeta`), `identity` (GN).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub cov: Option<String>,
+    pub cov: Option<CovKind>,
     /// Radius of the covariance function (`cov = covfun`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cov_radius: Option<usize>,
@@ -112,7 +113,7 @@ pub struct MethodOptions {
     pub beta: Option<f64>,
     /// `exact` (double backprop), `fd` (central differences) or `fd-forward`.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub second_order: Option<String>,
+    pub second_order: Option<SecondOrderMode>,
     /// Largest pixel displacement of the finite-difference modes.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fd_step: Option<f64>,
@@ -121,7 +122,7 @@ pub struct MethodOptions {
     pub uncentred: Option<bool>,
     /// Labels the perturbations ξ are made for: `true` or `predicted` (the model's most likely label).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub xi_labels: Option<String>,
+    pub xi_labels: Option<XiLabels>,
     /// `c` of Algorithm 1: the mean diagonal Σ is scaled to (the training set's mean pixel variance).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub scale_to: Option<f64>,
@@ -140,15 +141,8 @@ impl MethodOptions {
     }
 }
 
-/// The names [`build_method`] accepts.
-pub const METHODS: &[&str] = &[
-    "clean", "wdecay", "fgsm", "pgd", "gn", "sgr-grad", "sgr-sign", "fgsm-sgr", "pgd-sgr", "lrc",
-];
-
 #[derive(Debug, thiserror::Error)]
 pub enum MethodError {
-    #[error("unknown method '{0}': expected one of {known}", known = METHODS.join(", "))]
-    Unknown(String),
     #[error("{0}")]
     Config(String),
     #[error(transparent)]
@@ -168,26 +162,27 @@ pub struct MethodContext<'a> {
 /// Builds a method by name, filling in the paper's defaults for the data set where `options` leaves a value
 /// unset (the returned method's [`Method::options`] holds every resolved value).
 pub fn build_method(
-    name: &str,
+    name: MethodName,
     ctx: &MethodContext<'_>,
     mut options: MethodOptions,
 ) -> std::result::Result<Box<dyn Method>, MethodError> {
     let cifar = ctx.dataset == DatasetName::Cifar10;
     match name {
-        "clean" => Ok(Box::new(Clean { options })),
-        "wdecay" => {
+        MethodName::Clean => Ok(Box::new(Clean { options })),
+        MethodName::WeightDecay => {
             options
                 .weight_decay
                 .get_or_insert(if cifar { 5e-4 } else { 2e-4 });
             Ok(Box::new(WeightDecay { options }))
         }
-        "fgsm" | "pgd" | "lrc" => Ok(Box::new(crate::adversarial::Augmented::new(
-            name, ctx, options,
-        )?)),
-        "gn" | "sgr-grad" | "sgr-sign" | "fgsm-sgr" | "pgd-sgr" => {
-            Ok(Box::new(crate::sgr::Sgr::new(name, ctx, options)?))
-        }
-        other => Err(MethodError::Unknown(other.to_string())),
+        MethodName::Fgsm | MethodName::Pgd | MethodName::Lrc => Ok(Box::new(
+            crate::adversarial::Augmented::new(name, ctx, options)?,
+        )),
+        MethodName::Gn
+        | MethodName::SgrGrad
+        | MethodName::SgrSign
+        | MethodName::FgsmSgr
+        | MethodName::PgdSgr => Ok(Box::new(crate::sgr::Sgr::new(name, ctx, options)?)),
     }
 }
 
@@ -237,8 +232,8 @@ pub struct Clean {
 }
 
 impl Method for Clean {
-    fn name(&self) -> &str {
-        "clean"
+    fn name(&self) -> MethodName {
+        MethodName::Clean
     }
     fn options(&self) -> &MethodOptions {
         &self.options
@@ -273,8 +268,8 @@ pub struct WeightDecay {
 }
 
 impl Method for WeightDecay {
-    fn name(&self) -> &str {
-        "wdecay"
+    fn name(&self) -> MethodName {
+        MethodName::WeightDecay
     }
     fn options(&self) -> &MethodOptions {
         &self.options

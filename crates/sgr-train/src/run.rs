@@ -11,12 +11,14 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
-use sgr_data::Augment;
+use sgr_data::{Augment, DatasetName};
+use sgr_models::DeviceKind;
 use sgr_models::fsutil::write_atomic;
 
 use crate::adam::AdamConfig;
 use crate::error::{Result, TrainError};
 use crate::method::MethodOptions;
+use crate::settings::{FloatType, MethodName};
 
 pub const MODEL_FILE: &str = "model.safetensors";
 pub const STATE_FILE: &str = "optimizer.safetensors";
@@ -102,17 +104,29 @@ impl std::str::FromStr for LrSchedule {
     }
 }
 
+/// The version of run.json's layout that [`RunRecord`] writes. 1: before the field existed (string-typed
+/// settings, no `arch`); 2: `schema`, `arch`, `validation_images`. Every version still loads: the typed fields
+/// read the same names version 1 wrote.
+pub const RUN_SCHEMA: u32 = 2;
+
+fn schema_v1() -> u32 {
+    1
+}
+
 /// Everything about a run: `run.json`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct RunRecord {
+    /// run.json's layout version ([`RUN_SCHEMA`]; 1 when absent).
+    #[serde(default = "schema_v1")]
+    pub schema: u32,
     pub sgr_version: String,
-    pub method: String,
+    pub method: MethodName,
     /// The network's canonical spec (`sgr_models::CnnConfig::spec`); absent in runs from before `--arch`,
     /// which trained the paper's CNN for their data set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub arch: Option<String>,
     pub method_options: MethodOptions,
-    pub dataset: String,
+    pub dataset: DatasetName,
     pub data_source: String,
     pub train_images: usize,
     pub test_images: usize,
@@ -128,8 +142,8 @@ pub struct RunRecord {
     pub lr_schedule: LrSchedule,
     pub seed: u64,
     pub augment: Augment,
-    pub device: String,
-    pub dtype: String,
+    pub device: DeviceKind,
+    pub dtype: FloatType,
     /// The last invocation ran on candle's own layers and autograd (`--plain-ops`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub plain_ops: bool,
@@ -191,10 +205,20 @@ pub fn read_record(dir: &Path) -> Result<RunRecord> {
         path: path.clone(),
         source,
     })?;
-    serde_json::from_str(&text).map_err(|e| TrainError::BadRecord {
-        path,
+    let record: RunRecord = serde_json::from_str(&text).map_err(|e| TrainError::BadRecord {
+        path: path.clone(),
         reason: e.to_string(),
-    })
+    })?;
+    if record.schema > RUN_SCHEMA {
+        return Err(TrainError::BadRecord {
+            path,
+            reason: format!(
+                "run.json schema {} is newer than this build's ({RUN_SCHEMA}): update sgr",
+                record.schema
+            ),
+        });
+    }
+    Ok(record)
 }
 
 pub(crate) fn write_record(dir: &Path, record: &RunRecord) -> Result<()> {

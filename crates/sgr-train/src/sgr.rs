@@ -26,22 +26,23 @@ use sgr_regularizers::{
 
 use crate::adversarial::{check_positive, default_eps_255};
 use crate::method::{Method, MethodContext, MethodError, MethodOptions, StepInput, StepOutput};
+use crate::settings::{CovKind, MethodName, SecondOrderMode, XiLabels};
 
 /// Images the data covariance (`--cov data`) is estimated from, at most.
 pub const DATA_COV_IMAGES: usize = 10_000;
 
 /// λ of Tables 3–4 (white-box/transfer experiments) for a method and data set.
-pub fn default_lambda(method: &str, dataset: DatasetName) -> f64 {
+pub fn default_lambda(method: MethodName, dataset: DatasetName) -> f64 {
     let cifar = dataset == DatasetName::Cifar10;
     match (method, cifar) {
-        ("gn", false) => 5.0,
-        ("gn", true) => 0.075,
-        ("sgr-grad", _) => 0.1,
-        ("sgr-sign", false) => 1.0,
-        ("sgr-sign", true) => 0.5,
-        ("fgsm-sgr", _) => 0.5,
-        ("pgd-sgr", false) => 1.0,
-        ("pgd-sgr", true) => 0.5,
+        (MethodName::Gn, false) => 5.0,
+        (MethodName::Gn, true) => 0.075,
+        (MethodName::SgrGrad, _) => 0.1,
+        (MethodName::SgrSign, false) => 1.0,
+        (MethodName::SgrSign, true) => 0.5,
+        (MethodName::FgsmSgr, _) => 0.5,
+        (MethodName::PgdSgr, false) => 1.0,
+        (MethodName::PgdSgr, true) => 0.5,
         _ => 1.0,
     }
 }
@@ -58,7 +59,7 @@ enum Xi {
 /// `gn`, `sgr-grad`, `sgr-sign`, `fgsm-sgr`, `pgd-sgr`.
 #[derive(Debug)]
 pub struct Sgr {
-    name: String,
+    name: MethodName,
     options: MethodOptions,
     reg: GradientRegularizer,
     xi: Xi,
@@ -92,31 +93,26 @@ fn config_err(msg: String) -> MethodError {
 
 impl Sgr {
     pub fn new(
-        name: &str,
+        name: MethodName,
         ctx: &MethodContext<'_>,
         mut o: MethodOptions,
     ) -> std::result::Result<Self, MethodError> {
         let shape = ctx.train.shape();
         let d = shape.0 * shape.1 * shape.2;
-        let gn = name == "gn";
-        let cov_name = o
-            .cov
-            .get_or_insert_with(|| {
-                if gn {
-                    "identity".into()
-                } else if d <= 1024 {
-                    "dense".into()
-                } else {
-                    "covfun".into()
-                }
-            })
-            .clone();
-        if gn && cov_name != "identity" {
+        let gn = name == MethodName::Gn;
+        let cov = *o.cov.get_or_insert(if gn {
+            CovKind::Identity
+        } else if d <= 1024 {
+            CovKind::Dense
+        } else {
+            CovKind::Covfun
+        });
+        if gn && cov != CovKind::Identity {
             return Err(config_err(format!(
-                "gn regularises with Σ = I; --cov {cov_name} is for the sgr methods"
+                "gn regularises with Σ = I; --cov {cov} is for the sgr methods"
             )));
         }
-        let default_lambda = if cov_name == "lrc" {
+        let default_lambda = if cov == CovKind::Lrc {
             5.0
         } else {
             default_lambda(name, ctx.dataset)
@@ -130,36 +126,33 @@ impl Sgr {
             .scale_to
             .get_or_insert_with(|| ctx.train.mean_pixel_variance());
         let fd_step = *o.fd_step.get_or_insert(SecondOrder::DEFAULT_STEP);
-        let mode_name = o.second_order.get_or_insert_with(|| "exact".into()).clone();
-        let second_order = SecondOrder::parse(&mode_name, fd_step)?;
-        let spec = match cov_name.as_str() {
-            "identity" => CovSpec::Identity,
-            "dense" => CovSpec::EmaDense,
-            "covfun" => CovSpec::EmaCovFun {
+        let mode = *o.second_order.get_or_insert(SecondOrderMode::Exact);
+        let second_order = SecondOrder::parse(mode.name(), fd_step)?;
+        let spec = match cov {
+            CovKind::Identity => CovSpec::Identity,
+            CovKind::Dense => CovSpec::EmaDense,
+            CovKind::Covfun => CovSpec::EmaCovFun {
                 radius: *o.cov_radius.get_or_insert(8),
                 structure: ChannelStructure::IntraInter,
                 psd: *o.cov_psd.get_or_insert(true),
             },
-            "data" => CovSpec::Fixed(Arc::new(data_covariance(ctx.train)?) as Arc<dyn Covariance>),
-            "lrc" => {
+            CovKind::Data => {
+                CovSpec::Fixed(Arc::new(data_covariance(ctx.train)?) as Arc<dyn Covariance>)
+            }
+            CovKind::Lrc => {
                 let zeta = *o.zeta.get_or_insert(8.0);
                 CovSpec::Fixed(Arc::new(
                     Stationary::lrc(shape, zeta).map_err(candle_core::Error::from)?,
                 ) as Arc<dyn Covariance>)
-            }
-            other => {
-                return Err(config_err(format!(
-                    "unknown --cov '{other}': expected dense, covfun, data, lrc (or identity for gn)"
-                )));
             }
         };
         let xi = if !spec.learns() {
             Xi::None
         } else {
             match name {
-                "sgr-grad" => Xi::Gradient,
-                "sgr-sign" => Xi::Sign,
-                "fgsm-sgr" => Xi::Fgsm,
+                MethodName::SgrGrad => Xi::Gradient,
+                MethodName::SgrSign => Xi::Sign,
+                MethodName::FgsmSgr => Xi::Fgsm,
                 _ => Xi::Pgd {
                     steps: *o.pgd_steps.get_or_insert(10),
                 },
@@ -174,18 +167,12 @@ impl Sgr {
         let predicted_labels = if xi == Xi::None {
             false
         } else {
-            let l = o
-                .xi_labels
-                .get_or_insert_with(|| if uses_attack { "predicted" } else { "true" }.into());
-            match l.as_str() {
-                "true" => false,
-                "predicted" => true,
-                other => {
-                    return Err(config_err(format!(
-                        "unknown --xi-labels '{other}': expected true or predicted"
-                    )));
-                }
-            }
+            let labels = *o.xi_labels.get_or_insert(if uses_attack {
+                XiLabels::Predicted
+            } else {
+                XiLabels::True
+            });
+            labels == XiLabels::Predicted
         };
         let uncentred = *o.uncentred.get_or_insert(false);
         let reg = GradientRegularizer::new(RegularizerConfig {
@@ -197,7 +184,7 @@ impl Sgr {
             uncentred,
         })?;
         Ok(Self {
-            name: name.to_string(),
+            name,
             options: o,
             reg,
             xi,
@@ -280,8 +267,8 @@ impl Sgr {
 }
 
 impl Method for Sgr {
-    fn name(&self) -> &str {
-        &self.name
+    fn name(&self) -> MethodName {
+        self.name
     }
     fn options(&self) -> &MethodOptions {
         &self.options

@@ -14,9 +14,10 @@ use crate::adam::{Adam, AdamConfig};
 use crate::adversarial::default_eps_255;
 use crate::error::{Result, TrainError};
 use crate::method::{Method, MethodContext, MethodOptions, StepInput, build_method};
+use crate::settings::{FloatType, MethodName};
 use crate::run::{
     CheckpointEvery, EpochRecord, FinalEval, LrSchedule, MODEL_FILE, PartialEpoch, RUN_FILE,
-    RunRecord, RunStatus, STATE_FILE, pending_name, promote, read_record, read_tensors, recover,
+    RUN_SCHEMA, RunRecord, RunStatus, STATE_FILE, pending_name, promote, read_record, read_tensors, recover,
     write_record, write_tensors,
 };
 
@@ -24,7 +25,7 @@ use crate::run::{
 /// run was started with".
 #[derive(Clone, Debug, Default)]
 pub struct TrainArgs {
-    pub method: Option<String>,
+    pub method: Option<MethodName>,
     /// The network: `paper` (the paper's CNN for the data set; the default), `mnist`, `cifar10`, or a spec
     /// string such as `conv32,conv32,pool,fc100` (see [`CnnConfig::parse`]).
     pub arch: Option<String>,
@@ -44,7 +45,7 @@ pub struct TrainArgs {
     /// on the held-out images, never on the test set (for choosing λ). `None`/0: no split.
     pub validation: Option<usize>,
     pub device: DeviceKind,
-    pub dtype: Option<DType>,
+    pub dtype: Option<FloatType>,
     /// Test images for the PGD check at the end of the run (`None`: up to [`FINAL_PGD_IMAGES`]; 0: skip).
     pub pgd_eval_images: Option<usize>,
     /// Run the model on candle's own layers and autograd (double backprop for exact gn/sgr) instead of
@@ -73,9 +74,9 @@ pub fn default_lr_schedule(dataset: DatasetName) -> LrSchedule {
 }
 
 /// Default number of epochs: enough for the embedded subset to converge, the paper's 50 otherwise.
-pub fn default_epochs(dataset: DatasetName, method: &str) -> usize {
+pub fn default_epochs(dataset: DatasetName, method: MethodName) -> usize {
     match (dataset, method) {
-        (DatasetName::MnistSubset, "clean" | "wdecay") => 12,
+        (DatasetName::MnistSubset, MethodName::Clean | MethodName::WeightDecay) => 12,
         // Regularised and adversarial steps cost 2–10× a clean step; the regularisers also smooth training.
         (DatasetName::MnistSubset, _) => 6,
         _ => 50,
@@ -154,20 +155,6 @@ impl Observer for StopAfterSteps<'_> {
     }
 }
 
-fn dtype_name(dtype: DType) -> String {
-    format!("{dtype:?}").to_lowercase()
-}
-
-fn parse_dtype(s: &str) -> Result<DType> {
-    match s {
-        "f32" => Ok(DType::F32),
-        "f64" => Ok(DType::F64),
-        other => Err(TrainError::Config(format!(
-            "unsupported dtype '{other}': expected f32 or f64"
-        ))),
-    }
-}
-
 fn check_same<T: PartialEq + std::fmt::Display>(
     dir: &Path,
     flag: &'static str,
@@ -219,11 +206,11 @@ pub fn train(
     };
 
     // Resolve settings: flags, else the stored run, else defaults.
-    let (dataset, method_name, options, batch_size, lr, seed, augment, dtype) = match &stored {
+    let (dataset, method_name, options, batch_size, lr, seed, augment, float_type) = match &stored {
         Some(r) => {
-            let ds: DatasetName = r.dataset.parse()?;
+            let ds = r.dataset;
             check_same(out, "--dataset", args.dataset, ds)?;
-            check_same(out, "--method", args.method.clone(), r.method.clone())?;
+            check_same(out, "--method", args.method, r.method)?;
             check_same(out, "--batch-size", args.batch_size, r.batch_size)?;
             check_same(out, "--lr", args.lr, r.optimizer.lr)?;
             check_same(out, "--seed", args.seed, r.seed)?;
@@ -249,13 +236,13 @@ pub fn train(
             }
             (
                 ds,
-                r.method.clone(),
+                r.method,
                 r.method_options.clone(),
                 r.batch_size,
                 r.optimizer.lr,
                 r.seed,
                 r.augment.clone(),
-                parse_dtype(&r.dtype)?,
+                r.dtype,
             )
         }
         None => {
@@ -268,16 +255,17 @@ pub fn train(
             };
             (
                 ds,
-                args.method.clone().unwrap_or_else(|| "clean".to_string()),
+                args.method.unwrap_or(MethodName::Clean),
                 args.method_options.clone(),
                 args.batch_size.unwrap_or(128),
                 args.lr.unwrap_or(AdamConfig::default().lr),
                 args.seed.unwrap_or(0),
                 augment,
-                args.dtype.unwrap_or(DType::F32),
+                args.dtype.unwrap_or(FloatType::F32),
             )
         }
     };
+    let dtype = float_type.dtype();
     if batch_size == 0 {
         return Err(TrainError::Config("--batch-size must be at least 1".into()));
     }
@@ -345,7 +333,7 @@ pub fn train(
     };
 
     let mut method = build_method(
-        &method_name,
+        method_name,
         &MethodContext {
             dataset,
             train: &data.train,
@@ -375,14 +363,16 @@ pub fn train(
             }
             r.plain_ops = args.plain_ops;
             r.arch = Some(config.spec());
+            r.schema = RUN_SCHEMA;
             r
         }
         None => RunRecord {
             sgr_version: env!("CARGO_PKG_VERSION").to_string(),
-            method: method_name.clone(),
+            schema: RUN_SCHEMA,
+            method: method_name,
             arch: Some(config.spec()),
             method_options: method.options().clone(),
-            dataset: dataset.to_string(),
+            dataset,
             data_source: sgr_data::describe_source(dataset, data_dir),
             train_images: data.train.len(),
             test_images: data.test.len(),
@@ -390,7 +380,7 @@ pub fn train(
             image_shape: [c, h, w],
             epochs: args
                 .epochs
-                .unwrap_or_else(|| default_epochs(dataset, &method_name)),
+                .unwrap_or_else(|| default_epochs(dataset, method_name)),
             batch_size,
             optimizer: AdamConfig {
                 lr,
@@ -401,8 +391,8 @@ pub fn train(
                 .unwrap_or_else(|| default_lr_schedule(dataset)),
             seed,
             augment: augment.clone(),
-            device: args.device.to_string(),
-            dtype: dtype_name(dtype),
+            device: args.device,
+            dtype: float_type,
             plain_ops: args.plain_ops,
             status: RunStatus::Running,
             epochs_done: 0,

@@ -10,9 +10,14 @@ use candle_core::{DType, Device, Tensor};
 use sgr_attacks::{Attack, Fgsm, predicted_labels};
 use sgr_data::DatasetName;
 use sgr_train::{
-    LrSchedule, METHODS, MethodContext, MethodOptions, Quiet, RunStatus, StepInput, StopAfterSteps,
+    LrSchedule, MethodContext, MethodOptions, Quiet, RunStatus, StepInput, StopAfterSteps,
     TrainArgs, build_method, cross_entropy, read_record, train,
 };
+
+/// A method by its command-line name.
+fn name(s: &str) -> sgr_train::MethodName {
+    s.parse().unwrap()
+}
 
 static FLAG: Once = Once::new();
 
@@ -52,7 +57,7 @@ fn paper_defaults_are_resolved_and_recorded() {
         train: &cifar_set,
     };
     let lambda = |ctx: &MethodContext<'_>, m: &str| {
-        build_method(m, ctx, MethodOptions::default())
+        build_method(name(m), ctx, MethodOptions::default())
             .unwrap_or_else(|e| panic!("{m}: {e}"))
             .options()
             .lambda
@@ -70,64 +75,52 @@ fn paper_defaults_are_resolved_and_recorded() {
         assert_eq!(lambda(&mnist, m), l_mnist, "{m} on MNIST");
         assert_eq!(lambda(&cifar, m), l_cifar, "{m} on CIFAR-10");
     }
-    let o = build_method("fgsm-sgr", &mnist, MethodOptions::default())
+    let o = build_method(name("fgsm-sgr"), &mnist, MethodOptions::default())
         .unwrap()
         .options()
         .clone();
     assert_eq!(o.eps, Some(32.0));
-    assert_eq!(o.cov.as_deref(), Some("dense"));
-    assert_eq!(o.xi_labels.as_deref(), Some("predicted"));
+    assert_eq!(o.cov.map(|c| c.name()), Some("dense"));
+    assert_eq!(o.xi_labels.map(|c| c.name()), Some("predicted"));
     assert!((o.scale_to.unwrap() - data.train.mean_pixel_variance()).abs() < 1e-15);
-    let o = build_method("pgd-sgr", &cifar, MethodOptions::default())
+    let o = build_method(name("pgd-sgr"), &cifar, MethodOptions::default())
         .unwrap()
         .options()
         .clone();
     assert_eq!(
-        (o.eps, o.cov.as_deref(), o.cov_radius),
+        (o.eps, o.cov.map(|c| c.name()), o.cov_radius),
         (Some(4.0), Some("covfun"), Some(8))
     );
     // The LRC experiment's λ for SGR with the synthetic covariance.
     let lrc = MethodOptions {
-        cov: Some("lrc".into()),
+        cov: Some("lrc".parse::<sgr_train::CovKind>().unwrap()),
         ..MethodOptions::default()
     };
-    let o = build_method("sgr-sign", &mnist, lrc)
+    let o = build_method(name("sgr-sign"), &mnist, lrc)
         .unwrap()
         .options()
         .clone();
     assert_eq!((o.lambda, o.zeta), (Some(5.0), Some(8.0)));
     // Clear errors for bad settings.
-    let bad = |m: &str, o: MethodOptions| build_method(m, &mnist, o).unwrap_err().to_string();
+    let bad = |m: &str, o: MethodOptions| build_method(name(m), &mnist, o).unwrap_err().to_string();
     assert!(
         bad(
             "gn",
             MethodOptions {
-                cov: Some("dense".into()),
+                cov: Some("dense".parse::<sgr_train::CovKind>().unwrap()),
                 ..Default::default()
             }
         )
         .contains("Σ = I")
     );
-    assert!(
-        bad(
-            "sgr-sign",
-            MethodOptions {
-                cov: Some("wavelet".into()),
-                ..Default::default()
-            }
-        )
-        .contains("--cov")
-    );
-    assert!(
-        bad(
-            "sgr-sign",
-            MethodOptions {
-                second_order: Some("newton".into()),
-                ..Default::default()
-            }
-        )
-        .contains("exact, fd")
-    );
+    // Unknown names are refused where they are parsed, listing the choices.
+    let err = "wavelet".parse::<sgr_train::CovKind>().unwrap_err();
+    assert!(err.contains("--cov 'wavelet'") && err.contains("dense, covfun"), "{err}");
+    let err = "newton".parse::<sgr_train::SecondOrderMode>().unwrap_err();
+    assert!(err.contains("exact, fd"), "{err}");
+    let err = "sgr-fancy".parse::<sgr_train::MethodName>().unwrap_err();
+    assert!(err.contains("clean, wdecay"), "{err}");
+    assert_eq!("fd-central".parse(), Ok(sgr_train::SecondOrderMode::Fd));
     assert!(
         bad(
             "pgd",
@@ -148,7 +141,6 @@ fn paper_defaults_are_resolved_and_recorded() {
         )
         .contains("--eps")
     );
-    assert!(bad("nope", MethodOptions::default()).contains("sgr-sign"));
 }
 
 #[test]
@@ -160,8 +152,9 @@ fn every_method_takes_finite_steps_that_lower_the_loss() {
         train: &data.train,
     };
     let (x, y) = data.train.range(0, 32, DType::F32, &Device::Cpu).unwrap();
-    for &name in METHODS {
-        let mut method = build_method(name, &ctx, MethodOptions::default()).unwrap();
+    for &method_name in sgr_train::MethodName::ALL {
+        let name = method_name.name();
+        let mut method = build_method(method_name, &ctx, MethodOptions::default()).unwrap();
         let (model, vm) = sgr_testutil::model(sgr_models::CnnConfig::mnist(), 5, DType::F32);
         let vars: Vec<_> = vm
             .data()
@@ -205,7 +198,7 @@ fn every_method_takes_finite_steps_that_lower_the_loss() {
 
 /// The objective of `name` (default options, f64) at its first step on 16 embedded images; also returns the
 /// model, the batch and c (the training set's mean pixel variance).
-fn first_objective(name: &str) -> (sgr_models::Cnn, Tensor, Tensor, f64, f64) {
+fn first_objective(method: &str) -> (sgr_models::Cnn, Tensor, Tensor, f64, f64) {
     setup();
     let data = embedded();
     let ctx = MethodContext {
@@ -214,7 +207,7 @@ fn first_objective(name: &str) -> (sgr_models::Cnn, Tensor, Tensor, f64, f64) {
     };
     let (x, y) = data.train.range(0, 16, DType::F64, &Device::Cpu).unwrap();
     let (model, vm) = sgr_testutil::model(sgr_models::CnnConfig::mnist(), 2, DType::F64);
-    let mut m = build_method(name, &ctx, MethodOptions::default()).unwrap();
+    let mut m = build_method(name(method), &ctx, MethodOptions::default()).unwrap();
     let out = m
         .loss(&StepInput {
             model: &model,
@@ -271,7 +264,7 @@ fn sgr_objective_is_ce_plus_lambda_omega() {
 
 fn sgr_args(epochs: usize) -> TrainArgs {
     TrainArgs {
-        method: Some("sgr-sign".into()),
+        method: Some(name("sgr-sign")),
         dataset: Some(DatasetName::MnistSubset),
         epochs: Some(epochs),
         batch_size: Some(32),
@@ -310,7 +303,7 @@ fn sgr_run_resumes_exactly_with_its_covariance_estimate() {
             == std::fs::read(split.path().join("optimizer.safetensors")).unwrap()
     );
     let rec = read_record(split.path()).unwrap();
-    assert_eq!(rec.method_options.second_order.as_deref(), Some("exact"));
+    assert_eq!(rec.method_options.second_order.map(|c| c.name()), Some("exact"));
     // A different λ on resume is refused, naming the flag.
     let mut a = TrainArgs::default();
     a.method_options.lambda = Some(0.3);
@@ -326,7 +319,7 @@ fn divergence_stops_the_run_and_keeps_the_checkpoint() {
     let no = AtomicBool::new(false);
     let dir = tempfile::tempdir().unwrap();
     let mut args = sgr_args(1);
-    args.method = Some("gn".into());
+    args.method = Some(name("gn"));
     args.method_options.lambda = Some(1e15);
     let err = train(args, dir.path(), false, &no, &mut Quiet)
         .unwrap_err()
@@ -361,10 +354,10 @@ fn data_covariance_matches_the_dense_estimate_and_trains() {
         train: &data.train,
     };
     let opts = MethodOptions {
-        cov: Some("data".into()),
+        cov: Some("data".parse::<sgr_train::CovKind>().unwrap()),
         ..MethodOptions::default()
     };
-    let mut m = build_method("sgr-sign", &ctx, opts).unwrap();
+    let mut m = build_method(name("sgr-sign"), &ctx, opts).unwrap();
     assert_eq!(
         m.options().xi_labels,
         None,
@@ -420,7 +413,7 @@ fn sgr_sign_on_cifar_uses_a_psd_covariance_function() {
     write_cifar_batch(&data.path().join("test_batch.bin"), 8, 9);
     let out = tempfile::tempdir().unwrap();
     let args = TrainArgs {
-        method: Some("sgr-sign".into()),
+        method: Some(name("sgr-sign")),
         dataset: Some(DatasetName::Cifar10),
         data_dir: Some(data.path().to_owned()),
         epochs: Some(1),
@@ -438,7 +431,7 @@ fn sgr_sign_on_cifar_uses_a_psd_covariance_function() {
         "ε is for the attack-based variants"
     );
     assert_eq!(
-        (o.cov.as_deref(), o.cov_radius, o.cov_psd),
+        (o.cov.map(|c| c.name()), o.cov_radius, o.cov_psd),
         (Some("covfun"), Some(8), Some(true))
     );
     assert!(r.history[0].metrics["omega"] > 0.0);
@@ -481,12 +474,13 @@ fn explicit_steps_equal_autograd_through_candle_layers() {
         (
             "sgr-sign",
             MethodOptions {
-                cov: Some("lrc".into()),
+                cov: Some("lrc".parse::<sgr_train::CovKind>().unwrap()),
                 ..Default::default()
             },
         ),
     ];
-    for (name, mut options) in cases {
+    for (method_name, mut options) in cases {
+        let name = method_name;
         // A large λ for the penalties: at initialisation the input gradients are small, and the penalty's
         // share of the parameter gradients should not be lost in the cross-entropy's.
         if matches!(name, "sgr-sign" | "sgr-grad" | "gn") {
@@ -497,7 +491,7 @@ fn explicit_steps_equal_autograd_through_candle_layers() {
         plain.set_plain_ops(true);
         let mut outs = Vec::new();
         for net in [&model, &plain] {
-            let mut method = build_method(name, &ctx, options.clone()).unwrap();
+            let mut method = build_method(self::name(method_name), &ctx, options.clone()).unwrap();
             // Two steps: SGR's second sees a covariance averaged over two batches of perturbations.
             let mut last = None;
             for step in 0..2 {

@@ -12,9 +12,14 @@ use sgr_train::{
     read_record, train,
 };
 
+/// A method by its command-line name.
+fn name(s: &str) -> sgr_train::MethodName {
+    s.parse().unwrap()
+}
+
 fn small_args(epochs: usize) -> TrainArgs {
     TrainArgs {
-        method: Some("clean".into()),
+        method: Some(name("clean")),
         dataset: Some(DatasetName::MnistSubset),
         epochs: Some(epochs),
         batch_size: Some(64),
@@ -183,7 +188,7 @@ fn refuses_to_overwrite_and_to_resume_with_other_settings() {
     );
     let msg = train(
         TrainArgs {
-            method: Some("wdecay".into()),
+            method: Some(name("wdecay")),
             ..TrainArgs::default()
         },
         dir.path(),
@@ -203,18 +208,8 @@ fn refuses_to_overwrite_and_to_resume_with_other_settings() {
         .unwrap_err()
         .to_string();
     assert!(msg.contains("no run.json"), "{msg}");
-    let msg = train(
-        TrainArgs {
-            method: Some("magic".into()),
-            ..small_args(1)
-        },
-        empty.path(),
-        false,
-        &no,
-        &mut Quiet,
-    )
-    .unwrap_err()
-    .to_string();
+    // An unknown method is refused where its name is parsed (the command line), listing the known ones.
+    let msg = "magic".parse::<sgr_train::MethodName>().unwrap_err();
     assert!(msg.contains("magic") && msg.contains("clean"), "{msg}");
 }
 
@@ -315,17 +310,17 @@ fn weight_decay_adds_half_wd_times_squared_weights() {
         dataset: DatasetName::Cifar10,
         train: &cifar_set,
     };
-    let clean = build_method("clean", &mnist, MethodOptions::default())
+    let clean = build_method(name("clean"), &mnist, MethodOptions::default())
         .unwrap()
         .loss(&input)
         .unwrap();
-    let mut wd = build_method("wdecay", &mnist, MethodOptions::default()).unwrap();
+    let mut wd = build_method(name("wdecay"), &mnist, MethodOptions::default()).unwrap();
     assert_eq!(
         wd.options().weight_decay,
         Some(2e-4),
         "paper's MNIST default"
     );
-    let cifar = build_method("wdecay", &cifar, MethodOptions::default()).unwrap();
+    let cifar = build_method(name("wdecay"), &cifar, MethodOptions::default()).unwrap();
     assert_eq!(
         cifar.options().weight_decay,
         Some(5e-4),
@@ -364,7 +359,7 @@ fn plain_ops_train_on_candle_layers_to_the_same_numbers() {
         train_limit: Some(128),
         test_limit: Some(64),
         augment: Some("none".into()),
-        dtype: Some(candle_core::DType::F64),
+        dtype: Some(sgr_train::FloatType::F64),
         plain_ops,
         ..small_args(1)
     };
@@ -493,4 +488,41 @@ fn checkpoint_every_parses_steps_and_times() {
         assert!(err.contains("--checkpoint-every"), "{err}");
     }
     assert_eq!(sgr_train::CheckpointEvery::default(), Seconds(600.0));
+}
+
+/// run.json as sgr wrote it before the schema field (string-typed settings, no `arch`): a real record of a
+/// 50-epoch MNIST run, trimmed to two epochs.
+#[test]
+fn version_1_run_records_still_load_and_bad_ones_are_named() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let v1 = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/run-v1.json"),
+    )?;
+    std::fs::write(dir.path().join("run.json"), &v1)?;
+    let r = read_record(dir.path())?;
+    assert_eq!(r.schema, 1);
+    assert_eq!(r.method, sgr_train::MethodName::Clean);
+    assert_eq!(r.dataset, DatasetName::Mnist);
+    assert_eq!(r.dtype, sgr_train::FloatType::F32);
+    assert_eq!(r.device, sgr_models::DeviceKind::Cpu);
+    assert_eq!((r.arch.as_deref(), r.validation_images), (None, 0));
+    assert_eq!((r.epochs_done, r.history.len()), (2, 2));
+    // Written back, it is a current record that reads the same.
+    let text = serde_json::to_string(&sgr_train::RunRecord {
+        schema: sgr_train::RUN_SCHEMA,
+        ..r.clone()
+    })?;
+    assert!(text.contains("\"dataset\":\"mnist\"") && text.contains("\"dtype\":\"f32\""), "{text}");
+    // A record from a newer sgr, or with an unknown method, is refused naming the file.
+    for (from, to, needle) in [
+        ("\"sgr_version\"", "\"schema\": 99,\n  \"sgr_version\"", "schema 99"),
+        ("\"method\": \"clean\"", "\"method\": \"sgr-fancy\"", "sgr-fancy"),
+        ("\"dtype\": \"f32\"", "\"dtype\": \"f16\"", "f16"),
+    ] {
+        assert!(v1.contains(from), "{from}");
+        std::fs::write(dir.path().join("run.json"), v1.replacen(from, to, 1))?;
+        let err = read_record(dir.path()).expect_err(needle).to_string();
+        assert!(err.contains("run.json") && err.contains(needle), "{err}");
+    }
+    Ok(())
 }

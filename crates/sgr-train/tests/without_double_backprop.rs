@@ -8,6 +8,11 @@ use sgr_data::DatasetName;
 use sgr_regularizers::double_backprop_works;
 use sgr_train::{MethodContext, MethodOptions, StepInput, build_method};
 
+/// A method by its command-line name.
+fn name(s: &str) -> sgr_train::MethodName {
+    s.parse().unwrap()
+}
+
 #[test]
 fn exact_sgr_runs_on_the_cpu_path_and_the_autograd_path_refuses() {
     assert!(!double_backprop_works().unwrap());
@@ -22,9 +27,9 @@ fn exact_sgr_runs_on_the_cpu_path_and_the_autograd_path_refuses() {
         .batch(&idx, None, DType::F32, &candle_core::Device::Cpu)
         .unwrap();
     let (model, vm) = sgr_testutil::model(sgr_models::CnnConfig::mnist(), 1, DType::F32);
-    for name in ["sgr-sign", "gn"] {
-        let mut method = build_method(name, &ctx, MethodOptions::default()).unwrap();
-        assert_eq!(method.options().second_order.as_deref(), Some("exact"));
+    for method_name in ["sgr-sign", "gn"] {
+        let mut method = build_method(name(method_name), &ctx, MethodOptions::default()).unwrap();
+        assert_eq!(method.options().second_order.map(|c| c.name()), Some("exact"));
         let input = |model| StepInput {
             model,
             params: &vm,
@@ -38,7 +43,7 @@ fn exact_sgr_runs_on_the_cpu_path_and_the_autograd_path_refuses() {
             .grads
             .as_ref()
             .expect("explicit gradients on the CPU path");
-        assert_eq!(grads.len(), 14, "{name}");
+        assert_eq!(grads.len(), 14, "{method_name}");
         for (k, g) in grads {
             let norm = g
                 .sqr()
@@ -47,11 +52,11 @@ fn exact_sgr_runs_on_the_cpu_path_and_the_autograd_path_refuses() {
                 .unwrap()
                 .to_scalar::<f32>()
                 .unwrap();
-            assert!(norm.is_finite() && norm > 0.0, "{name}: {k} {norm}");
+            assert!(norm.is_finite() && norm > 0.0, "{method_name}: {k} {norm}");
         }
         let mut plain = model.clone();
         plain.set_plain_ops(true);
         let err = method.loss(&input(&plain)).unwrap_err().to_string();
-        assert!(err.contains("CANDLE_GRAD_DO_NOT_DETACH"), "{name}: {err}");
+        assert!(err.contains("CANDLE_GRAD_DO_NOT_DETACH"), "{method_name}: {err}");
     }
 }
