@@ -266,7 +266,7 @@ fn report(
     runs: &[(MethodName, PathBuf)],
     wb: &[sgr_eval::WhiteboxRow],
     tm: &sgr_eval::TransferMatrix,
-    lrc: Option<&(Setup, eval_lrc::LrcResults)>,
+    lrc: Option<&(Setup, sgr_eval::LrcResults)>,
     cs: &Setup,
     cov: &sgr_eval::figures::CovAnalysis,
     flipped: &[(f64, usize)],
@@ -402,7 +402,7 @@ fn report(
     }
     md += "\n";
     if let Some((ls, r)) = lrc {
-        md += &eval_lrc::markdown(ls, r, "eval/");
+        md += &sgr_eval::lrc_markdown(ls.dataset.as_str(), r, "eval/");
         md += "\nThe paper (Fig. 3, CIFAR-10) reports SGR ahead of GN by over 25 points at ζ ≈ 16 and, with the \
                CIFAR-10 covariance at ε = 0.3: SGR 65.8 %, GN 48.7 %, LRC noise 57.9 %, clean 46.5 %.\n\n";
     }

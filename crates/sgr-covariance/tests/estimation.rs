@@ -320,3 +320,35 @@ fn second_moments_of_f32_perturbations_match_a_direct_sum() {
         }
     }
 }
+
+#[test]
+fn relative_ridge_adds_to_the_diagonal_only_and_makes_a_singular_covariance_definite() -> Result<(), CovError> {
+    // Six 2×2 images whose last pixel never changes (as MNIST's border): a singular data covariance.
+    #[rustfmt::skip]
+    let x = Tensor::from_vec(
+        vec![
+            0.1f64, 0.5, 0.9, 0.3,  0.4, 0.2, 0.8, 0.3,  0.7, 0.9, 0.1, 0.3,
+            0.2, 0.6, 0.5, 0.3,  0.9, 0.1, 0.4, 0.3,  0.3, 0.8, 0.6, 0.3,
+        ],
+        (6, 1, 2, 2),
+        &candle_core::Device::Cpu,
+    )?;
+    let cov = Dense::data_covariance(&x)?;
+    assert!(min_eig(&cov).abs() < 1e-12, "singular: {}", min_eig(&cov));
+    let rel = 1e-3;
+    let ridged = cov.with_relative_ridge(rel)?;
+    let md = cov.mean_diag();
+    let (a, b) = (dense_vec(&cov), dense_vec(&ridged));
+    for i in 0..4 {
+        for j in 0..4 {
+            let want = a[i * 4 + j] + if i == j { rel * md } else { 0.0 };
+            assert!((b[i * 4 + j] - want).abs() < 1e-15, "({i}, {j})");
+        }
+    }
+    assert!(min_eig(&ridged) >= rel * md * (1.0 - 1e-9));
+    assert!(DenseSampler::new(&ridged).is_ok());
+    for bad in [-1e-6, f64::NAN, f64::INFINITY] {
+        assert!(cov.with_relative_ridge(bad).is_err(), "{bad}");
+    }
+    Ok(())
+}

@@ -34,7 +34,10 @@ pub use autoattack::{
 };
 pub use checks::{Check, MaskingReport, tolerance};
 pub use error::{EvalError, Result};
-pub use lrc::{LrcCurve, lrc_curve, worst_of_n_accuracy};
+pub use lrc::{
+    DATA_COV_RIDGE, LrcCurve, LrcResults, LrcSettings, lrc_curve, lrc_evaluation, lrc_figures, lrc_markdown,
+    worst_of_n_accuracy,
+};
 pub use table::{Table, fmt_pct};
 pub use transfer::{TransferConfig, TransferMatrix, transfer_matrix};
 pub use whitebox::{WhiteboxConfig, WhiteboxRow, whitebox, whitebox_table};

@@ -85,3 +85,185 @@ pub fn lrc_curve(
         points,
     })
 }
+
+/// Relative ridge added to a data covariance before sampling from it ([`sgr_covariance::Dense::with_relative_ridge`]).
+pub const DATA_COV_RIDGE: f64 = 1e-6;
+
+/// The settings of the correlated-noise evaluation (Fig. 3 and 4).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LrcSettings {
+    /// Noise draws per image; an image counts as correct only if every draw is classified correctly.
+    pub draws: usize,
+    /// Decay lengths ζ of Fig. 3.
+    pub zetas: Vec<f64>,
+    /// Noise scale of Fig. 3, in pixel units.
+    pub lrc_eps: f64,
+    /// Noise scales of Fig. 4 (ζ = 8 and the data covariance), in pixel units.
+    pub eps_list: Vec<f64>,
+    pub seed: u64,
+    pub batch_size: usize,
+}
+
+/// Every model's curves of the correlated-noise evaluation.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LrcResults {
+    pub images: usize,
+    pub draws: usize,
+    pub lrc_eps: f64,
+    /// Fig. 3: LRC noise at `lrc_eps`, against ζ.
+    pub by_zeta: Vec<LrcCurve>,
+    /// Fig. 4: LRC noise with ζ = 8, against ε.
+    pub by_eps_zeta8: Vec<LrcCurve>,
+    /// Fig. 4's companion: noise with the data set's covariance, against ε.
+    pub by_eps_data_cov: Vec<LrcCurve>,
+}
+
+/// The correlated-noise evaluation of `models` on `(x, y)`: LRC noise against ζ and ε, and noise with the
+/// covariance of `train_images` (`(n, C, H, W)`, with a [`DATA_COV_RIDGE`]) against ε.
+pub fn lrc_evaluation(
+    models: &[Named<'_>],
+    x: &Tensor,
+    y: &Tensor,
+    train_images: &Tensor,
+    settings: &LrcSettings,
+) -> Result<LrcResults> {
+    let images = check_data(x, y)?;
+    for &e in settings.eps_list.iter().chain([&settings.lrc_eps]) {
+        if !(e >= 0.0 && e.is_finite()) {
+            return Err(crate::EvalError::Invalid(format!(
+                "noise scales (--eps-list, --lrc-eps) must be non-negative, got {e}"
+            )));
+        }
+    }
+    let shape = (x.dim(1)?, x.dim(2)?, x.dim(3)?);
+    let zeta_sources = settings
+        .zetas
+        .iter()
+        .map(|&z| {
+            NoiseSource::lrc(shape, z).map_err(|e| {
+                crate::EvalError::Invalid(format!("decay length ζ = {z}: {e}"))
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let zeta8 = NoiseSource::lrc(shape, 8.0)?;
+    let data_cov = sgr_covariance::Dense::data_covariance(train_images)?
+        .with_relative_ridge(DATA_COV_RIDGE)?;
+    let data_source = NoiseSource::dense(&data_cov)?;
+    let by_zeta: Vec<_> = settings
+        .zetas
+        .iter()
+        .zip(&zeta_sources)
+        .map(|(&z, src)| (z, src, settings.lrc_eps))
+        .collect();
+    let by_eps8: Vec<_> = settings.eps_list.iter().map(|&e| (e, &zeta8, e)).collect();
+    let by_data: Vec<_> = settings
+        .eps_list
+        .iter()
+        .map(|&e| (e, &data_source, e))
+        .collect();
+    let (draws, seed, bs) = (settings.draws, settings.seed, settings.batch_size);
+    let mut r = LrcResults {
+        images,
+        draws,
+        lrc_eps: settings.lrc_eps,
+        by_zeta: vec![],
+        by_eps_zeta8: vec![],
+        by_eps_data_cov: vec![],
+    };
+    for &m in models {
+        r.by_zeta.push(lrc_curve(m, &by_zeta, x, y, draws, seed, bs)?);
+        r.by_eps_zeta8
+            .push(lrc_curve(m, &by_eps8, x, y, draws, seed, bs)?);
+        r.by_eps_data_cov
+            .push(lrc_curve(m, &by_data, x, y, draws, seed, bs)?);
+    }
+    Ok(r)
+}
+
+/// Draws Fig. 3 (`fig3_lrc_zeta.png`) and Fig. 4 (`fig4_lrc_eps.png`, `fig4_data_cov_eps.png`) into `dir`.
+pub fn lrc_figures(dir: &std::path::Path, r: &LrcResults, dataset: &str) -> Result<()> {
+    use crate::plot::{LinePanel, Series, line_chart};
+    let series = |curves: &[LrcCurve]| -> Vec<Series> {
+        curves
+            .iter()
+            .map(|c| Series {
+                label: c.model.clone(),
+                points: c.points.clone(),
+            })
+            .collect()
+    };
+    let what = format!("worst of {}, {dataset} {} test images", r.draws, r.images);
+    let figures = [
+        (
+            "fig3_lrc_zeta.png",
+            format!(
+                "LRC noise, ε = {}: accuracy vs decay length ({what})",
+                r.lrc_eps
+            ),
+            "decay length ζ (pixels)",
+            &r.by_zeta,
+        ),
+        (
+            "fig4_lrc_eps.png",
+            format!("LRC noise, ζ = 8: accuracy vs ε ({what})"),
+            "noise scale ε (pixel units)",
+            &r.by_eps_zeta8,
+        ),
+        (
+            "fig4_data_cov_eps.png",
+            format!("Noise with the data covariance: accuracy vs ε ({what})"),
+            "noise scale ε (pixel units)",
+            &r.by_eps_data_cov,
+        ),
+    ];
+    for (file, title, x_label, curves) in figures {
+        line_chart(
+            &dir.join(file),
+            &LinePanel {
+                title,
+                x_label: x_label.into(),
+                y_label: "accuracy".into(),
+                series: series(curves),
+                y_range: (0.0, 1.02),
+                legend: true,
+            },
+        )?;
+    }
+    Ok(())
+}
+
+fn curve_table(x_name: &str, curves: &[LrcCurve]) -> crate::Table {
+    let mut header = vec![x_name.to_string()];
+    header.extend(curves.iter().map(|c| c.model.clone()));
+    let mut t = crate::Table::new(header);
+    let xs: Vec<f64> = curves
+        .first()
+        .map(|c| c.points.iter().map(|p| p.0).collect())
+        .unwrap_or_default();
+    for (i, x) in xs.iter().enumerate() {
+        let mut row = vec![format!("{x}")];
+        row.extend(curves.iter().map(|c| crate::fmt_pct(c.points[i].1)));
+        t.push(row);
+    }
+    t
+}
+
+/// The correlated-noise section of a report; `fig_prefix` is the figures' folder relative to the report.
+pub fn lrc_markdown(dataset: &str, r: &LrcResults, fig_prefix: &str) -> String {
+    format!(
+        "## Correlated-noise accuracy (%), worst of {} draws, {} first {} test images\n\n\
+         An image counts as correct only if all {} noisy copies `clip(x + ε·ξ)` are classified correctly; every \
+         model sees the same draws. LRC: intra-channel covariance exp(−r/ζ), inter-channel 0.5·exp(−r/ζ), unit \
+         variance.\n\n### Fig. 3: LRC, ε = {}, against ζ\n\n{}\n![]({fig_prefix}fig3_lrc_zeta.png)\n\n\
+         ### Fig. 4: LRC, ζ = 8, against ε\n\n{}\n![]({fig_prefix}fig4_lrc_eps.png)\n\n\
+         ### The same with the data set's covariance (scaled to unit mean variance; ridge {DATA_COV_RIDGE:e} of its mean variance)\n\n{}\n![]({fig_prefix}fig4_data_cov_eps.png)\n",
+        r.draws,
+        dataset,
+        r.images,
+        r.draws,
+        r.lrc_eps,
+        curve_table("ζ", &r.by_zeta).to_markdown(),
+        curve_table("ε", &r.by_eps_zeta8).to_markdown(),
+        curve_table("ε", &r.by_eps_data_cov).to_markdown(),
+    )
+}
