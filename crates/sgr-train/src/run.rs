@@ -50,6 +50,45 @@ pub struct PartialEpoch {
     pub seconds: f64,
 }
 
+impl PartialEpoch {
+    /// Adds one step of `images` images: its mean loss, correct predictions, mean metrics and duration.
+    pub(crate) fn add(
+        &mut self,
+        images: usize,
+        loss: f64,
+        correct: usize,
+        metrics: &[(&str, f64)],
+        seconds: f64,
+    ) {
+        self.batches += 1;
+        self.images += images;
+        self.loss_sum += loss * images as f64;
+        self.correct += correct;
+        for (name, value) in metrics {
+            *self.metric_sums.entry((*name).to_string()).or_default() += value * images as f64;
+        }
+        self.seconds += seconds;
+    }
+
+    /// The finished epoch's record: per-image means of the sums, and the accuracy measured after it.
+    pub(crate) fn finish(self, epoch: usize, test_accuracy: f64) -> EpochRecord {
+        let images = self.images.max(1) as f64;
+        EpochRecord {
+            epoch,
+            loss: self.loss_sum / images,
+            train_accuracy: self.correct as f64 / images,
+            test_accuracy,
+            metrics: self
+                .metric_sums
+                .iter()
+                .map(|(k, v)| (k.clone(), v / images))
+                .collect(),
+            seconds: self.seconds,
+            images_per_second: self.images as f64 / self.seconds.max(1e-9),
+        }
+    }
+}
+
 /// Where the run stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -363,5 +402,90 @@ impl std::str::FromStr for CheckpointEvery {
                 Ok(CheckpointEvery::Steps(n))
             }
         }
+    }
+}
+
+/// A run folder: its files and the atomic save policy (see the module documentation).
+#[derive(Debug)]
+pub(crate) struct RunFolder {
+    dir: PathBuf,
+}
+
+impl RunFolder {
+    /// Opens `dir` for a new run (refusing a folder that holds one) or for `--resume` (refusing a folder
+    /// without one; a half-written checkpoint is completed or discarded first), with the stored record.
+    pub(crate) fn open(dir: &Path, resume: bool) -> Result<(Self, Option<RunRecord>)> {
+        let has_run = dir.join(RUN_FILE).is_file();
+        if has_run && !resume {
+            return Err(TrainError::RunExists {
+                dir: dir.to_owned(),
+            });
+        }
+        if resume && !has_run {
+            return Err(TrainError::NothingToResume {
+                dir: dir.to_owned(),
+            });
+        }
+        std::fs::create_dir_all(dir).map_err(|source| TrainError::Io {
+            path: dir.to_owned(),
+            source,
+        })?;
+        let stored = if resume {
+            let record = read_record(dir)?;
+            recover(dir, &record)?;
+            Some(record)
+        } else {
+            None
+        };
+        Ok((
+            Self {
+                dir: dir.to_owned(),
+            },
+            stored,
+        ))
+    }
+
+    pub(crate) fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub(crate) fn model_file(&self) -> PathBuf {
+        self.dir.join(MODEL_FILE)
+    }
+
+    pub(crate) fn state_file(&self) -> PathBuf {
+        self.dir.join(STATE_FILE)
+    }
+
+    /// Adam's state and the method's (`method.*`).
+    pub(crate) fn read_state(&self) -> Result<HashMap<String, Tensor>> {
+        read_tensors(&self.state_file())
+    }
+
+    /// Rewrites run.json alone (a status change).
+    pub(crate) fn write_record(&self, record: &RunRecord) -> Result<()> {
+        write_record(&self.dir, record)
+    }
+
+    /// A checkpoint of the record's step: the two files under pending names, then run.json (the commit
+    /// point), then the renames.
+    pub(crate) fn save(
+        &self,
+        varmap: &candle_nn::VarMap,
+        config: &sgr_models::CnnConfig,
+        adam: &crate::adam::Adam,
+        method: &dyn crate::method::Method,
+        record: &RunRecord,
+    ) -> Result<()> {
+        let _span = tracing::debug_span!("checkpoint").entered();
+        let step = record.steps_done;
+        sgr_models::save_model(varmap, config, &self.dir.join(pending_name(MODEL_FILE, step)))?;
+        let mut state = adam.state()?;
+        for (k, v) in method.state()? {
+            state.insert(format!("method.{k}"), v);
+        }
+        write_tensors(&self.dir.join(pending_name(STATE_FILE, step)), &state)?;
+        write_record(&self.dir, record)?;
+        promote(&self.dir, step)
     }
 }
