@@ -268,7 +268,7 @@ impl Apgd {
         y: &[usize],
         eps: f64,
     ) -> Result<Vec<Option<Vec<f64>>>> {
-        let mut rngs = point_rngs(self.seed, 0xA9D0, ids.iter().copied());
+        let mut rngs = point_rngs(self.seed, sgr_data::streams::APGD, ids.iter().copied());
         apgd_batch(
             model, batch, y, None, self.loss, eps, self.norm, self.steps, self.rho, &mut rngs,
         )
@@ -475,7 +475,7 @@ impl ApgdTargeted {
         let t = target_of_rank(clean_logits, rank);
         let mut rngs = point_rngs(
             self.seed,
-            0xA9D1 + ((rank as u64) << 16),
+            sgr_data::streams::APGD_TARGETED + ((rank as u64) << 16),
             ids.iter().copied(),
         );
         apgd_batch(

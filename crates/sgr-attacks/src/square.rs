@@ -82,7 +82,7 @@ impl Square {
     ) -> Result<Vec<SquarePoint>> {
         let dims = batch.example_dims();
         let (c, h, w) = (dims[0], dims[1], dims[2]);
-        let mut rngs = point_rngs(self.seed, 0x5A0, ids.iter().copied());
+        let mut rngs = point_rngs(self.seed, sgr_data::streams::SQUARE_INIT, ids.iter().copied());
         let best: Vec<Vec<f64>> = batch
             .x
             .iter()
@@ -127,7 +127,11 @@ impl Square {
     ) -> Result<()> {
         let dims = batch.example_dims();
         let (c, h, w) = (dims[0], dims[1], dims[2]);
-        let mut rngs = point_rngs(self.seed, 0x5A1 + ((seg as u64) << 16), ids.iter().copied());
+        let mut rngs = point_rngs(
+            self.seed,
+            sgr_data::streams::SQUARE_SEGMENT + ((seg as u64) << 16),
+            ids.iter().copied(),
+        );
         let start = seg * SQUARE_SEGMENT;
         for it in start..(start + SQUARE_SEGMENT).min(self.queries) {
             let active: Vec<usize> = (0..points.len()).filter(|&i| !points[i].broken()).collect();

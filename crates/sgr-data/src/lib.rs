@@ -574,6 +574,32 @@ pub(crate) fn embedded_subset(split: Split) -> Result<ImageSet> {
     )
 }
 
+/// The stream tags of [`seeded_rng`]: each random use draws from its own tag, so no two uses share numbers.
+/// (Most are ASCII of a short name; the values are fixed, since changing one changes every result drawn
+/// from it.)
+pub mod streams {
+    /// The data order of an epoch (`"SHUF"`).
+    pub const SHUFFLE: u64 = 0x5348_5546;
+    /// The augmentation of a training batch (`"AUG1"`).
+    pub const AUGMENT: u64 = 0x4155_4731;
+    /// The noise of the lrc training method (`"LRC"`).
+    pub const LRC_TRAINING: u64 = 0x4C52_4300;
+    /// The random start of PGD in pgd training (`"PGD"`).
+    pub const PGD_TRAINING: u64 = 0x5047_4400;
+    /// APGD-CE's random starts, one stream per example.
+    pub const APGD: u64 = 0xA9D0;
+    /// APGD-T's random starts; the target's rank is added shifted left by 16.
+    pub const APGD_TARGETED: u64 = 0xA9D1;
+    /// Square's initial stripes.
+    pub const SQUARE_INIT: u64 = 0x5A0;
+    /// Square's iterations; the segment index is added shifted left by 16.
+    pub const SQUARE_SEGMENT: u64 = 0x5A1;
+    /// The white-box table's random noise (RAND), per batch.
+    pub const WHITEBOX_NOISE: u64 = 1;
+    /// The correlated-noise evaluation's draws, per batch.
+    pub const LRC_EVAL: u64 = 2;
+}
+
 /// A ChaCha8 generator for a seed and a stream of integers (epoch, batch, …): independent streams that do
 /// not depend on how many numbers an earlier stream drew, so a run resumed mid-epoch repeats itself exactly.
 pub fn seeded_rng(seed: u64, stream: &[u64]) -> ChaCha8Rng {
@@ -593,6 +619,6 @@ pub fn seeded_rng(seed: u64, stream: &[u64]) -> ChaCha8Rng {
 /// The order in which epoch `epoch` visits `n` training images.
 pub fn epoch_order(n: usize, seed: u64, epoch: u64) -> Vec<usize> {
     let mut order: Vec<usize> = (0..n).collect();
-    order.shuffle(&mut seeded_rng(seed, &[0x5348_5546, epoch]));
+    order.shuffle(&mut seeded_rng(seed, &[streams::SHUFFLE, epoch]));
     order
 }

@@ -27,7 +27,7 @@ pub fn worst_of_n_accuracy(
         let (xb, yb) = (x.narrow(0, s, len)?, y.narrow(0, s, len)?);
         let labels = yb.to_vec1::<u32>()?;
         let mut alive: Vec<u32> = (0..len as u32).collect();
-        let bseed = batch_seed(seed, 2, i);
+        let bseed = batch_seed(seed, sgr_data::streams::LRC_EVAL, i);
         for d in 0..draws.max(1) {
             if alive.is_empty() {
                 break;

@@ -101,7 +101,7 @@ pub fn whitebox(
     let test = accuracy(m, x, y, bs)?;
     let rand_adv = adversarial_set(x, y, bs, |i, xb, yb| {
         Rand {
-            seed: batch_seed(cfg.seed, 1, i),
+            seed: batch_seed(cfg.seed, sgr_data::streams::WHITEBOX_NOISE, i),
         }
         .run(m, xb, yb, eps)
     })?;

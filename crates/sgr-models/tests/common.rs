@@ -1,17 +1,9 @@
 //! Helpers shared by the model tests: seeded models, the log-likelihood, batches with a constant image.
 #![allow(dead_code)]
-use candle_core::{D, DType, Device, Module, Result, Tensor};
-use candle_nn::{VarBuilder, VarMap};
-use sgr_models::{Cnn, CnnConfig, init_params};
+use candle_core::{D, Module, Result, Tensor};
+use sgr_models::Cnn;
 #[allow(unused_imports)]
-pub use sgr_testutil::{rand_tensor, scalar};
-
-pub fn model(config: CnnConfig, seed: u64, dtype: DType) -> (Cnn, VarMap) {
-    let vm = VarMap::new();
-    init_params(&vm, &config, seed, dtype, &Device::Cpu).unwrap();
-    let m = Cnn::new(config, VarBuilder::from_varmap(&vm, dtype, &Device::Cpu)).unwrap();
-    (m, vm)
-}
+pub use sgr_testutil::{model, rand_tensor, scalar};
 
 /// Σ_i log softmax(f(x_i))[y_i]: the quantity whose input gradient SGR penalises.
 pub fn log_lik(m: &Cnn, x: &Tensor, y: &Tensor) -> Result<Tensor> {

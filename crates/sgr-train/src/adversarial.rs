@@ -119,7 +119,7 @@ impl Method for Augmented {
         };
         let perturbed = match &self.perturb {
             Perturb::Lrc(source) => {
-                let seed = step_seed(input.seed, 0x4C52_4300, input.step);
+                let seed = step_seed(input.seed, sgr_data::streams::LRC_TRAINING, input.step);
                 let noise = WorstOfN::draw_noise(source, seed, 0, x.dim(0)?)?
                     .to_dtype(x.dtype())?
                     .to_device(x.device())?;
@@ -134,7 +134,7 @@ impl Method for Augmented {
                     Perturb::Pgd { steps } => Pgd {
                         steps: *steps,
                         random_start: true,
-                        seed: step_seed(input.seed, 0x5047_4400, input.step),
+                        seed: step_seed(input.seed, sgr_data::streams::PGD_TRAINING, input.step),
                         ..Pgd::whitebox()
                     }
                     .run(&frozen, x, &y_hat, self.eps)?,

@@ -561,7 +561,7 @@ impl Loop<'_> {
             for b in record.partial.batches..batches {
                 let t0 = Instant::now();
                 let idx = &order[b * batch_size..((b + 1) * batch_size).min(n)];
-                let mut rng = seeded_rng(seed, &[0x4155_4731, epoch as u64, b as u64]);
+                let mut rng = seeded_rng(seed, &[sgr_data::streams::AUGMENT, epoch as u64, b as u64]);
                 adam.set_lr(record.lr_schedule.lr_at(
                     record.optimizer.lr,
                     record.steps_done,
