@@ -428,29 +428,17 @@ fn validation_split_is_held_out_and_measured_instead_of_the_test_set() -> anyhow
     // run.json records the split; resuming keeps it and refuses another.
     let text = std::fs::read_to_string(dir.path().join("run.json"))?;
     assert!(text.contains("\"validation_images\": 4680"), "{text}");
-    let err = train(
-        TrainArgs {
-            validation: Some(1000),
+    let resume = |validation| {
+        let args = TrainArgs {
+            validation,
             epochs: Some(2),
             ..TrainArgs::default()
-        },
-        dir.path(),
-        true,
-        &no,
-        &mut Quiet,
-    )
-    .expect_err("other split on resume");
+        };
+        train(args, dir.path(), true, &no, &mut Quiet)
+    };
+    let err = resume(Some(1000)).expect_err("other split on resume");
     assert!(err.to_string().contains("--validation"), "{err}");
-    let r2 = train(
-        TrainArgs {
-            epochs: Some(2),
-            ..TrainArgs::default()
-        },
-        dir.path(),
-        true,
-        &no,
-        &mut Quiet,
-    )?;
+    let r2 = resume(None)?;
     assert_eq!((r2.epochs_done, r2.validation_images, r2.train_images), (2, 4680, 320));
 
     // A split as large as the training set is refused, naming the flag.
