@@ -52,8 +52,20 @@ impl std::fmt::Display for DeviceKind {
 /// Opens device 0 of the given kind. Without the matching cargo feature (`cuda`, `metal`) candle returns an
 /// error saying so.
 pub fn make_device(kind: DeviceKind) -> Result<Device> {
+    let rebuild = |feature: &str, name: &str, needs: &str| {
+        candle_core::Error::Msg(format!(
+            "--device {feature}: this build has no {name} support; rebuild with the `{feature}` feature, e.g. \
+             `cargo run --release -p xtask --features {feature} -- …` ({needs})"
+        ))
+    };
     match kind {
         DeviceKind::Cpu => Ok(Device::Cpu),
+        DeviceKind::Cuda if !candle_core::utils::cuda_is_available() => {
+            Err(rebuild("cuda", "CUDA", "needs the CUDA toolkit's nvcc at build time"))
+        }
+        DeviceKind::Metal if !candle_core::utils::metal_is_available() => {
+            Err(rebuild("metal", "Metal", "macOS only"))
+        }
         DeviceKind::Cuda => Device::new_cuda(0),
         DeviceKind::Metal => Device::new_metal(0),
     }
