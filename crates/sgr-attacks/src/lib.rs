@@ -215,13 +215,19 @@ impl Attack for Pgd {
     }
 }
 
-/// Accuracy of `model` on `x` with labels `y`, as (correct, total).
-pub fn accuracy(model: &dyn Module, x: &Tensor, y: &Tensor) -> Result<(usize, usize)> {
-    let pred = model.forward(&x.detach())?.argmax(D::Minus1)?;
-    let correct = pred
+/// Number of rows of `logits` `(B, K)` whose arg-max equals the label in `y` (u32, `(B,)`): the one count of
+/// correct predictions that attacks, training and evaluation share.
+pub fn count_correct(logits: &Tensor, y: &Tensor) -> Result<usize> {
+    Ok(logits
+        .argmax(D::Minus1)?
         .eq(y)?
         .to_dtype(DType::U32)?
         .sum_all()?
-        .to_scalar::<u32>()? as usize;
-    Ok((correct, y.dim(0)?))
+        .to_scalar::<u32>()? as usize)
+}
+
+/// Accuracy of `model` on `x` with labels `y`, as (correct, total).
+pub fn accuracy(model: &dyn Module, x: &Tensor, y: &Tensor) -> Result<(usize, usize)> {
+    let logits = model.forward(&x.detach())?;
+    Ok((count_correct(&logits, y)?, y.dim(0)?))
 }

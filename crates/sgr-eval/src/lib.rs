@@ -42,7 +42,7 @@ pub use table::{Table, fmt_pct};
 pub use transfer::{TransferConfig, TransferMatrix, transfer_matrix};
 pub use whitebox::{WhiteboxConfig, WhiteboxRow, whitebox, whitebox_table};
 
-use candle_core::{D, DType, Tensor};
+use candle_core::{DType, Tensor};
 use candle_nn::Module;
 
 /// A classifier under evaluation and the name its rows and columns carry.
@@ -64,22 +64,12 @@ pub fn batches(n: usize, batch_size: usize) -> impl Iterator<Item = (usize, usiz
     (0..n).step_by(bs).map(move |s| (s, bs.min(n - s)))
 }
 
-/// Number of rows of `model(x)` whose arg-max equals `y`.
-pub fn count_correct(model: &dyn Module, x: &Tensor, y: &Tensor) -> candle_core::Result<usize> {
-    let pred = model.forward(&x.detach())?.argmax(D::Minus1)?;
-    Ok(pred
-        .eq(y)?
-        .to_dtype(DType::U32)?
-        .sum_all()?
-        .to_scalar::<u32>()? as usize)
-}
-
 /// Clean accuracy of `model` on `(x, y)`.
 pub fn accuracy(model: &dyn Module, x: &Tensor, y: &Tensor, batch_size: usize) -> Result<f64> {
     let n = check_data(x, y)?;
     let mut correct = 0;
     for (s, len) in batches(n, batch_size) {
-        correct += count_correct(model, &x.narrow(0, s, len)?, &y.narrow(0, s, len)?)?;
+        correct += sgr_attacks::accuracy(model, &x.narrow(0, s, len)?, &y.narrow(0, s, len)?)?.0;
     }
     Ok(correct as f64 / n as f64)
 }

@@ -12,6 +12,7 @@ use sgr_models::{Cnn, CnnConfig, DeviceKind, init_params, load_model, make_devic
 
 use crate::adam::{Adam, AdamConfig};
 use crate::adversarial::default_eps_255;
+pub use sgr_attacks::count_correct;
 use crate::error::{Result, TrainError};
 use crate::method::{Method, MethodContext, MethodOptions, StepInput, build_method};
 use crate::settings::{FloatType, MethodName};
@@ -703,15 +704,6 @@ pub fn pgd_accuracy(
     Ok((clean as f64 / images as f64, robust as f64 / images as f64))
 }
 
-/// Number of rows of `logits` whose arg-max equals the label.
-pub fn count_correct(logits: &Tensor, y: &Tensor) -> candle_core::Result<usize> {
-    let pred = logits.argmax(1)?;
-    Ok(pred
-        .eq(y)?
-        .to_dtype(DType::U32)?
-        .sum_all()?
-        .to_scalar::<u32>()? as usize)
-}
 
 /// Clean accuracy of `model` on `set`: (correct, total).
 pub fn evaluate(
