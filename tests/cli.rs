@@ -423,7 +423,10 @@ fn runs_killed_at_random_moments_resume_to_the_same_bytes() -> anyhow::Result<()
     }
     assert!(finished, "no progress after {kills} kills");
     eprintln!("finished after {kills} kills");
-    assert!(kills >= 3, "the run should have been killed several times ({kills})");
+    assert!(
+        kills >= 3,
+        "the run should have been killed several times ({kills})"
+    );
     for file in ["model.safetensors", "optimizer.safetensors"] {
         assert!(
             std::fs::read(straight.join(file))? == std::fs::read(killed.join(file))?,

@@ -82,7 +82,11 @@ impl Square {
     ) -> Result<Vec<SquarePoint>> {
         let dims = batch.example_dims();
         let (c, h, w) = (dims[0], dims[1], dims[2]);
-        let mut rngs = point_rngs(self.seed, sgr_data::streams::SQUARE_INIT, ids.iter().copied());
+        let mut rngs = point_rngs(
+            self.seed,
+            sgr_data::streams::SQUARE_INIT,
+            ids.iter().copied(),
+        );
         let best: Vec<Vec<f64>> = batch
             .x
             .iter()

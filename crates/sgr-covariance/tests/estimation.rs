@@ -322,7 +322,8 @@ fn second_moments_of_f32_perturbations_match_a_direct_sum() {
 }
 
 #[test]
-fn relative_ridge_adds_to_the_diagonal_only_and_makes_a_singular_covariance_definite() -> Result<(), CovError> {
+fn relative_ridge_adds_to_the_diagonal_only_and_makes_a_singular_covariance_definite()
+-> Result<(), CovError> {
     // Six 2×2 images whose last pixel never changes (as MNIST's border): a singular data covariance.
     #[rustfmt::skip]
     let x = Tensor::from_vec(

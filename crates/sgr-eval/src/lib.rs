@@ -35,8 +35,8 @@ pub use autoattack::{
 pub use checks::{Check, MaskingReport, tolerance};
 pub use error::{EvalError, Result};
 pub use lrc::{
-    DATA_COV_RIDGE, LrcCurve, LrcResults, LrcSettings, lrc_curve, lrc_evaluation, lrc_figures, lrc_markdown,
-    worst_of_n_accuracy,
+    DATA_COV_RIDGE, LrcCurve, LrcResults, LrcSettings, lrc_curve, lrc_evaluation, lrc_figures,
+    lrc_markdown, worst_of_n_accuracy,
 };
 pub use table::{Table, fmt_pct};
 pub use transfer::{TransferConfig, TransferMatrix, transfer_matrix};

@@ -140,9 +140,8 @@ pub fn lrc_evaluation(
         .zetas
         .iter()
         .map(|&z| {
-            NoiseSource::lrc(shape, z).map_err(|e| {
-                crate::EvalError::Invalid(format!("decay length ζ = {z}: {e}"))
-            })
+            NoiseSource::lrc(shape, z)
+                .map_err(|e| crate::EvalError::Invalid(format!("decay length ζ = {z}: {e}")))
         })
         .collect::<Result<Vec<_>>>()?;
     let zeta8 = NoiseSource::lrc(shape, 8.0)?;
@@ -171,7 +170,8 @@ pub fn lrc_evaluation(
         by_eps_data_cov: vec![],
     };
     for &m in models {
-        r.by_zeta.push(lrc_curve(m, &by_zeta, x, y, draws, seed, bs)?);
+        r.by_zeta
+            .push(lrc_curve(m, &by_zeta, x, y, draws, seed, bs)?);
         r.by_eps_zeta8
             .push(lrc_curve(m, &by_eps8, x, y, draws, seed, bs)?);
         r.by_eps_data_cov

@@ -325,7 +325,16 @@ fn lrc_evaluation_at_zero_noise_is_clean_accuracy() -> anyhow::Result<()> {
     let x = sgr_testutil::rand_tensor(&[12, 1, 16, 16], 3, 0.0, 1.0).to_dtype(DType::F32)?;
     let y = Tensor::new(&[0u32, 1, 2, 3, 4, 0, 1, 2, 3, 4, 0, 1], &Device::Cpu)?;
     let train = sgr_testutil::rand_tensor(&[40, 1, 16, 16], 4, 0.0, 1.0).to_dtype(DType::F32)?;
-    let models = [Named { name: "a", model: &a }, Named { name: "b", model: &b }];
+    let models = [
+        Named {
+            name: "a",
+            model: &a,
+        },
+        Named {
+            name: "b",
+            model: &b,
+        },
+    ];
     let settings = sgr_eval::LrcSettings {
         draws: 5,
         zetas: vec![1.0, 4.0],
@@ -338,20 +347,35 @@ fn lrc_evaluation_at_zero_noise_is_clean_accuracy() -> anyhow::Result<()> {
     assert_eq!((r.images, r.draws), (12, 5));
     for curves in [&r.by_zeta, &r.by_eps_zeta8, &r.by_eps_data_cov] {
         assert_eq!(curves.len(), 2);
-        assert_eq!((curves[0].model.as_str(), curves[1].model.as_str()), ("a", "b"));
+        assert_eq!(
+            (curves[0].model.as_str(), curves[1].model.as_str()),
+            ("a", "b")
+        );
     }
     assert_eq!(r.by_zeta[0].points.len(), 2);
     for (k, m) in models.iter().enumerate() {
         let pred = m.model.forward(&x)?.argmax(1)?.to_vec1::<u32>()?;
-        let clean = pred.iter().zip(y.to_vec1::<u32>()?).filter(|(p, y)| **p == *y).count();
+        let clean = pred
+            .iter()
+            .zip(y.to_vec1::<u32>()?)
+            .filter(|(p, y)| **p == *y)
+            .count();
         let clean = clean as f64 / 12.0;
         assert_eq!(r.by_eps_zeta8[k].points[0], (0.0, clean));
         assert_eq!(r.by_eps_data_cov[k].points[0], (0.0, clean));
         // The worst of several draws is never above the clean accuracy.
-        assert!(r.by_eps_zeta8[k].points.iter().all(|p| p.1 <= clean + 1e-12));
+        assert!(
+            r.by_eps_zeta8[k]
+                .points
+                .iter()
+                .all(|p| p.1 <= clean + 1e-12)
+        );
     }
     let md = sgr_eval::lrc_markdown("tiny", &r, "figs/");
-    assert!(md.contains("figs/fig3_lrc_zeta.png") && md.contains("worst of 5 draws"), "{md}");
+    assert!(
+        md.contains("figs/fig3_lrc_zeta.png") && md.contains("worst of 5 draws"),
+        "{md}"
+    );
     let bad = sgr_eval::LrcSettings {
         eps_list: vec![-0.1],
         ..settings

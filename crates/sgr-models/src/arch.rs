@@ -221,10 +221,7 @@ impl CnnConfig {
             cur = match (*layer, cur) {
                 (
                     Layer::Conv {
-                        out: o,
-                        k,
-                        padding,
-                        ..
+                        out: o, k, padding, ..
                     },
                     ActShape::Maps { h, w, .. },
                 ) => {
@@ -272,7 +269,10 @@ impl CnnConfig {
             out.push(cur);
         }
         match self.layers.last() {
-            Some(Layer::Dense { out: o, relu: false }) if *o == self.classes => Ok(out),
+            Some(Layer::Dense {
+                out: o,
+                relu: false,
+            }) if *o == self.classes => Ok(out),
             _ => Err(format!(
                 "the last layer must be a dense layer of {} units without ReLU",
                 self.classes

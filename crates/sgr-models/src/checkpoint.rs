@@ -71,8 +71,8 @@ fn config_from_metadata(path: &Path, bytes: &[u8]) -> Result<Option<CnnConfig>, 
         path: path.to_owned(),
         reason,
     };
-    let json: serde_json::Value = serde_json::from_str(info)
-        .map_err(|e| bad(format!("metadata 'sgr' is not JSON: {e}")))?;
+    let json: serde_json::Value =
+        serde_json::from_str(info).map_err(|e| bad(format!("metadata 'sgr' is not JSON: {e}")))?;
     let config = &json["config"];
     if config.get("layers").is_none() {
         return Ok(None);
@@ -96,10 +96,11 @@ fn infer_paper_cnn(
         reason,
     };
     let dims = |name: &str| -> Result<Vec<usize>, ModelError> {
-        tensors
-            .get(name)
-            .map(|t| t.dims().to_vec())
-            .ok_or_else(|| bad(format!("missing tensor {name} (and no network in the metadata)")))
+        tensors.get(name).map(|t| t.dims().to_vec()).ok_or_else(|| {
+            bad(format!(
+                "missing tensor {name} (and no network in the metadata)"
+            ))
+        })
     };
     let c1 = dims("conv1.weight")?;
     if c1.len() != 4 {
@@ -151,14 +152,22 @@ fn check_tensors(
         let found = tensors
             .get(name)
             .map(|t| t.dims().to_vec())
-            .ok_or_else(|| bad(format!("missing tensor {name} of network '{}'", config.spec())))?;
+            .ok_or_else(|| {
+                bad(format!(
+                    "missing tensor {name} of network '{}'",
+                    config.spec()
+                ))
+            })?;
         if &found != shape {
             return Err(bad(format!(
                 "{name} has shape {found:?}, expected {shape:?}"
             )));
         }
     }
-    if let Some(extra) = tensors.keys().find(|k| !shapes.iter().any(|(n, _)| n == *k)) {
+    if let Some(extra) = tensors
+        .keys()
+        .find(|k| !shapes.iter().any(|(n, _)| n == *k))
+    {
         return Err(bad(format!(
             "unexpected tensor {extra} for network '{}'",
             config.spec()

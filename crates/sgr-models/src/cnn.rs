@@ -45,10 +45,7 @@ impl Node {
                 relu: *relu,
             },
             Node::Dense { linear, relu } => Node::Dense {
-                linear: Linear::new(
-                    linear.weight().detach(),
-                    linear.bias().map(|b| b.detach()),
-                ),
+                linear: Linear::new(linear.weight().detach(), linear.bias().map(|b| b.detach())),
                 relu: *relu,
             },
             other => other.clone(),

@@ -60,9 +60,11 @@ pub fn make_device(kind: DeviceKind) -> Result<Device> {
     };
     match kind {
         DeviceKind::Cpu => Ok(Device::Cpu),
-        DeviceKind::Cuda if !candle_core::utils::cuda_is_available() => {
-            Err(rebuild("cuda", "CUDA", "needs the CUDA toolkit's nvcc at build time"))
-        }
+        DeviceKind::Cuda if !candle_core::utils::cuda_is_available() => Err(rebuild(
+            "cuda",
+            "CUDA",
+            "needs the CUDA toolkit's nvcc at build time",
+        )),
         DeviceKind::Metal if !candle_core::utils::metal_is_available() => {
             Err(rebuild("metal", "Metal", "macOS only"))
         }

@@ -31,7 +31,9 @@ fn crop_nhwc(x: &Tensor, p: usize) -> Result<Tensor> {
         return Ok(x.clone());
     }
     let (_, h, w, _) = x.dims4()?;
-    x.narrow(1, p, h - 2 * p)?.narrow(2, p, w - 2 * p)?.contiguous()
+    x.narrow(1, p, h - 2 * p)?
+        .narrow(2, p, w - 2 * p)?
+        .contiguous()
 }
 
 /// Every activation the reverse pass needs: the standardised input `z0` and each layer's output, spatial
@@ -161,7 +163,11 @@ impl Cnn {
                         break;
                     }
                     let g = d.matmul(linear.weight())?;
-                    if mask_input { relu_backward(&g, input)? } else { g }
+                    if mask_input {
+                        relu_backward(&g, input)?
+                    } else {
+                        g
+                    }
                 }
                 Node::Conv { conv, padding, .. } => {
                     e[l] = Some(d.clone());
@@ -175,7 +181,11 @@ impl Cnn {
                         let p = *padding;
                         let g = conv2d_nhwc_input_grad(&d, conv.weight(), (h + 2 * p, w + 2 * p))?;
                         let g = crop_nhwc(&g, p)?;
-                        if mask_input { relu_backward(&g, input)? } else { g }
+                        if mask_input {
+                            relu_backward(&g, input)?
+                        } else {
+                            g
+                        }
                     }
                 }
                 Node::Pool => max_pool2x2_nhwc_backward(&d, input)?,

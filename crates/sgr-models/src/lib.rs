@@ -31,8 +31,8 @@ mod input_grad;
 mod layers;
 pub mod ops;
 
-pub use checkpoint::{ModelError, load_model, load_model_from_tensors, save_model};
 pub use arch::{ActShape, CIFAR10_SPEC, CnnConfig, Layer, MNIST_SPEC};
+pub use checkpoint::{ModelError, load_model, load_model_from_tensors, save_model};
 pub use cnn::{Cnn, init_params};
 pub use device::{DeviceKind, make_device};
 pub use explicit::ExplicitPass;

@@ -10,7 +10,10 @@ use sgr_models::{CnnConfig, Layer, load_model, save_model};
 #[test]
 fn presets_are_the_papers_cnns() -> Result<(), String> {
     let m = CnnConfig::mnist();
-    assert_eq!(m.spec(), "conv32,conv32,pool,conv64,conv64,pool,fc200,fc200");
+    assert_eq!(
+        m.spec(),
+        "conv32,conv32,pool,conv64,conv64,pool,fc200,fc200"
+    );
     let conv = |out| Layer::Conv {
         out,
         k: 3,
@@ -51,7 +54,10 @@ fn specs_parse_and_print_canonically() -> Result<(), String> {
         (1, 28, 28),
         10,
     )?;
-    assert_eq!(c.spec(), "conv6-k5-same,pool,conv16-k5,pool,fc120,fc84-linear,relu");
+    assert_eq!(
+        c.spec(),
+        "conv6-k5-same,pool,conv16-k5,pool,fc120,fc84-linear,relu"
+    );
     assert_eq!(
         c.layers[0],
         Layer::Conv {
@@ -132,7 +138,10 @@ fn checkpoints_without_a_recorded_network_load_as_the_papers_cnn() -> anyhow::Re
     let (_, ovm) = sgr_testutil::model(other.clone(), 5, DType::F32);
     let path = dir.path().join("lenet.safetensors");
     save_model(&ovm, &other, &path)?;
-    assert_eq!(load_model(&path, DType::F32, &Device::Cpu)?.0.config(), &other);
+    assert_eq!(
+        load_model(&path, DType::F32, &Device::Cpu)?.0.config(),
+        &other
+    );
     let mut wrong = other.clone();
     wrong.layers[0] = Layer::Conv {
         out: 5,

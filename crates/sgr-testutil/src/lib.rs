@@ -38,8 +38,12 @@ pub fn model(config: CnnConfig, seed: u64, dtype: DType) -> (Cnn, VarMap) {
 
 /// The architecture of the paper shrunk for fast exact checks: 16×16 inputs, 5 classes.
 pub fn tiny_config(channels: usize) -> CnnConfig {
-    CnnConfig::parse("conv3,conv4,pool,conv4,conv4,pool,fc8,fc8", (channels, 16, 16), 5)
-        .expect("a valid spec")
+    CnnConfig::parse(
+        "conv3,conv4,pool,conv4,conv4,pool,fc8,fc8",
+        (channels, 16, 16),
+        5,
+    )
+    .expect("a valid spec")
 }
 
 /// Networks off the paper's path that every exact check also runs on, with a name for messages: a
@@ -51,8 +55,17 @@ pub fn other_archs(channels: usize) -> Vec<(&'static str, CnnConfig)> {
     };
     vec![
         ("mlp", parse("fc32,fc16", 12)),
-        ("lenet-same", parse("conv4-k5-same,pool,conv6-k5,pool,fc24,fc12", 16)),
-        ("mixed", parse("pool,conv3-k3-linear,relu,conv4-same,pool,fc7-linear,relu,fc9", 15)),
+        (
+            "lenet-same",
+            parse("conv4-k5-same,pool,conv6-k5,pool,fc24,fc12", 16),
+        ),
+        (
+            "mixed",
+            parse(
+                "pool,conv3-k3-linear,relu,conv4-same,pool,fc7-linear,relu,fc9",
+                15,
+            ),
+        ),
     ]
 }
 

@@ -24,12 +24,12 @@ pub use adam::{Adam, AdamConfig, Gradients, ParamGradients};
 pub use adversarial::{Augmented, LRC_EPS_255, default_eps_255};
 pub use error::{Result, TrainError};
 pub use method::{
-    Clean, Method, MethodContext, MethodError, MethodOptions, StepInput, StepOutput,
-    WeightDecay, build_method, cross_entropy,
+    Clean, Method, MethodContext, MethodError, MethodOptions, StepInput, StepOutput, WeightDecay,
+    build_method, cross_entropy,
 };
 pub use run::{
-    CheckpointEvery, EpochRecord, FinalEval, LrSchedule, MODEL_FILE, PartialEpoch, RUN_FILE, RUN_SCHEMA,
-    RunRecord, RunStatus, STATE_FILE, model_path, read_record, recover,
+    CheckpointEvery, EpochRecord, FinalEval, LrSchedule, MODEL_FILE, PartialEpoch, RUN_FILE,
+    RUN_SCHEMA, RunRecord, RunStatus, STATE_FILE, model_path, read_record, recover,
 };
 pub use settings::{CovKind, FloatType, MethodName, SecondOrderMode, XiLabels};
 pub use sgr::{DATA_COV_IMAGES, Sgr, data_covariance, default_lambda};

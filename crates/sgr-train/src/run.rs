@@ -377,7 +377,9 @@ impl std::str::FromStr for CheckpointEvery {
     /// `N` (steps), `Ns`, `Nm` or `Nh` (wall time).
     fn from_str(s: &str) -> std::result::Result<Self, String> {
         let bad = || {
-            format!("--checkpoint-every '{s}': expected a number of steps (e.g. 200) or a time (e.g. 30s, 10m, 1h)")
+            format!(
+                "--checkpoint-every '{s}': expected a number of steps (e.g. 200) or a time (e.g. 30s, 10m, 1h)"
+            )
         };
         let t = s.trim();
         let (num, scale) = match t.chars().last() {
@@ -479,7 +481,11 @@ impl RunFolder {
     ) -> Result<()> {
         let _span = tracing::debug_span!("checkpoint").entered();
         let step = record.steps_done;
-        sgr_models::save_model(varmap, config, &self.dir.join(pending_name(MODEL_FILE, step)))?;
+        sgr_models::save_model(
+            varmap,
+            config,
+            &self.dir.join(pending_name(MODEL_FILE, step)),
+        )?;
         let mut state = adam.state()?;
         for (k, v) in method.state()? {
             state.insert(format!("method.{k}"), v);

@@ -12,14 +12,14 @@ use sgr_models::{Cnn, CnnConfig, DeviceKind, init_params, load_model, make_devic
 
 use crate::adam::{Adam, AdamConfig};
 use crate::adversarial::default_eps_255;
-pub use sgr_attacks::count_correct;
 use crate::error::{Result, TrainError};
 use crate::method::{Method, MethodContext, MethodOptions, StepInput, build_method};
-use crate::settings::{FloatType, MethodName};
 use crate::run::{
     CheckpointEvery, EpochRecord, FinalEval, LrSchedule, PartialEpoch, RUN_SCHEMA, RunFolder,
     RunRecord, RunStatus,
 };
+use crate::settings::{FloatType, MethodName};
+pub use sgr_attacks::count_correct;
 
 /// Training settings as given on the command line: `None` means "the default", or on `--resume` "what the
 /// run was started with".
@@ -562,13 +562,15 @@ impl Loop<'_> {
             for b in record.partial.batches..batches {
                 let t0 = Instant::now();
                 let idx = &order[b * batch_size..((b + 1) * batch_size).min(n)];
-                let mut rng = seeded_rng(seed, &[sgr_data::streams::AUGMENT, epoch as u64, b as u64]);
+                let mut rng =
+                    seeded_rng(seed, &[sgr_data::streams::AUGMENT, epoch as u64, b as u64]);
                 adam.set_lr(record.lr_schedule.lr_at(
                     record.optimizer.lr,
                     record.steps_done,
                     (record.epochs * batches) as u64,
                 ));
-                let (x, y) = train.batch(idx, Some((&record.augment, &mut rng)), dtype, self.device)?;
+                let (x, y) =
+                    train.batch(idx, Some((&record.augment, &mut rng)), dtype, self.device)?;
                 let outp = method.loss(&StepInput {
                     model: self.model,
                     params: self.varmap,
@@ -592,7 +594,10 @@ impl Loop<'_> {
                 let correct = count_correct(&outp.logits, &y)?;
                 let mut metrics = Vec::with_capacity(outp.metrics.len());
                 for (name, value) in &outp.metrics {
-                    metrics.push((name.as_str(), value.to_dtype(DType::F64)?.to_scalar::<f64>()?));
+                    metrics.push((
+                        name.as_str(),
+                        value.to_dtype(DType::F64)?.to_scalar::<f64>()?,
+                    ));
                 }
                 let dt = t0.elapsed().as_secs_f64();
                 record.partial.add(idx.len(), loss, correct, &metrics, dt);
@@ -703,7 +708,6 @@ pub fn pgd_accuracy(
     }
     Ok((clean as f64 / images as f64, robust as f64 / images as f64))
 }
-
 
 /// Clean accuracy of `model` on `set`: (correct, total).
 pub fn evaluate(

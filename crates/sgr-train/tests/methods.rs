@@ -115,7 +115,10 @@ fn paper_defaults_are_resolved_and_recorded() {
     );
     // Unknown names are refused where they are parsed, listing the choices.
     let err = "wavelet".parse::<sgr_train::CovKind>().unwrap_err();
-    assert!(err.contains("--cov 'wavelet'") && err.contains("dense, covfun"), "{err}");
+    assert!(
+        err.contains("--cov 'wavelet'") && err.contains("dense, covfun"),
+        "{err}"
+    );
     let err = "newton".parse::<sgr_train::SecondOrderMode>().unwrap_err();
     assert!(err.contains("exact, fd"), "{err}");
     let err = "sgr-fancy".parse::<sgr_train::MethodName>().unwrap_err();
@@ -303,7 +306,10 @@ fn sgr_run_resumes_exactly_with_its_covariance_estimate() {
             == std::fs::read(split.path().join("optimizer.safetensors")).unwrap()
     );
     let rec = read_record(split.path()).unwrap();
-    assert_eq!(rec.method_options.second_order.map(|c| c.name()), Some("exact"));
+    assert_eq!(
+        rec.method_options.second_order.map(|c| c.name()),
+        Some("exact")
+    );
     // A different λ on resume is refused, naming the flag.
     let mut a = TrainArgs::default();
     a.method_options.lambda = Some(0.3);

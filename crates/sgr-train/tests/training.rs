@@ -414,8 +414,14 @@ fn validation_split_is_held_out_and_measured_instead_of_the_test_set() -> anyhow
         &Device::Cpu,
     )?;
     let (x, y) = full.train.range(320, 5000, DType::F32, &Device::Cpu)?;
-    let pred = candle_core::Module::forward(&model, &x)?.argmax(1)?.to_vec1::<u32>()?;
-    let correct = pred.iter().zip(y.to_vec1::<u32>()?).filter(|(p, y)| **p == *y).count();
+    let pred = candle_core::Module::forward(&model, &x)?
+        .argmax(1)?
+        .to_vec1::<u32>()?;
+    let correct = pred
+        .iter()
+        .zip(y.to_vec1::<u32>()?)
+        .filter(|(p, y)| **p == *y)
+        .count();
     assert_eq!(r.history[0].test_accuracy, correct as f64 / 4680.0);
     // And its final check: clean accuracy on the first 40 held-out images.
     let first: usize = pred[..40]
@@ -439,7 +445,10 @@ fn validation_split_is_held_out_and_measured_instead_of_the_test_set() -> anyhow
     let err = resume(Some(1000)).expect_err("other split on resume");
     assert!(err.to_string().contains("--validation"), "{err}");
     let r2 = resume(None)?;
-    assert_eq!((r2.epochs_done, r2.validation_images, r2.train_images), (2, 4680, 320));
+    assert_eq!(
+        (r2.epochs_done, r2.validation_images, r2.train_images),
+        (2, 4680, 320)
+    );
 
     // A split as large as the training set is refused, naming the flag.
     let big = tempfile::tempdir()?;
@@ -470,9 +479,7 @@ fn checkpoint_every_parses_steps_and_times() {
         assert_eq!(s.parse::<sgr_train::CheckpointEvery>(), Ok(want), "{s}");
     }
     for bad in ["0", "", "m", "-5m", "ten", "0s"] {
-        let err = bad
-            .parse::<sgr_train::CheckpointEvery>()
-            .expect_err(bad);
+        let err = bad.parse::<sgr_train::CheckpointEvery>().expect_err(bad);
         assert!(err.contains("--checkpoint-every"), "{err}");
     }
     assert_eq!(sgr_train::CheckpointEvery::default(), Seconds(600.0));
@@ -500,11 +507,22 @@ fn version_1_run_records_still_load_and_bad_ones_are_named() -> anyhow::Result<(
         schema: sgr_train::RUN_SCHEMA,
         ..r.clone()
     })?;
-    assert!(text.contains("\"dataset\":\"mnist\"") && text.contains("\"dtype\":\"f32\""), "{text}");
+    assert!(
+        text.contains("\"dataset\":\"mnist\"") && text.contains("\"dtype\":\"f32\""),
+        "{text}"
+    );
     // A record from a newer sgr, or with an unknown method, is refused naming the file.
     for (from, to, needle) in [
-        ("\"sgr_version\"", "\"schema\": 99,\n  \"sgr_version\"", "schema 99"),
-        ("\"method\": \"clean\"", "\"method\": \"sgr-fancy\"", "sgr-fancy"),
+        (
+            "\"sgr_version\"",
+            "\"schema\": 99,\n  \"sgr_version\"",
+            "schema 99",
+        ),
+        (
+            "\"method\": \"clean\"",
+            "\"method\": \"sgr-fancy\"",
+            "sgr-fancy",
+        ),
         ("\"dtype\": \"f32\"", "\"dtype\": \"f16\"", "f16"),
     ] {
         assert!(v1.contains(from), "{from}");

@@ -29,7 +29,10 @@ fn exact_sgr_runs_on_the_cpu_path_and_the_autograd_path_refuses() {
     let (model, vm) = sgr_testutil::model(sgr_models::CnnConfig::mnist(), 1, DType::F32);
     for method_name in ["sgr-sign", "gn"] {
         let mut method = build_method(name(method_name), &ctx, MethodOptions::default()).unwrap();
-        assert_eq!(method.options().second_order.map(|c| c.name()), Some("exact"));
+        assert_eq!(
+            method.options().second_order.map(|c| c.name()),
+            Some("exact")
+        );
         let input = |model| StepInput {
             model,
             params: &vm,
@@ -57,6 +60,9 @@ fn exact_sgr_runs_on_the_cpu_path_and_the_autograd_path_refuses() {
         let mut plain = model.clone();
         plain.set_plain_ops(true);
         let err = method.loss(&input(&plain)).unwrap_err().to_string();
-        assert!(err.contains("CANDLE_GRAD_DO_NOT_DETACH"), "{method_name}: {err}");
+        assert!(
+            err.contains("CANDLE_GRAD_DO_NOT_DETACH"),
+            "{method_name}: {err}"
+        );
     }
 }

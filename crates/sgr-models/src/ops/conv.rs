@@ -234,7 +234,6 @@ fn conv_weight_grad<T: Float>(x: &[T], dy: &[T], o: usize, g: Geom) -> Vec<T> {
     total
 }
 
-
 /// `relu?(conv(x, wm) + bias)`; `x` `(B, H, W, C)`, `wm` `(O, k·k·C)`, `bias` `(O,)` → `(B, OH, OW, O)`.
 #[derive(Clone, Copy, Debug)]
 struct ConvBiasAct {
@@ -716,4 +715,3 @@ pub fn conv2d_nhwc_weight_grad(x: &Tensor, dy: &Tensor, k: usize) -> Result<Tens
         .permute((0, 3, 1, 2))?
         .contiguous()
 }
-

@@ -21,4 +21,3 @@ pub fn to_nchw(x: &Tensor) -> Result<Tensor> {
         x.permute((0, 3, 1, 2))?.contiguous()
     }
 }
-

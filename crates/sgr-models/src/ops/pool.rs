@@ -5,7 +5,6 @@ use rayon::prelude::*;
 
 use super::{Float, binary_storage, dims4};
 
-
 /// For each 2×2 window of `x` `(B, H, W, C)`: `g` at the window's first arg-max (row-major), `(B, H/2, W/2, C)`.
 #[derive(Clone, Copy, Debug)]
 struct PoolGather;
@@ -211,4 +210,3 @@ pub fn max_pool2x2_nhwc_gather(g: &Tensor, x: &Tensor) -> Result<Tensor> {
     }
     g.contiguous()?.apply_op2(&x.contiguous()?, PoolGather)
 }
-
