@@ -13,7 +13,6 @@ use crate::layers::{max_pool2x2, relu, standardize};
 pub(crate) enum Node {
     Conv {
         conv: Conv2d,
-        k: usize,
         padding: usize,
         relu: bool,
     },
@@ -31,7 +30,6 @@ impl Node {
         match self {
             Node::Conv {
                 conv,
-                k,
                 padding,
                 relu,
             } => Node::Conv {
@@ -40,7 +38,6 @@ impl Node {
                     conv.bias().map(|b| b.detach()),
                     *conv.config(),
                 ),
-                k: *k,
                 padding: *padding,
                 relu: *relu,
             },
@@ -50,6 +47,12 @@ impl Node {
             },
             other => other.clone(),
         }
+    }
+
+    /// Whether `[output > 0]` of this layer is the mask of a ReLU its input came from, when there is one:
+    /// pools (at a window's arg-max the pooled value is the ReLU's output), flattens and ReLUs.
+    pub(crate) fn keeps_relu_mask(&self) -> bool {
+        matches!(self, Node::Pool | Node::Flatten | Node::Relu)
     }
 }
 
@@ -79,15 +82,12 @@ impl Cnn {
         let mut nodes = Vec::with_capacity(config.layers.len());
         for layer in &config.layers {
             nodes.push(match *layer {
-                Layer::Conv {
-                    k, padding, relu, ..
-                } => {
+                Layer::Conv { padding, relu, .. } => {
                     let (w, b) = (next()?, next()?);
                     // Padding is applied explicitly (a differentiable zero pad), so candle's convolution
                     // always runs "valid".
                     Node::Conv {
                         conv: Conv2d::new(w, Some(b), Conv2dConfig::default()),
-                        k,
                         padding,
                         relu,
                     }

@@ -60,7 +60,7 @@ impl std::fmt::Debug for ExplicitPass {
 /// `(B, ·)`, convolution inputs channels-last) and the gradient `dy` at its output before the ReLU.
 fn weight_grad(node: &Node, x: &Tensor, dy: &Tensor) -> Result<Tensor> {
     match node {
-        Node::Conv { k, .. } => conv2d_nhwc_weight_grad(x, dy, *k),
+        Node::Conv { conv, .. } => conv2d_nhwc_weight_grad(x, dy, conv.weight().dim(3)?),
         // `(out, in)`: dyᵀ·x.
         _ => dy.t()?.matmul(x),
     }
@@ -162,14 +162,11 @@ impl Cnn {
         let mut names = names.into_iter().map(|(n, _)| n);
         let mut out = Vec::with_capacity(2 * net.nodes.len());
         for (l, node) in net.nodes.iter().enumerate() {
-            let (padding, has_params) = match node {
-                Node::Conv { padding, .. } => (*padding, true),
-                Node::Dense { .. } => (0, true),
-                _ => (0, false),
+            let padding = match node {
+                Node::Conv { padding, .. } => *padding,
+                Node::Dense { .. } => 0,
+                _ => continue,
             };
-            if !has_params {
-                continue;
-            }
             let dy = adj.at(l)?;
             let mut wg = weight_grad(node, &pad_nhwc(a.input(l), padding)?, dy)?;
             if let Some(s) = second[l].take() {
@@ -217,9 +214,7 @@ impl Cnn {
                 Node::Flatten => to_nchw(&t)?.flatten_from(1)?,
                 Node::Relu => t,
             };
-            let carried_on = l + 1 < n
-                && relu_out[l]
-                && matches!(self.nodes[l + 1], Node::Pool | Node::Flatten | Node::Relu);
+            let carried_on = l + 1 < n && self.nodes[l + 1].keeps_relu_mask();
             if relu_out[l] && !carried_on {
                 t = relu_backward(&t, &a.outs[l])?;
             }

@@ -82,9 +82,7 @@ impl Cnn {
         let layers = &self.config().layers;
         let mut out: Vec<bool> = Vec::with_capacity(layers.len());
         for (l, layer) in layers.iter().enumerate() {
-            let carried = l > 0
-                && out[l - 1]
-                && matches!(self.nodes[l], Node::Pool | Node::Flatten | Node::Relu);
+            let carried = l > 0 && out[l - 1] && self.nodes[l].keeps_relu_mask();
             out.push(layer.ends_with_relu() || carried);
         }
         out
@@ -153,15 +151,14 @@ impl Cnn {
         for l in (0..n).rev() {
             let input = a.input(l);
             let mask_input = l > 0 && relu_out[l - 1];
-            if !to_input && l < first_param {
-                break;
+            if self.config().layers[l].has_params() {
+                e[l] = Some(d.clone());
+                if !to_input && l == first_param {
+                    break;
+                }
             }
             d = match &self.nodes[l] {
                 Node::Dense { linear, .. } => {
-                    e[l] = Some(d.clone());
-                    if !to_input && l == first_param {
-                        break;
-                    }
                     let g = d.matmul(linear.weight())?;
                     if mask_input {
                         relu_backward(&g, input)?
@@ -170,10 +167,6 @@ impl Cnn {
                     }
                 }
                 Node::Conv { conv, padding, .. } => {
-                    e[l] = Some(d.clone());
-                    if !to_input && l == first_param {
-                        break;
-                    }
                     if *padding == 0 && mask_input {
                         conv2d_nhwc_input_grad_masked(&d, conv.weight(), input)?
                     } else {
