@@ -118,17 +118,6 @@ impl CnnConfig {
         Self::parse(CIFAR10_SPEC, (3, 32, 32), 10).expect("the CIFAR-10 preset is valid")
     }
 
-    /// The paper's model for images of `channels` channels: CIFAR's for colour, MNIST's otherwise.
-    pub fn for_image(channels: usize, height: usize, width: usize) -> Self {
-        let spec = if channels == 3 {
-            CIFAR10_SPEC
-        } else {
-            MNIST_SPEC
-        };
-        Self::parse(spec, (channels, height, width), 10)
-            .unwrap_or_else(|_| Self::mnist_like(channels, height, width))
-    }
-
     /// A network for `(channels, height, width)` images from `arch`: a preset name (`mnist`, `cifar10`, or
     /// `paper` for the paper's model of that image type) or a spec string (see [`CnnConfig::parse`]).
     pub fn from_arch(
@@ -146,16 +135,6 @@ impl CnnConfig {
             "cifar10" => Self::parse(CIFAR10_SPEC, (c, h, w), classes),
             spec => Self::parse(spec, (c, h, w), classes),
         }
-    }
-
-    // Only reached for images too small for the presets' four convolutions (an error then surfaces when
-    // the model is built): keeps `for_image` total.
-    fn mnist_like(c: usize, h: usize, w: usize) -> Self {
-        let mut m = Self::mnist();
-        m.in_channels = c;
-        m.height = h;
-        m.width = w;
-        m
     }
 
     /// Parses a spec: comma-separated layers after standardisation, the dense output layer of `classes`
@@ -312,11 +291,6 @@ impl CnnConfig {
             input = shape;
         }
         out
-    }
-
-    /// A short name stored in checkpoint metadata: the canonical spec.
-    pub fn arch_name(&self) -> String {
-        self.spec()
     }
 }
 

@@ -56,6 +56,14 @@ pub fn save_model(varmap: &VarMap, config: &CnnConfig, path: &Path) -> Result<()
     })
 }
 
+/// Makes the error for a readable file that is not a checkpoint of an sgr network, naming `path`.
+fn bad_checkpoint(path: &Path) -> impl Fn(String) -> ModelError + '_ {
+    move |reason| ModelError::BadCheckpoint {
+        path: path.to_owned(),
+        reason,
+    }
+}
+
 /// The network a checkpoint's header describes (`None` for files without sgr's metadata, and for those
 /// written before networks were layer lists: their `config` has no `layers`).
 fn config_from_metadata(path: &Path, bytes: &[u8]) -> Result<Option<CnnConfig>, ModelError> {
@@ -67,10 +75,7 @@ fn config_from_metadata(path: &Path, bytes: &[u8]) -> Result<Option<CnnConfig>, 
     let Some(info) = meta.metadata().as_ref().and_then(|m| m.get("sgr")) else {
         return Ok(None);
     };
-    let bad = |reason: String| ModelError::BadCheckpoint {
-        path: path.to_owned(),
-        reason,
-    };
+    let bad = bad_checkpoint(path);
     let json: serde_json::Value =
         serde_json::from_str(info).map_err(|e| bad(format!("metadata 'sgr' is not JSON: {e}")))?;
     let config = &json["config"];
@@ -91,10 +96,7 @@ fn infer_paper_cnn(
     path: &Path,
     tensors: &HashMap<String, Tensor>,
 ) -> Result<CnnConfig, ModelError> {
-    let bad = |reason: String| ModelError::BadCheckpoint {
-        path: path.to_owned(),
-        reason,
-    };
+    let bad = bad_checkpoint(path);
     let dims = |name: &str| -> Result<Vec<usize>, ModelError> {
         tensors.get(name).map(|t| t.dims().to_vec()).ok_or_else(|| {
             bad(format!(
@@ -143,10 +145,7 @@ fn check_tensors(
     config: &CnnConfig,
     tensors: &HashMap<String, Tensor>,
 ) -> Result<(), ModelError> {
-    let bad = |reason: String| ModelError::BadCheckpoint {
-        path: path.to_owned(),
-        reason,
-    };
+    let bad = bad_checkpoint(path);
     let shapes = config.param_shapes();
     for (name, shape) in &shapes {
         let found = tensors

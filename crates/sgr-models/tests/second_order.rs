@@ -113,13 +113,13 @@ fn hessian_vector_products_match_finite_differences() {
         let rel = (exact - fd).abs() / fd.abs().max(1e-6);
         eprintln!(
             "{}: uᵀHv exact {exact:.6e} fd {fd:.6e} rel {rel:.1e}",
-            config.arch_name()
+            config.spec()
         );
         assert!(exact.abs() > 1e-6, "a degenerate check: uᵀHv is {exact}");
         assert!(
             rel < 1e-4,
             "{}: exact {exact} vs finite differences {fd}",
-            config.arch_name()
+            config.spec()
         );
     }
 }
@@ -152,7 +152,7 @@ fn fused_cpu_ops_equal_candle_layers_to_second_order() {
             assert!(
                 diff <= 1e-10 * scale.max(1e-300),
                 "{}: {what}: max diff {diff} (scale {scale})",
-                config.arch_name()
+                config.spec()
             );
         };
         close(&la, &lb, "logits");
@@ -198,7 +198,7 @@ fn frozen_model_gradients_equal_the_trainable_model_to_second_order_in_the_input
             assert!(
                 diff <= 1e-10 * scale.max(1e-300),
                 "{}: {what}: max diff {diff} (scale {scale})",
-                config.arch_name()
+                config.spec()
             );
         }
         assert!(
