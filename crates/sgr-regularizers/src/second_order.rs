@@ -26,13 +26,20 @@ impl SecondOrder {
     /// relative error 1.2e-2 at 1e-4, 2e-3 at 3e-4, 2.5e-2 at 1e-3, 0.29 at 1e-2).
     pub const DEFAULT_STEP: f64 = 3e-4;
 
+    /// `step` if it can be a finite-difference step (positive and finite), else an error saying so.
+    pub fn check_step(step: f64) -> Result<f64> {
+        if step > 0.0 && step.is_finite() {
+            Ok(step)
+        } else {
+            Err(RegError::Config(format!(
+                "the finite-difference step must be positive, got {step}"
+            )))
+        }
+    }
+
     /// Parses `exact`, `fd` (central) or `fd-forward`, with `step` for the finite-difference modes.
     pub fn parse(name: &str, step: f64) -> Result<Self> {
-        if !(step > 0.0 && step.is_finite()) {
-            return Err(RegError::Config(format!(
-                "the finite-difference step must be positive, got {step}"
-            )));
-        }
+        let step = Self::check_step(step)?;
         match name {
             "exact" => Ok(Self::Exact),
             "fd" | "fd-central" => Ok(Self::Central { step }),

@@ -127,7 +127,12 @@ impl Sgr {
             .get_or_insert_with(|| ctx.train.mean_pixel_variance());
         let fd_step = *o.fd_step.get_or_insert(SecondOrder::DEFAULT_STEP);
         let mode = *o.second_order.get_or_insert(SecondOrderMode::Exact);
-        let second_order = SecondOrder::parse(mode.name(), fd_step)?;
+        let step = SecondOrder::check_step(fd_step)?;
+        let second_order = match mode {
+            SecondOrderMode::Exact => SecondOrder::Exact,
+            SecondOrderMode::Fd => SecondOrder::Central { step },
+            SecondOrderMode::FdForward => SecondOrder::Forward { step },
+        };
         let spec = match cov {
             CovKind::Identity => CovSpec::Identity,
             CovKind::Dense => CovSpec::EmaDense,
