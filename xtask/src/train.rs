@@ -306,11 +306,7 @@ pub fn run(cmd: TrainCmd) -> anyhow::Result<()> {
                 record.dataset,
                 record.epochs_done,
                 record.eval_split(),
-                if record.validation_images > 0 {
-                    record.validation_images
-                } else {
-                    record.test_images
-                },
+                record.eval_images(),
                 out.join(sgr_train::MODEL_FILE).display()
             );
             if let Some(omega) = record.history.last().and_then(|e| e.metrics.get("omega")) {

@@ -28,10 +28,10 @@ pub use method::{
     build_method, cross_entropy,
 };
 pub use run::{
-    CheckpointEvery, EpochRecord, FinalEval, LrSchedule, MODEL_FILE, PartialEpoch, RUN_FILE,
-    RUN_SCHEMA, RunRecord, RunStatus, STATE_FILE, model_path, read_record, recover,
+    CheckpointEvery, EpochRecord, FinalEval, MODEL_FILE, PartialEpoch, RUN_FILE, RUN_SCHEMA,
+    RunRecord, RunStatus, STATE_FILE, model_path, read_record, recover,
 };
-pub use settings::{CovKind, FloatType, MethodName, SecondOrderMode, XiLabels};
+pub use settings::{CovKind, FloatType, LrSchedule, MethodName, SecondOrderMode, XiLabels};
 pub use sgr::{DATA_COV_IMAGES, Sgr, data_covariance, default_lambda};
 pub use trainer::{
     Event, FINAL_PGD_IMAGES, MAX_LOSS, Observer, Quiet, StopAfterSteps, TrainArgs, count_correct,

@@ -18,7 +18,7 @@ use sgr_models::fsutil::write_atomic;
 use crate::adam::AdamConfig;
 use crate::error::{Result, TrainError};
 use crate::method::MethodOptions;
-use crate::settings::{FloatType, MethodName};
+use crate::settings::{FloatType, LrSchedule, MethodName};
 
 pub const MODEL_FILE: &str = "model.safetensors";
 pub const STATE_FILE: &str = "optimizer.safetensors";
@@ -96,51 +96,6 @@ pub enum RunStatus {
     Running,
     Interrupted,
     Complete,
-}
-
-/// How the learning rate evolves over the run.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum LrSchedule {
-    /// The paper's constant rate.
-    Constant,
-    /// Half-cosine decay from the base rate to 0 over all steps of the run (`lr·(1 + cos(π·t/T))/2`).
-    Cosine,
-}
-
-impl LrSchedule {
-    /// The rate for step `t` (0-based) of `total` steps.
-    pub fn lr_at(self, base: f64, t: u64, total: u64) -> f64 {
-        match self {
-            LrSchedule::Constant => base,
-            LrSchedule::Cosine => {
-                let frac = (t as f64 / total.max(1) as f64).min(1.0);
-                base * 0.5 * (1.0 + (std::f64::consts::PI * frac).cos())
-            }
-        }
-    }
-}
-
-impl std::fmt::Display for LrSchedule {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            LrSchedule::Constant => "constant",
-            LrSchedule::Cosine => "cosine",
-        })
-    }
-}
-
-impl std::str::FromStr for LrSchedule {
-    type Err = String;
-    fn from_str(s: &str) -> std::result::Result<Self, String> {
-        match s {
-            "constant" => Ok(LrSchedule::Constant),
-            "cosine" => Ok(LrSchedule::Cosine),
-            other => Err(format!(
-                "unknown learning-rate schedule '{other}': expected constant or cosine"
-            )),
-        }
-    }
 }
 
 /// The version of run.json's layout that [`RunRecord`] writes. 1: before the field existed (string-typed
@@ -226,6 +181,15 @@ impl RunRecord {
             "validation"
         } else {
             "test"
+        }
+    }
+
+    /// How many images [`RunRecord::eval_split`] holds.
+    pub fn eval_images(&self) -> usize {
+        if self.validation_images > 0 {
+            self.validation_images
+        } else {
+            self.test_images
         }
     }
 }

@@ -65,16 +65,6 @@ named_choices! {
     }
 }
 
-impl MethodName {
-    /// GN and the four SGR variants: the gradient-regularised methods, which take λ as Ω's weight.
-    pub fn regularises_gradients(self) -> bool {
-        matches!(
-            self,
-            Self::Gn | Self::SgrGrad | Self::SgrSign | Self::FgsmSgr | Self::PgdSgr
-        )
-    }
-}
-
 named_choices! {
     /// Σ of the gradient regularisers.
     pub enum CovKind ("--cov") {
@@ -125,6 +115,29 @@ impl FloatType {
         match self {
             Self::F32 => candle_core::DType::F32,
             Self::F64 => candle_core::DType::F64,
+        }
+    }
+}
+
+named_choices! {
+    /// How the learning rate evolves over the run.
+    pub enum LrSchedule ("--lr-schedule") {
+        /// The paper's constant rate.
+        Constant = "constant",
+        /// Half-cosine decay from the base rate to 0 over all steps of the run (`lr·(1 + cos(π·t/T))/2`).
+        Cosine = "cosine",
+    }
+}
+
+impl LrSchedule {
+    /// The rate for step `t` (0-based) of `total` steps.
+    pub fn lr_at(self, base: f64, t: u64, total: u64) -> f64 {
+        match self {
+            LrSchedule::Constant => base,
+            LrSchedule::Cosine => {
+                let frac = (t as f64 / total.max(1) as f64).min(1.0);
+                base * 0.5 * (1.0 + (std::f64::consts::PI * frac).cos())
+            }
         }
     }
 }

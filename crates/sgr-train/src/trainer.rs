@@ -15,10 +15,10 @@ use crate::adversarial::default_eps_255;
 use crate::error::{Result, TrainError};
 use crate::method::{Method, MethodContext, MethodOptions, StepInput, build_method};
 use crate::run::{
-    CheckpointEvery, EpochRecord, FinalEval, LrSchedule, PartialEpoch, RUN_SCHEMA, RunFolder,
-    RunRecord, RunStatus,
+    CheckpointEvery, EpochRecord, FinalEval, PartialEpoch, RUN_SCHEMA, RunFolder, RunRecord,
+    RunStatus,
 };
-use crate::settings::{FloatType, MethodName};
+use crate::settings::{FloatType, LrSchedule, MethodName};
 pub use sgr_attacks::count_correct;
 
 /// Training settings as given on the command line: `None` means "the default", or on `--resume` "what the
