@@ -441,3 +441,69 @@ fn runs_killed_at_random_moments_resume_to_the_same_bytes() -> anyhow::Result<()
     assert!(leftovers.is_empty(), "pending files left: {leftovers:?}");
     Ok(())
 }
+
+/// `gpu-check` as a dry run on the CPU (the device side on candle's layers and the conv2d Σv, the path GPUs
+/// take for the models): every step runs and report.md shows them; a step that fails fails the command and
+/// is marked in the report. `cuda-toolkit` refuses releases it cannot lay out, naming the flag.
+#[test]
+fn gpu_check_dry_run_on_the_cpu_reports_every_step() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let out = dir.path().join("gc");
+    let out_s = out.to_str().unwrap_or_default();
+    ok(&xtask(&[
+        "gpu-check",
+        "--device",
+        "cpu",
+        "--quick",
+        "--out",
+        out_s,
+    ]));
+    let report = std::fs::read_to_string(out.join("report.md"))?;
+    for row in [
+        "| selftest | ok",
+        "| train-short | ok",
+        "| train-short-cpu | ok",
+        "| mnist-epoch | not run",
+    ] {
+        assert!(report.contains(row), "{row} missing from:\n{report}");
+    }
+    let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(
+        out.join("selftest/selftest.json"),
+    )?)?;
+    let checks = json["checks"].as_array().cloned().unwrap_or_default();
+    assert!(checks.len() > 50, "{} checks", checks.len());
+    assert!(checks.iter().all(|c| c["passed"] == true));
+    assert!(out.join("selftest/matvec-timings.png").exists());
+    // The same seeded run on the same path twice gives the same loss and accuracies (times differ).
+    let line = |name: &str| {
+        report
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split(", loss").nth(1))
+            .map(str::to_string)
+    };
+    assert_eq!(
+        line("Short SGR-sign run on the device"),
+        line("The same run on the CPU")
+    );
+
+    // A binary that fails every step.
+    let bad = dir.path().join("bad");
+    let e = err(&xtask(&[
+        "gpu-check",
+        "--device",
+        "cpu",
+        "--quick",
+        "--binary",
+        "/bin/false",
+        "--out",
+        bad.to_str().unwrap_or_default(),
+    ]));
+    assert!(e.contains("failed steps: selftest"), "{e}");
+    let report = std::fs::read_to_string(bad.join("report.md"))?;
+    assert!(report.contains("| selftest | FAILED"), "{report}");
+
+    let e = err(&xtask(&["cuda-toolkit", "--cuda", "12.4", "--dir", out_s]));
+    assert!(e.contains("--cuda 12.4") && e.contains("13.0"), "{e}");
+    Ok(())
+}

@@ -6,6 +6,7 @@ mod analyze_cov;
 mod bench;
 mod bench_autoattack;
 mod common;
+mod cuda_toolkit;
 mod eval;
 mod eval_autoattack;
 mod eval_lrc;
@@ -13,6 +14,8 @@ mod eval_transfer;
 mod eval_whitebox;
 mod evalkit;
 mod figures;
+mod gpu_check;
+mod gpu_selftest;
 mod reproduce;
 mod train;
 
@@ -58,6 +61,14 @@ enum Command {
     Reproduce(reproduce::ReproduceCmd),
     /// Time training steps of both models (batch 128) and compare with PyTorch where available.
     Bench(bench::BenchCmd),
+    /// Install nvcc and the CUDA headers from PyPI wheels into a cache folder; print the `export` lines to use.
+    CudaToolkit(cuda_toolkit::CudaToolkitCmd),
+    /// The prepared CUDA check: build with --features cuda, kernel and gradient checks against the CPU, a short
+    /// training run, timings; log, report.md and figures in one folder.
+    GpuCheck(gpu_check::GpuCheckCmd),
+    /// The device-side checks of gpu-check (run by it, in a binary built for the device).
+    #[command(hide = true)]
+    GpuSelftest(gpu_selftest::GpuSelftestCmd),
 }
 
 #[allow(unsafe_code)]
@@ -83,6 +94,9 @@ fn main() -> std::process::ExitCode {
         Command::Trajectories(cmd) => figures::run_trajectories(cmd),
         Command::Samples(cmd) => figures::run_samples(cmd),
         Command::Reproduce(cmd) => reproduce::run(cmd),
+        Command::CudaToolkit(cmd) => cuda_toolkit::run(cmd),
+        Command::GpuCheck(cmd) => gpu_check::run(cmd),
+        Command::GpuSelftest(cmd) => gpu_selftest::run(cmd),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -17,6 +17,17 @@ use rustfft::num_complex::Complex;
 use crate::error::{CovError, Result};
 use crate::fft::{Plan2d, fast_len};
 
+/// Which implementation computes `Σ v` ([`KernelSet::matvec_on`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MatvecPath {
+    /// The kernel where there is one (CPU; CUDA after its once-per-device self-check), else the reference.
+    Auto,
+    /// The kernel, without the self-check; an error on devices without one.
+    Kernel,
+    /// One `conv2d` with the full `C × C` kernel table (any device; the oracle of the tests).
+    Reference,
+}
+
 /// How channels relate.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ChannelStructure {
@@ -103,6 +114,64 @@ impl KernelSet {
         }
         ks.check_symmetry()?;
         Ok(ks)
+    }
+
+    /// A kernel set from any function `f(c, c', dy, dx)`, made symmetric: `f` is read for `c < c'` (and for
+    /// `c = c'` at the larger of `±(dy, dx)`), the rest mirrored (`K_{c'c}(−δ) = K_{cc'}(δ)`). With
+    /// intra/inter structure the inter table is `f(0, 1, ·)`.
+    pub fn from_fn(
+        shape: (usize, usize, usize),
+        (ry, rx): (usize, usize),
+        structure: ChannelStructure,
+        f: impl Fn(usize, usize, i64, i64) -> f64,
+    ) -> Result<Self> {
+        let (c, h, w) = shape;
+        if c == 0 || h == 0 || w == 0 {
+            return Err(CovError::Invalid(format!("empty image shape {c}x{h}x{w}")));
+        }
+        let (ry, rx) = (ry.min(h - 1), rx.min(w - 1));
+        let pairs: Vec<(usize, usize)> = match structure {
+            ChannelStructure::IntraInter => vec![(0, 0), (0, 1)],
+            ChannelStructure::Full => (0..c * c).map(|k| (k / c, k % c)).collect(),
+        };
+        let mut tables = Vec::with_capacity(pairs.len() * (2 * ry + 1) * (2 * rx + 1));
+        for (a, b) in pairs {
+            for dy in -(ry as i64)..=ry as i64 {
+                for dx in -(rx as i64)..=rx as i64 {
+                    let canonical = (dy, dx).max((-dy, -dx));
+                    tables.push(match (structure, a.cmp(&b)) {
+                        // K_intra and K_inter = K_{01} = K_{10} are each symmetric in δ.
+                        (ChannelStructure::IntraInter, _) | (_, std::cmp::Ordering::Equal) => {
+                            f(a, b, canonical.0, canonical.1)
+                        }
+                        (_, std::cmp::Ordering::Less) => f(a, b, dy, dx),
+                        (_, std::cmp::Ordering::Greater) => f(b, a, -dy, -dx),
+                    });
+                }
+            }
+        }
+        Self::new(shape, (ry, rx), structure, tables)
+    }
+
+    /// Deterministic pseudo-random (not positive definite) tables in [−0.5, 1.5), anisotropic and different
+    /// per channel pair: inputs for tests and the CUDA kernel's self-check.
+    #[doc(hidden)]
+    pub fn pseudo_random(
+        shape: (usize, usize, usize),
+        radius: (usize, usize),
+        structure: ChannelStructure,
+        seed: u64,
+    ) -> Result<Self> {
+        Self::from_fn(shape, radius, structure, |a, b, dy, dx| {
+            let mut z = seed
+                .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+                .wrapping_add((a as u64) << 48 ^ (b as u64) << 40)
+                .wrapping_add(((dy + 512) as u64) << 20 ^ (dx + 512) as u64);
+            z ^= z >> 31;
+            z = z.wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z ^= z >> 29;
+            (z % 10_007) as f64 / 10_007.0 * 2.0 - 0.5
+        })
     }
 
     pub fn shape(&self) -> (usize, usize, usize) {
@@ -229,11 +298,33 @@ impl KernelSet {
         ))
     }
 
-    /// `Σ v` for `v` of shape `(B, C, H, W)` or `(B, C·H·W)`, differentiable to any order. On CPU a
-    /// custom op; on other devices the reference composition of tensor ops ([`KernelSet::matvec_reference`]).
+    /// `Σ v` for `v` of shape `(B, C, H, W)` or `(B, C·H·W)`, differentiable to any order: the custom op on
+    /// CPU and (with the `cuda` feature, once its self-check passed on the device) on CUDA; elsewhere the
+    /// reference composition of tensor ops ([`KernelSet::matvec_reference`]). See [`MatvecPath`].
     pub fn matvec(self: &Arc<Self>, v: &Tensor) -> Result<Tensor> {
+        self.matvec_on(v, MatvecPath::Auto)
+    }
+
+    /// `Σ v` through a chosen implementation (for tests, benchmarks and the GPU check).
+    pub fn matvec_on(self: &Arc<Self>, v: &Tensor, path: MatvecPath) -> Result<Tensor> {
         let dims = self.check_input(v)?;
-        if !v.device().is_cpu() {
+        let kernel = match (path, v.device()) {
+            (MatvecPath::Reference, _) => false,
+            (_, Device::Cpu) => true,
+            #[cfg(feature = "cuda")]
+            (MatvecPath::Auto, d @ Device::Cuda(_)) => crate::cuda::kernel_ready(d),
+            #[cfg(feature = "cuda")]
+            (MatvecPath::Kernel, Device::Cuda(_)) => true,
+            (MatvecPath::Auto, _) => false,
+            (MatvecPath::Kernel, d) => {
+                return Err(CovError::Invalid(format!(
+                    "no Σv kernel for {:?} in this build (CPU always; CUDA with the `cuda` feature; Metal uses \
+                     the conv2d fallback)",
+                    d.location()
+                )));
+            }
+        };
+        if !kernel {
             return self.matvec_reference(v);
         }
         let b = dims[0];
@@ -599,6 +690,15 @@ impl CustomOp1 for CovMatvec {
             _ => candle_core::bail!("sgr-cov-matvec: unsupported dtype (f32 and f64 only)"),
         };
         Ok((out, shape))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        storage: &candle_core::CudaStorage,
+        layout: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        crate::cuda::cuda_fwd(&self.k, storage, layout)
     }
 
     fn bwd(

@@ -149,6 +149,9 @@ pub struct RunRecord {
     /// The epoch in progress (batches done, running sums); empty at an epoch boundary.
     pub partial: PartialEpoch,
     pub history: Vec<EpochRecord>,
+    /// Images of the final robustness check (`--pgd-eval-images`) when given, so `--resume` keeps them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pgd_eval_images: Option<usize>,
     /// Robustness check at the end of the run (see [`FinalEval`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub final_eval: Option<FinalEval>,

@@ -451,6 +451,9 @@ pub fn train(
                 r.epochs = e;
             }
             r.plain_ops = args.plain_ops;
+            if args.pgd_eval_images.is_some() {
+                r.pgd_eval_images = args.pgd_eval_images;
+            }
             r.arch = Some(config.spec());
             r.schema = RUN_SCHEMA;
             r
@@ -488,6 +491,7 @@ pub fn train(
             steps_done: 0,
             partial: PartialEpoch::default(),
             history: vec![],
+            pgd_eval_images: args.pgd_eval_images,
             final_eval: None,
         },
     };
@@ -513,6 +517,7 @@ pub fn train(
     record.status = RunStatus::Complete;
     let images = args
         .pgd_eval_images
+        .or(record.pgd_eval_images)
         .unwrap_or(FINAL_PGD_IMAGES)
         .min(data.eval_set().len());
     if images > 0 && record.final_eval.is_none() {

@@ -449,6 +449,9 @@ fn validation_split_is_held_out_and_measured_instead_of_the_test_set() -> anyhow
         (r2.epochs_done, r2.validation_images, r2.train_images),
         (2, 4680, 320)
     );
+    // The final check is redone for the longer run on as many images as the first invocation asked for.
+    let fe2 = r2.final_eval.as_ref().expect("final check after resume");
+    assert_eq!((fe2.split.as_str(), fe2.images), ("validation", 40));
 
     // A split as large as the training set is refused, naming the flag.
     let big = tempfile::tempdir()?;

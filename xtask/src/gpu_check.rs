@@ -1,0 +1,293 @@
+//! `cargo xtask gpu-check`: the prepared check of the CUDA path, in one call of at most a few minutes —
+//! build with `--features cuda`, the self-test (Σv kernel, gradients, models, an SGR-sign step against the
+//! CPU, Σv timings), a short training run and a timed full MNIST SGR-sign epoch — with its log, report and
+//! figure in one folder.
+
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use sgr_models::DeviceKind;
+
+#[derive(Debug, Args)]
+pub struct GpuCheckCmd {
+    /// Folder for gpu-check.log, report.md, the self-test's files and the training runs (replaced).
+    #[arg(long, default_value = "gpu-check")]
+    out: PathBuf,
+    /// The device to check (`cpu` runs every step on the CPU, without the CUDA build: a dry run).
+    #[arg(long, default_value = "cuda", value_parser = crate::common::parse_device)]
+    device: DeviceKind,
+    /// MNIST folder for the timed full epoch (without it the epoch is reported as not run).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// A CUDA-enabled xtask binary to use instead of building one.
+    #[arg(long)]
+    binary: Option<PathBuf>,
+    /// Total time budget in seconds; each step gets what is left.
+    #[arg(long, default_value_t = 480)]
+    budget: u64,
+    /// Small sizes everywhere (for the tests of this command).
+    #[arg(long)]
+    quick: bool,
+}
+
+struct Step {
+    name: &'static str,
+    status: String,
+    seconds: f64,
+    log: String,
+}
+
+struct Runner {
+    out: PathBuf,
+    log: File,
+    start: Instant,
+    budget: Duration,
+    steps: Vec<Step>,
+}
+
+impl Runner {
+    fn say(&mut self, line: &str) {
+        eprintln!("gpu-check: {line}");
+        let _ = writeln!(
+            self.log,
+            "[{:7.1} s] {line}",
+            self.start.elapsed().as_secs_f64()
+        );
+    }
+
+    /// Runs one step with its output in `<name>.log`, killed when the budget is spent. True if it succeeded.
+    fn step(&mut self, name: &'static str, cmd: &mut Command) -> Result<bool> {
+        let log_name = format!("{name}.log");
+        let log = File::create(self.out.join(&log_name))?;
+        self.say(&format!("{name}: {cmd:?}"));
+        let t0 = Instant::now();
+        let mut child = cmd
+            .stdout(Stdio::from(log.try_clone()?))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .with_context(|| format!("{name}: cannot start {:?}", cmd.get_program()))?;
+        let status = loop {
+            if let Some(s) = child.try_wait()? {
+                break format!(
+                    "{}",
+                    if s.success() {
+                        "ok".to_string()
+                    } else {
+                        format!("FAILED ({s})")
+                    }
+                );
+            }
+            if self.start.elapsed() > self.budget {
+                let _ = child.kill();
+                let _ = child.wait();
+                break "FAILED (out of time: killed)".to_string();
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        };
+        let seconds = t0.elapsed().as_secs_f64();
+        self.say(&format!(
+            "{name}: {status} after {seconds:.1} s (log {log_name})"
+        ));
+        let ok = status == "ok";
+        self.steps.push(Step {
+            name,
+            status,
+            seconds,
+            log: log_name,
+        });
+        Ok(ok)
+    }
+
+    fn skip(&mut self, name: &'static str, why: &str) {
+        self.say(&format!("{name}: not run ({why})"));
+        self.steps.push(Step {
+            name,
+            status: format!("not run: {why}"),
+            seconds: 0.0,
+            log: String::new(),
+        });
+    }
+}
+
+pub fn run(cmd: GpuCheckCmd) -> Result<()> {
+    if cmd.out.exists() {
+        std::fs::remove_dir_all(&cmd.out)
+            .with_context(|| format!("--out: cannot replace {}", cmd.out.display()))?;
+    }
+    std::fs::create_dir_all(&cmd.out).with_context(|| format!("--out {}", cmd.out.display()))?;
+    let mut r = Runner {
+        log: File::create(cmd.out.join("gpu-check.log"))?,
+        out: cmd.out.clone(),
+        start: Instant::now(),
+        budget: Duration::from_secs(cmd.budget),
+        steps: vec![],
+    };
+    let device = cmd.device.to_string();
+    r.say(&format!("device {device}, budget {} s", cmd.budget));
+    if let Ok(o) = Command::new("nvidia-smi").output() {
+        let _ = std::fs::write(cmd.out.join("nvidia-smi.txt"), &o.stdout);
+    }
+
+    // 1. The binary.
+    let binary = match (&cmd.binary, cmd.device) {
+        (Some(b), _) => b.clone(),
+        (None, DeviceKind::Cpu) => std::env::current_exe()?,
+        (None, _) => {
+            let target = PathBuf::from("target/gpu");
+            let feature = if cmd.device == DeviceKind::Metal {
+                "metal"
+            } else {
+                "cuda"
+            };
+            let built = r.step(
+                "build",
+                Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+                    .args(["build", "--release", "-p", "xtask", "--features", feature])
+                    .env("CARGO_TARGET_DIR", &target),
+            )?;
+            if !built {
+                return finish(&mut r, &cmd);
+            }
+            target.join("release").join("xtask")
+        }
+    };
+    let out_of = |sub: &str| cmd.out.join(sub);
+
+    // 2. The self-test.
+    let mut selftest = Command::new(&binary);
+    selftest
+        .args(["gpu-selftest", "--device", &device, "--out"])
+        .arg(out_of("selftest"));
+    if cmd.quick {
+        selftest.arg("--quick");
+    }
+    r.step("selftest", &mut selftest)?;
+
+    // 3. A short SGR-sign run on the embedded MNIST subset (no data needed), on the device and on the CPU.
+    let limit = if cmd.quick { "256" } else { "2048" };
+    for (name, dev) in [("train-short", device.as_str()), ("train-short-cpu", "cpu")] {
+        r.step(
+            name,
+            Command::new(&binary)
+                .args([
+                    "train",
+                    "--method",
+                    "sgr-sign",
+                    "--dataset",
+                    "mnist-subset",
+                    "--epochs",
+                    "1",
+                    "--train-limit",
+                    limit,
+                    "--pgd-eval-images",
+                    "100",
+                    "--seed",
+                    "0",
+                    "--device",
+                    dev,
+                    "--out",
+                ])
+                .arg(out_of(name)),
+        )?;
+    }
+
+    // 4. A full MNIST SGR-sign epoch, timed.
+    match &cmd.data_dir {
+        Some(d) if !cmd.quick => {
+            r.step(
+                "mnist-epoch",
+                Command::new(&binary)
+                    .args([
+                        "train",
+                        "--method",
+                        "sgr-sign",
+                        "--dataset",
+                        "mnist",
+                        "--epochs",
+                        "1",
+                        "--seed",
+                        "0",
+                        "--device",
+                        &device,
+                        "--data-dir",
+                    ])
+                    .arg(d)
+                    .arg("--out")
+                    .arg(out_of("mnist-epoch")),
+            )?;
+        }
+        Some(_) => r.skip("mnist-epoch", "--quick"),
+        None => r.skip("mnist-epoch", "no --data-dir"),
+    }
+    finish(&mut r, &cmd)
+}
+
+/// Writes report.md from the steps and what they left, and fails if a step failed.
+fn finish(r: &mut Runner, cmd: &GpuCheckCmd) -> Result<()> {
+    let mut md = format!(
+        "# gpu-check on {}\n\nTotal {:.0} s of a {} s budget. Logs: gpu-check.log and one per step.\n\n\
+         | step | status | seconds | log |\n|---|---|---:|---|\n",
+        cmd.device,
+        r.start.elapsed().as_secs_f64(),
+        cmd.budget
+    );
+    for s in &r.steps {
+        md.push_str(&format!(
+            "| {} | {} | {:.1} | {} |\n",
+            s.name, s.status, s.seconds, s.log
+        ));
+    }
+    for (name, title) in [
+        ("train-short", "Short SGR-sign run on the device"),
+        ("train-short-cpu", "The same run on the CPU"),
+        ("mnist-epoch", "Full MNIST SGR-sign epoch on the device"),
+    ] {
+        if let Some(line) = run_summary(&cmd.out.join(name)) {
+            md.push_str(&format!("\n{title}: {line}\n"));
+        }
+    }
+    if let Ok(s) = std::fs::read_to_string(cmd.out.join("selftest").join("selftest.md")) {
+        md.push_str("\n");
+        md.push_str(&s.replacen("# ", "## ", 1));
+    }
+    std::fs::write(cmd.out.join("report.md"), md)?;
+    let failed: Vec<&str> = r
+        .steps
+        .iter()
+        .filter(|s| s.status.starts_with("FAILED"))
+        .map(|s| s.name)
+        .collect();
+    r.say(&format!("report: {}", cmd.out.join("report.md").display()));
+    if !failed.is_empty() {
+        bail!("gpu-check: failed steps: {}", failed.join(", "));
+    }
+    Ok(())
+}
+
+/// One line from a run folder's run.json: epoch time, throughput, loss, accuracy, the PGD check.
+fn run_summary(dir: &Path) -> Option<String> {
+    let rec = sgr_train::read_record(dir).ok()?;
+    let e = rec.history.last()?;
+    let mut line = format!(
+        "{} images in {:.1} s ({:.0} images/s), loss {:.4}, train accuracy {:.2} %, test accuracy {:.2} %",
+        rec.train_images,
+        e.seconds,
+        e.images_per_second,
+        e.loss,
+        100.0 * e.train_accuracy,
+        100.0 * e.test_accuracy
+    );
+    if let Some(f) = &rec.final_eval {
+        line.push_str(&format!(
+            ", PGD-10 {:.1} % on {} images",
+            100.0 * f.pgd_accuracy,
+            f.images
+        ));
+    }
+    Some(line)
+}
