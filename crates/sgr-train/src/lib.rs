@@ -18,6 +18,7 @@ mod method;
 mod run;
 mod settings;
 mod sgr;
+mod sweep;
 mod trainer;
 
 pub use adam::{Adam, AdamConfig, Gradients, ParamGradients};
@@ -33,6 +34,10 @@ pub use run::{
 };
 pub use settings::{CovKind, FloatType, LrSchedule, MethodName, SecondOrderMode, XiLabels};
 pub use sgr::{DATA_COV_IMAGES, Sgr, data_covariance, default_lambda};
+pub use sweep::{
+    ACCURACY_TOLERANCE_POINTS, Candidate, LambdaGrid, Selection, SweepError, scaled_from_sgr_sign,
+    select_lambda,
+};
 pub use trainer::{
     Event, FINAL_PGD_IMAGES, MAX_LOSS, Observer, Quiet, StopAfterSteps, TrainArgs, count_correct,
     default_epochs, default_lr_schedule, evaluate, pgd_accuracy, train,

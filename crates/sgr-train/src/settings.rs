@@ -65,6 +65,20 @@ named_choices! {
     }
 }
 
+impl MethodName {
+    /// Gradient regularisers with a strength λ: gn and the four SGR variants.
+    pub fn is_regularized(self) -> bool {
+        matches!(
+            self,
+            MethodName::Gn
+                | MethodName::SgrGrad
+                | MethodName::SgrSign
+                | MethodName::FgsmSgr
+                | MethodName::PgdSgr
+        )
+    }
+}
+
 named_choices! {
     /// Σ of the gradient regularisers.
     pub enum CovKind ("--cov") {
