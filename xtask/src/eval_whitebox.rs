@@ -86,11 +86,13 @@ pub fn markdown(s: &Setup, rows: &[WhiteboxRow]) -> String {
         .map_or((0, 0), |r| (r.fool_images, r.masking.images));
     md += &format!(
         "\nRAND: uniform noise in [−ε, ε]. FGM: one step of L2 norm ε. FGSM: one step ε·sign(g). PGD: {} steps \
-         of ε/5 (L∞, no random start). FOOL: DeepFool's ρ = mean ‖r‖₂/‖x‖₂ (overshoot 0.02, ≤ 100 iterations) \
+         of ε/5 (L∞, no random start). FOOL: DeepFool's ρ = mean ‖r‖₂/‖x‖₂ (overshoot {}, ≤ {} iterations) \
          on {nf} images. All attacks use the true labels; inputs are clipped to [0, 1].{}\n\n",
         rows.first()
             .and_then(|r| r.masking.steps_curve.first())
             .map_or(10, |p| p.0),
+        sgr_attacks::DeepFool::default().overshoot,
+        sgr_attacks::DeepFool::default().max_iter,
         rows.iter()
             .find(|r| r.aa.is_some())
             .map_or(String::new(), |r| format!(
@@ -102,8 +104,10 @@ pub fn markdown(s: &Setup, rows: &[WhiteboxRow]) -> String {
     );
     md += &format!(
         "### Gradient-masking checks ({nm} images)\n\nAccuracy must fall with ε (PGD at ε/2, ε, 2ε, 255/255) and \
-         must not rise with twice the PGD steps; PGD at 255/255 must reach ≤ 2 %; PGD must beat FGSM and FGSM \
-         must beat random noise (tolerance: 2 images, at least 0.5 %).\n\n"
+         must not rise with twice the PGD steps; PGD at 255/255 must reach ≤ {} %; PGD must beat FGSM and FGSM \
+         must beat random noise (tolerance: {}).\n\n",
+        100.0 * sgr_eval::UNBOUNDED_LIMIT,
+        sgr_eval::tolerance_text()
     );
     for r in rows {
         let failed: Vec<_> = r.masking.failed().collect();

@@ -8,6 +8,7 @@ use rustfft::num_complex::Complex64;
 use crate::error::{CovError, Result};
 use crate::fft::{Plan2d, fast_len};
 use crate::kernel::ChannelStructure;
+use crate::plan::{CpuPath, CpuPlan};
 use crate::repr::{batch_shape, check_finite};
 
 /// A batch of images as f64 planes: `(B, C, H, W)`.
@@ -48,9 +49,10 @@ fn pair_sums(pairs: &[(&[f64], &[f64])], h: usize, w: usize, ry: usize, rx: usiz
     let (kh, kw) = (2 * ry + 1, 2 * rx + 1);
     let (ny, nx) = (fast_len(h + ry), fast_len(w + rx));
     let n = (ny * nx) as f64;
+    // Operation counts: three transforms of ~5·n·log₂n flops per pair, against 2 flops per tap and pixel.
     let fft_cost = 3.0 * 5.0 * n * n.log2();
     let direct_cost = 2.0 * (kh * kw * h * w) as f64;
-    if fft_cost < direct_cost {
+    if CpuPlan::cheaper(direct_cost, fft_cost, (ny, nx)).path == CpuPath::Fft {
         let plan = Plan2d::new(ny, nx);
         let acc = pairs
             .par_iter()

@@ -1,16 +1,14 @@
 //! Estimation, running averages, scaling, sampling, positive semi-definiteness and saving.
 
-mod common;
-
 use std::sync::Arc;
 
 use candle_core::Tensor;
-use common::{max_abs_diff, rand_tensor};
 use sgr_covariance::linalg::symmetric_eigenvalues;
 use sgr_covariance::{
     ChannelStructure, CirculantSampler, CovError, CovFun, Covariance, Dense, DenseSampler, Ema,
     Identity, MeanEma, Scaled, Stationary,
 };
+use sgr_testutil::{max_abs_diff, rand_tensor};
 
 fn dense_vec(cov: &dyn Covariance) -> Vec<f64> {
     cov.to_dense()

@@ -2,11 +2,9 @@
 //! One test in this binary: it sets `CANDLE_GRAD_DO_NOT_DETACH` before the thread's first backward.
 #![allow(unsafe_code)]
 
-mod common;
-
 use candle_core::{Tensor, Var};
-use common::rand_tensor;
 use sgr_covariance::{ChannelStructure, CovFun, Covariance, Stationary};
+use sgr_testutil::rand_tensor;
 
 fn scalar(t: &Tensor) -> f64 {
     t.to_scalar::<f64>().unwrap()

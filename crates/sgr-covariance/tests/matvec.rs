@@ -1,12 +1,10 @@
 //! The structured products against the dense matrix and the conv2d reference, on many shapes and radii.
 
-mod common;
-
 use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
-use common::{dense_product, max_abs, max_abs_diff, rand_tensor};
 use sgr_covariance::{ChannelStructure, CovFun, Covariance, Dense, Identity, Scaled, Stationary};
+use sgr_testutil::{dense_product, max_abs, max_abs_diff, rand_tensor};
 
 fn random_covfun(
     shape: (usize, usize, usize),
@@ -70,6 +68,21 @@ fn covfun_matvec_equals_dense_product_for_many_shapes_and_radii() {
             }
         }
     }
+}
+
+/// The CPU plan is inspectable: short ranges go direct, long ones through FFTs, and the verdict is the
+/// cheaper of the two predicted costs.
+#[test]
+fn cpu_plans_pick_the_cheaper_path() -> anyhow::Result<()> {
+    use sgr_covariance::{CpuPath, KernelSet};
+    let short =
+        KernelSet::pseudo_random((3, 32, 32), (2, 2), ChannelStructure::IntraInter, 1)?.cpu_plan();
+    let long = KernelSet::pseudo_random((1, 40, 36), (39, 35), ChannelStructure::IntraInter, 1)?
+        .cpu_plan();
+    assert_eq!((short.path, long.path), (CpuPath::Direct, CpuPath::Fft));
+    assert!(short.direct_cost < short.fft_cost && long.fft_cost < long.direct_cost);
+    assert!(long.fft_shape.0 >= 40 + 39 && long.fft_shape.1 >= 36 + 35);
+    Ok(())
 }
 
 #[test]

@@ -1,10 +1,8 @@
 //! The PSD projection of stationary covariances: PSD afterwards, unchanged when already PSD on the torus.
 
-mod common;
-
-use common::rand_tensor;
 use sgr_covariance::linalg::symmetric_eigenvalues;
 use sgr_covariance::{ChannelStructure, CovFun, Covariance, Stationary};
+use sgr_testutil::rand_tensor;
 
 fn dense(cov: &dyn Covariance) -> Vec<f64> {
     sgr_testutil::flat_f64(&cov.to_dense().unwrap())

@@ -34,10 +34,23 @@ impl MaskingReport {
     }
 }
 
-/// How far an accuracy may move the wrong way before a check fails: two images in `n`, at least 0.5 %
-/// (attacks are deterministic, so only per-image quirks of PGD remain).
+/// Images an accuracy may move the wrong way by before a check fails (see [`tolerance`]).
+pub const TOLERANCE_IMAGES: usize = 2;
+/// The smallest tolerance, as a fraction (see [`tolerance`]).
+pub const TOLERANCE_MIN: f64 = 0.005;
+
+/// How far an accuracy may move the wrong way before a check fails: [`TOLERANCE_IMAGES`] images in `n`, at
+/// least [`TOLERANCE_MIN`] (attacks are deterministic, so only per-image quirks of PGD remain).
 pub fn tolerance(n: usize) -> f64 {
-    (2.0 / n.max(1) as f64).max(0.005)
+    (TOLERANCE_IMAGES as f64 / n.max(1) as f64).max(TOLERANCE_MIN)
+}
+
+/// The prose of [`tolerance`] for reports: "2 images, at least 0.5 %".
+pub fn tolerance_text() -> String {
+    format!(
+        "{TOLERANCE_IMAGES} images, at least {} %",
+        100.0 * TOLERANCE_MIN
+    )
 }
 
 fn pct(a: f64) -> String {

@@ -32,7 +32,9 @@ pub use autoattack::{
     AutoAttackEval, AutoAttackRow, SQUARE_GAIN_LIMIT, UNBOUNDED_LIMIT, autoattack_legend,
     autoattack_row, autoattack_table, run_suite,
 };
-pub use checks::{Check, MaskingReport, tolerance};
+pub use checks::{
+    Check, MaskingReport, TOLERANCE_IMAGES, TOLERANCE_MIN, tolerance, tolerance_text,
+};
 pub use error::{EvalError, Result};
 pub use lrc::{
     DATA_COV_RIDGE, LrcCurve, LrcResults, LrcSettings, lrc_curve, lrc_evaluation, lrc_figures,

@@ -198,7 +198,7 @@ pub fn whitebox(
             "PGD at ε = 255/255 reaches ~0 %",
             "PGD at 255/255",
             unbounded,
-            0.02f64.max(tol),
+            crate::UNBOUNDED_LIMIT.max(tol),
         ),
         at_most(
             "PGD at least as strong as FGSM",

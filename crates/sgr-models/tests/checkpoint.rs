@@ -1,10 +1,8 @@
 //! Checkpoints: save/load round trips for every test network, PyTorch names and metadata, bad files named.
 
-mod common;
-
 use candle_core::{DType, Device, Module};
-use common::{model, rand_tensor, scalar};
 use sgr_models::{CnnConfig, load_model, save_model};
+use sgr_testutil::{model, rand_tensor, scalar};
 
 #[test]
 fn save_load_round_trip_keeps_predictions_and_infers_the_architecture() {

@@ -2,13 +2,11 @@
 //! double backprop through candle's own layers.
 #![allow(unsafe_code)]
 
-mod common;
-
 use std::sync::Once;
 
 use candle_core::{D, DType, Device, Module, Tensor, Var};
-use common::{model, rand_tensor};
 use sgr_models::{Cnn, CnnConfig};
+use sgr_testutil::{model, rand_tensor};
 
 static FLAG: Once = Once::new();
 
@@ -88,7 +86,7 @@ fn explicit_gradients_equal_double_backprop() {
         let (m, vm) = model(config.clone(), seed, DType::F64);
         let shape = [3, config.in_channels, config.height, config.width];
         // The first image is constant: the standardisation's floor branch.
-        let x = common::batch_with_constant_first(&shape, seed + 1, 0.25);
+        let x = sgr_testutil::batch_with_constant_first(&shape, seed + 1, 0.25);
         let y = Tensor::new(&[3u32, 0, 7], &Device::Cpu).unwrap();
         let w = rand_tensor(&shape, seed + 2, -1.0, 1.0);
         let s = 0.7;
@@ -186,7 +184,7 @@ fn exact_zero_pre_activations_agree_on_every_path() {
         data["conv1.bias"].set(&b.zeros_like().unwrap()).unwrap();
     }
     let shape = [3, 1, 28, 28];
-    let x = common::batch_with_constant_first(&shape, 22, 0.5);
+    let x = sgr_testutil::batch_with_constant_first(&shape, 22, 0.5);
     let y = Tensor::new(&[1u32, 4, 9], &Device::Cpu).unwrap();
     let w = rand_tensor(&shape, 23, -1.0, 1.0);
     let pass = m.explicit_pass(&x, &y, true).unwrap();

@@ -1,11 +1,9 @@
 //! Input gradients of both models against central finite differences in f64 (catches candle's max-pool
 //! backward, which scales gradients by 1/4), plus the layers' own checks.
 
-mod common;
-
 use candle_core::{DType, Device, Module, Tensor, Var};
-use common::{log_lik, model, rand_tensor, scalar};
 use sgr_models::{CnnConfig, max_pool2x2, standardize};
+use sgr_testutil::{log_lik, model, rand_tensor, scalar};
 
 /// `∇_x Σ_i log softmax(f(x_i))[y_i]` by autograd.
 fn input_gradient(m: &sgr_models::Cnn, x: &Tensor, y: &Tensor) -> Tensor {

@@ -4,14 +4,12 @@
 //! One test in this binary: it sets `CANDLE_GRAD_DO_NOT_DETACH` before the thread's first backward.
 #![allow(unsafe_code)]
 
-mod common;
-
 use candle_core::{Tensor, Var};
-use common::{rand_tensor, scalar};
 use sgr_models::ops::{
     conv2d_nhwc, conv2d_nhwc_input_grad, conv2d_nhwc_input_grad_masked, max_pool2x2_nhwc,
     max_pool2x2_nhwc_backward, relu, relu_backward, to_nchw, to_nhwc,
 };
+use sgr_testutil::{rand_tensor, scalar};
 
 type F<'a> = &'a dyn Fn(&[Tensor]) -> Tensor;
 

@@ -5,13 +5,11 @@
 //! threads wait on) before its first backward pass.
 #![allow(unsafe_code)]
 
-mod common;
-
 use std::sync::Once;
 
 use candle_core::{DType, Device, Tensor, Var};
-use common::{log_lik, model, rand_tensor, scalar};
 use sgr_models::CnnConfig;
+use sgr_testutil::{log_lik, model, rand_tensor, scalar};
 
 static FLAG: Once = Once::new();
 
@@ -28,7 +26,7 @@ fn explicit_input_gradient_equals_autograd_to_second_order() {
         let (m, vm) = model(config.clone(), seed, DType::F64);
         let shape = [3, config.in_channels, config.height, config.width];
         // The first image is constant: the standardisation's floor branch.
-        let x = common::batch_with_constant_first(&shape, seed + 1, 0.5);
+        let x = sgr_testutil::batch_with_constant_first(&shape, seed + 1, 0.5);
         let y = Tensor::new(&[2u32, 5, 9], &Device::Cpu).unwrap();
         let (logits, ll, g) = m.log_lik_input_gradient(&x, &y).unwrap();
         let xv = Var::from_tensor(&x).unwrap();

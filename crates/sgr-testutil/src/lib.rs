@@ -1,5 +1,5 @@
 //! Helpers for the workspace's tests: deterministic tensors without a random-number crate, scalar
-//! extraction, and small seeded CNNs.
+//! extraction, small seeded CNNs, the log-likelihood, constant-image batches and dense reference products.
 #![allow(clippy::unwrap_used)]
 
 use candle_core::{DType, Device, Tensor};
@@ -93,4 +93,33 @@ pub fn max_abs(a: &Tensor) -> f64 {
 pub fn max_abs_diff_slices(a: &[f64], b: &[f64]) -> f64 {
     assert_eq!(a.len(), b.len());
     a.iter().zip(b).fold(0f64, |m, (x, y)| m.max((x - y).abs()))
+}
+
+/// Σ_i log softmax(f(x_i))[y_i]: the quantity whose input gradient SGR penalises.
+pub fn log_lik(m: &Cnn, x: &Tensor, y: &Tensor) -> candle_core::Result<Tensor> {
+    let lp =
+        candle_nn::ops::log_softmax(&candle_core::Module::forward(m, x)?, candle_core::D::Minus1)?;
+    lp.gather(&y.unsqueeze(1)?, 1)?.sum_all()
+}
+
+/// A batch of `shape[0]` images in `[0, 1]` whose first image is constant (`value` everywhere: the
+/// standardisation's floor branch, and every pooling window a tie), the others uniform random from `seed`.
+pub fn batch_with_constant_first(shape: &[usize], seed: u64, value: f64) -> Tensor {
+    let x = rand_tensor(shape, seed, 0.0, 1.0);
+    let flat = Tensor::full(value, &shape[1..], &Device::Cpu)
+        .expect("a constant image")
+        .unsqueeze(0)
+        .expect("unsqueeze");
+    Tensor::cat(&[&flat, &x.narrow(0, 1, shape[0] - 1).expect("narrow")], 0).expect("cat")
+}
+
+/// `Σ v` through a dense `d × d` matrix (f64), for a batch `(B, …)` of `d` values each; shaped like `v`.
+pub fn dense_product(dense: &Tensor, v: &Tensor) -> Tensor {
+    let b = v.dim(0).expect("a batch");
+    let d = dense.dim(0).expect("a matrix");
+    v.to_dtype(DType::F64)
+        .and_then(|t| t.reshape((b, d)))
+        .and_then(|t| t.matmul(dense))
+        .and_then(|t| t.reshape(v.dims()))
+        .expect("dense product")
 }
