@@ -1,13 +1,13 @@
 //! Training on perturbed inputs (eq. 3): `(1 − λ)·CE(x) + λ·CE(x̃)`, with `x̃` an FGSM or PGD adversarial
 //! example (made for the model's most likely label, sec. 7.2) or LRC noise (sec. 4.3).
 
-use candle_core::{D, Module, Result};
+use candle_core::{D, Result};
 use sgr_attacks::{Attack, Fgsm, NoiseSource, Pgd, WorstOfN};
 use sgr_data::DatasetName;
 
+use crate::gradients::{forward_pass, parameter_gradients};
 use crate::method::{
     Method, MethodContext, MethodError, MethodOptions, StepInput, StepOutput, add_gradients,
-    cross_entropy, explicit_cross_entropy,
 };
 use crate::settings::MethodName;
 
@@ -111,12 +111,9 @@ impl Method for Augmented {
     fn loss(&mut self, input: &StepInput<'_>) -> Result<StepOutput> {
         let x = input.x;
         let (lc, la) = (1.0 - self.lambda, self.lambda);
-        // On the CPU's channels-last path, both cross-entropies and their gradients without autograd.
-        let explicit = explicit_cross_entropy(input.model, x, input.y, lc)?;
-        let logits = match &explicit {
-            Some((_, logits, _)) => logits.clone(),
-            None => input.model.forward(x)?,
-        };
+        let m = x.dim(0)? as f64;
+        let clean_pass = forward_pass(input.model, x, input.y, false)?;
+        let logits = clean_pass.logits()?;
         let perturbed = match &self.perturb {
             Perturb::Lrc(source) => {
                 let seed = step_seed(input.seed, sgr_data::streams::LRC_TRAINING, input.step);
@@ -142,27 +139,19 @@ impl Method for Augmented {
                 }
             }
         };
-        if let Some((clean, _, mut grads)) = explicit {
-            let (adv, _, g_adv) =
-                explicit_cross_entropy(input.model, &perturbed.detach(), input.y, la)?
-                    .ok_or_else(|| candle_core::Error::Msg("perturbed batch off the CPU".into()))?;
-            add_gradients(&mut grads, g_adv)?;
-            let loss = ((&clean * lc)? + (&adv * la)?)?;
-            return Ok(StepOutput {
-                loss,
-                logits: logits.detach(),
-                metrics: vec![("clean_ce".into(), clean), ("perturbed_ce".into(), adv)],
-                grads: Some(grads),
-            });
-        }
-        let clean = cross_entropy(&logits, input.y)?;
-        let adv = cross_entropy(&input.model.forward(&perturbed.detach())?, input.y)?;
-        let loss = ((&clean * (1.0 - self.lambda))? + (&adv * self.lambda)?)?;
+        let adv_pass = forward_pass(input.model, &perturbed.detach(), input.y, false)?;
+        let mut grads = parameter_gradients(input.model, input.params, &clean_pass, lc / m, None)?;
+        add_gradients(
+            &mut grads,
+            parameter_gradients(input.model, input.params, &adv_pass, la / m, None)?,
+        )?;
+        let (clean, adv) = (clean_pass.cross_entropy()?, adv_pass.cross_entropy()?);
+        let loss = ((&clean * lc)? + (&adv * la)?)?;
         Ok(StepOutput {
             loss,
             logits,
             metrics: vec![("clean_ce".into(), clean), ("perturbed_ce".into(), adv)],
-            grads: None,
+            grads: Some(grads),
         })
     }
 }

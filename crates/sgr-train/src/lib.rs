@@ -14,6 +14,7 @@
 mod adam;
 mod adversarial;
 mod error;
+mod gradients;
 mod method;
 mod run;
 mod settings;

@@ -7,13 +7,14 @@
 
 use std::collections::HashMap;
 
-use candle_core::{Module, Result, Tensor, Var};
+use candle_core::{Result, Tensor, Var};
 use candle_nn::VarMap;
 use serde::{Deserialize, Serialize};
 use sgr_data::{DatasetName, ImageSet};
 use sgr_models::Cnn;
 
 use crate::adam::Gradients;
+use crate::gradients::{forward_pass, parameter_gradients};
 use crate::settings::{CovKind, MethodName, SecondOrderMode, XiLabels};
 
 /// What a method sees of one training step.
@@ -191,25 +192,6 @@ pub fn cross_entropy(logits: &Tensor, y: &Tensor) -> Result<Tensor> {
     candle_nn::loss::cross_entropy(logits, y)
 }
 
-/// `weight ·` the mean cross-entropy of `model` on `(x, y)`, its logits and its parameter gradients by
-/// name, computed without autograd (`Cnn::explicit_gradients`); `None` where the model does not run on
-/// the CPU's channels-last ops (callers then build a graph).
-pub(crate) fn explicit_cross_entropy(
-    model: &Cnn,
-    x: &Tensor,
-    y: &Tensor,
-    weight: f64,
-) -> Result<Option<(Tensor, Tensor, HashMap<String, Tensor>)>> {
-    if !model.uses_fast_ops(x) {
-        return Ok(None);
-    }
-    let pass = model.explicit_pass(x, y, false)?;
-    let b = x.dim(0)? as f64;
-    let grads = model.explicit_gradients(&pass, weight / b, None)?;
-    let ce = pass.log_lik.mean(0)?.neg()?;
-    Ok(Some((ce, pass.logits, grads.into_iter().collect())))
-}
-
 /// Adds `other`'s gradients into `into`, parameter by parameter.
 pub(crate) fn add_gradients(
     into: &mut HashMap<String, Tensor>,
@@ -239,23 +221,14 @@ impl Method for Clean {
         &self.options
     }
     fn loss(&mut self, input: &StepInput<'_>) -> Result<StepOutput> {
-        if let Some((loss, logits, grads)) =
-            explicit_cross_entropy(input.model, input.x, input.y, 1.0)?
-        {
-            return Ok(StepOutput {
-                loss,
-                logits,
-                metrics: vec![],
-                grads: Some(grads),
-            });
-        }
-        let logits = input.model.forward(input.x)?;
-        let loss = cross_entropy(&logits, input.y)?;
+        let pass = forward_pass(input.model, input.x, input.y, false)?;
+        let m = input.x.dim(0)? as f64;
+        let grads = parameter_gradients(input.model, input.params, &pass, 1.0 / m, None)?;
         Ok(StepOutput {
-            loss,
-            logits,
+            loss: pass.cross_entropy()?,
+            logits: pass.logits()?,
             metrics: vec![],
-            grads: None,
+            grads: Some(grads),
         })
     }
 }
@@ -276,7 +249,9 @@ impl Method for WeightDecay {
     }
     fn loss(&mut self, input: &StepInput<'_>) -> Result<StepOutput> {
         let wd = self.options.weight_decay.unwrap_or(0.0);
-        let explicit = explicit_cross_entropy(input.model, input.x, input.y, 1.0)?;
+        let pass = forward_pass(input.model, input.x, input.y, false)?;
+        let m = input.x.dim(0)? as f64;
+        let mut grads = parameter_gradients(input.model, input.params, &pass, 1.0 / m, None)?;
         let weights: Vec<(String, Var)> = {
             let data = input
                 .params
@@ -296,32 +271,20 @@ impl Method for WeightDecay {
         let dtype = input.x.dtype();
         let mut l2 = Tensor::zeros((), dtype, input.x.device())?;
         for (_, w) in &weights {
-            l2 = (l2 + w.as_tensor().sqr()?.sum_all()?)?;
+            l2 = (l2 + w.as_tensor().detach().sqr()?.sum_all()?)?;
         }
-        let penalty = (l2 * (wd / 2.0))?;
-        if let Some((ce, logits, mut grads)) = explicit {
-            // ∇ wd/2 ‖W‖² = wd·W.
-            let decay = weights
-                .iter()
-                .map(|(name, w)| Ok((name.clone(), (w.as_tensor().detach() * wd)?)))
-                .collect::<Result<Vec<_>>>()?;
-            add_gradients(&mut grads, decay)?;
-            let penalty = penalty.detach();
-            return Ok(StepOutput {
-                loss: (&ce + &penalty)?,
-                logits,
-                metrics: vec![("l2_penalty".into(), penalty)],
-                grads: Some(grads),
-            });
-        }
-        let logits = input.model.forward(input.x)?;
-        let ce = cross_entropy(&logits, input.y)?;
-        let loss = (&ce + &penalty)?;
+        // ∇ wd/2 ‖W‖² = wd·W.
+        let penalty = (l2 * (wd / 2.0))?.detach();
+        let decay = weights
+            .iter()
+            .map(|(name, w)| Ok((name.clone(), (w.as_tensor().detach() * wd)?)))
+            .collect::<Result<Vec<_>>>()?;
+        add_gradients(&mut grads, decay)?;
         Ok(StepOutput {
-            loss,
-            logits,
+            loss: (pass.cross_entropy()? + &penalty)?,
+            logits: pass.logits()?,
             metrics: vec![("l2_penalty".into(), penalty)],
-            grads: None,
+            grads: Some(grads),
         })
     }
 }

@@ -21,10 +21,11 @@ use sgr_covariance::{ChannelStructure, Covariance, Dense, Stationary};
 use sgr_data::{DatasetName, ImageSet};
 use sgr_regularizers::{
     CovSpec, GradientRegularizer, InputGradient, Regularizer, RegularizerConfig, SecondOrder,
-    input_gradient, input_gradient_split,
+    input_gradient_split,
 };
 
 use crate::adversarial::{check_positive, default_eps_255};
+use crate::gradients::{forward_pass, parameter_gradients};
 use crate::method::{Method, MethodContext, MethodError, MethodOptions, StepInput, StepOutput};
 use crate::settings::{CovKind, MethodName, SecondOrderMode, XiLabels};
 
@@ -199,17 +200,18 @@ impl Sgr {
         })
     }
 
-    /// Exact mode on the channels-last CPU path: the same objective and gradients as double backprop, with
-    /// the second derivative written out by `Cnn::explicit_gradients` instead of an autograd graph.
-    fn explicit_step(&mut self, input: &StepInput<'_>) -> Result<StepOutput> {
-        let pass = input.model.explicit_pass(input.x, input.y, true)?;
-        let grad = pass.input_grad.clone().ok_or_else(|| {
-            candle_core::Error::Msg("explicit pass without input gradient".into())
+    /// Exact mode: Ω's value and adjoint `∂Ω/∂g` from the input gradient, then the parameter gradients of
+    /// `CE + λ·⟨∂Ω/∂g, g⟩` (the same as those of `CE + λΩ`) through the one gradient entry point — the explicit
+    /// second derivative on the CPU path, double backprop elsewhere.
+    fn exact_step(&mut self, input: &StepInput<'_>) -> Result<StepOutput> {
+        let pass = forward_pass(input.model, input.x, input.y, true)?;
+        let grad = pass.input_grad().ok_or_else(|| {
+            candle_core::Error::Msg("a pass asked for the input gradient came without it".into())
         })?;
         let ig = InputGradient {
             x: input.x.detach(),
-            logits: pass.logits.clone(),
-            log_lik: pass.log_lik.clone(),
+            logits: pass.logits()?,
+            log_lik: pass.log_lik(),
             grad,
         };
         if self.xi != Xi::None {
@@ -218,17 +220,20 @@ impl Sgr {
         }
         let (omega, adjoint) = self.reg.penalty_adjoint(&ig.grad)?;
         let m = input.x.dim(0)? as f64;
-        let grads =
-            input
-                .model
-                .explicit_gradients(&pass, 1.0 / m, Some(&(adjoint * self.lambda)?))?;
-        let ce = ig.log_lik.mean(0)?.neg()?;
+        let grads = parameter_gradients(
+            input.model,
+            input.params,
+            &pass,
+            1.0 / m,
+            Some(&(adjoint * self.lambda)?),
+        )?;
+        let ce = pass.cross_entropy()?;
         let loss = (&ce + (&omega * self.lambda)?)?;
         Ok(StepOutput {
             loss,
             logits: ig.logits,
             metrics: vec![("ce".into(), ce), ("omega".into(), omega)],
-            grads: Some(grads.into_iter().collect()),
+            grads: Some(grads),
         })
     }
 
@@ -279,16 +284,11 @@ impl Method for Sgr {
         &self.options
     }
     fn loss(&mut self, input: &StepInput<'_>) -> Result<StepOutput> {
-        let exact = self.reg.config().second_order == SecondOrder::Exact;
-        if exact && input.model.uses_fast_ops(input.x) {
-            return self.explicit_step(input);
+        if self.reg.config().second_order == SecondOrder::Exact {
+            return self.exact_step(input);
         }
-        // Off the channels-last path (GPU, or candle's own layers): autograd, double backprop when exact.
-        let ig = if exact {
-            input_gradient(input.model, input.x, input.y, true)?
-        } else {
-            input_gradient_split(input.model, &input.model.frozen(), input.x, input.y)?
-        };
+        // The finite-difference surrogates of the second derivative: the regulariser's own autograd route.
+        let ig = input_gradient_split(input.model, &input.model.frozen(), input.x, input.y)?;
         if self.xi != Xi::None {
             let xi = self.perturbations(input, &ig)?;
             self.reg.observe(&xi)?;
