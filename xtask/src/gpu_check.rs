@@ -73,14 +73,11 @@ impl Runner {
             .with_context(|| format!("{name}: cannot start {:?}", cmd.get_program()))?;
         let status = loop {
             if let Some(s) = child.try_wait()? {
-                break format!(
-                    "{}",
-                    if s.success() {
-                        "ok".to_string()
-                    } else {
-                        format!("FAILED ({s})")
-                    }
-                );
+                break if s.success() {
+                    "ok".to_string()
+                } else {
+                    format!("FAILED ({s})")
+                };
             }
             if self.start.elapsed() > self.budget {
                 let _ = child.kill();
@@ -168,58 +165,38 @@ pub fn run(cmd: GpuCheckCmd) -> Result<()> {
     }
     r.step("selftest", &mut selftest)?;
 
+    // One epoch of SGR-sign, seed 0, into OUT/<name>.
+    let train = |name: &str, dev: &str, data: &[&str]| {
+        let mut c = Command::new(&binary);
+        c.args([
+            "train", "--method", "sgr-sign", "--epochs", "1", "--seed", "0", "--device", dev,
+        ])
+        .args(data)
+        .arg("--out")
+        .arg(out_of(name));
+        c
+    };
+
     // 3. A short SGR-sign run on the embedded MNIST subset (no data needed), on the device and on the CPU.
     let limit = if cmd.quick { "256" } else { "2048" };
+    let short = [
+        "--dataset",
+        "mnist-subset",
+        "--train-limit",
+        limit,
+        "--pgd-eval-images",
+        "100",
+    ];
     for (name, dev) in [("train-short", device.as_str()), ("train-short-cpu", "cpu")] {
-        r.step(
-            name,
-            Command::new(&binary)
-                .args([
-                    "train",
-                    "--method",
-                    "sgr-sign",
-                    "--dataset",
-                    "mnist-subset",
-                    "--epochs",
-                    "1",
-                    "--train-limit",
-                    limit,
-                    "--pgd-eval-images",
-                    "100",
-                    "--seed",
-                    "0",
-                    "--device",
-                    dev,
-                    "--out",
-                ])
-                .arg(out_of(name)),
-        )?;
+        r.step(name, &mut train(name, dev, &short))?;
     }
 
     // 4. A full MNIST SGR-sign epoch, timed.
     match &cmd.data_dir {
         Some(d) if !cmd.quick => {
-            r.step(
-                "mnist-epoch",
-                Command::new(&binary)
-                    .args([
-                        "train",
-                        "--method",
-                        "sgr-sign",
-                        "--dataset",
-                        "mnist",
-                        "--epochs",
-                        "1",
-                        "--seed",
-                        "0",
-                        "--device",
-                        &device,
-                        "--data-dir",
-                    ])
-                    .arg(d)
-                    .arg("--out")
-                    .arg(out_of("mnist-epoch")),
-            )?;
+            let dir = d.to_string_lossy();
+            let full = ["--dataset", "mnist", "--data-dir", dir.as_ref()];
+            r.step("mnist-epoch", &mut train("mnist-epoch", &device, &full))?;
         }
         Some(_) => r.skip("mnist-epoch", "--quick"),
         None => r.skip("mnist-epoch", "no --data-dir"),
@@ -252,7 +229,7 @@ fn finish(r: &mut Runner, cmd: &GpuCheckCmd) -> Result<()> {
         }
     }
     if let Ok(s) = std::fs::read_to_string(cmd.out.join("selftest").join("selftest.md")) {
-        md.push_str("\n");
+        md.push('\n');
         md.push_str(&s.replacen("# ", "## ", 1));
     }
     std::fs::write(cmd.out.join("report.md"), md)?;

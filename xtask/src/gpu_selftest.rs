@@ -213,26 +213,26 @@ fn gradient_checks(device: &Device) -> Result<Vec<Check>> {
             let var = Var::from_tensor(&v.to_device(device)?)?;
             let path = device_path(device);
             let sv = ks.matvec_on(var.as_tensor(), path)?;
-            let half = (sv.sqr()?.sum_all()? * 0.5)?;
-            let g = half
-                .backward()?
-                .get(var.as_tensor())
-                .context("no gradient")?
-                .clone();
+            let g = gradient(&(sv.sqr()?.sum_all()? * 0.5)?, &var)?;
             let want = ks.matvec(&ks.matvec(&v)?)?;
             let what = format!("C={c} {} {dtype:?}", structure.as_str());
             out.push((format!("{what} first order"), rel_error(&g, &want)?, tol));
-            let inner = (g * u.to_device(device)?)?.sum_all()?;
-            let g2 = inner
-                .backward()?
-                .get(var.as_tensor())
-                .context("no second-order gradient (CANDLE_GRAD_DO_NOT_DETACH unset?)")?
-                .clone();
+            let g2 = gradient(&(g * u.to_device(device)?)?.sum_all()?, &var)
+                .context("second order (CANDLE_GRAD_DO_NOT_DETACH unset?)")?;
             let want2 = ks.matvec(&ks.matvec(&u)?)?;
             out.push((format!("{what} second order"), rel_error(&g2, &want2)?, tol));
         }
     }
     Ok(out)
+}
+
+/// `∂loss/∂var`.
+fn gradient(loss: &Tensor, var: &Var) -> Result<Tensor> {
+    Ok(loss
+        .backward()?
+        .get(var.as_tensor())
+        .context("no gradient reaches the variable")?
+        .clone())
 }
 
 fn model_on(
@@ -266,12 +266,7 @@ fn model_checks(device: &Device) -> Result<Vec<Check>> {
         let input_grad = |model: &Cnn, dev: &Device| -> Result<Tensor> {
             let xv = Var::from_tensor(&x.to_device(dev)?)?;
             let logits = candle_core::Module::forward(model, xv.as_tensor())?;
-            let ce = sgr_train::cross_entropy(&logits, &y.to_device(dev)?)?;
-            Ok(ce
-                .backward()?
-                .get(xv.as_tensor())
-                .context("no input gradient")?
-                .clone())
+            gradient(&sgr_train::cross_entropy(&logits, &y.to_device(dev)?)?, &xv)
         };
         out.push((
             format!("MNIST CNN input gradient {dtype:?}"),

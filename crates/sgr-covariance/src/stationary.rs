@@ -25,33 +25,20 @@ impl Stationary {
     /// From `f(c, c', dy, dx)`; `f` must satisfy `f(c, c', δ) = f(c', c, −δ)`.
     pub fn from_fn(
         shape: (usize, usize, usize),
-        (ry, rx): (usize, usize),
+        radius: (usize, usize),
         structure: ChannelStructure,
         f: impl Fn(usize, usize, i64, i64) -> f64,
     ) -> Result<Self> {
-        let (c, h, w) = shape;
-        if c == 0 || h == 0 || w == 0 {
-            return Err(CovError::Invalid(format!("empty image shape {c}x{h}x{w}")));
-        }
-        let (ry, rx) = (ry.min(h - 1), rx.min(w - 1));
-        let pairs: Vec<(usize, usize)> = match structure {
-            ChannelStructure::IntraInter => vec![(0, 0), (0, 1)],
-            ChannelStructure::Full => (0..c * c).map(|k| (k / c, k % c)).collect(),
-        };
-        let mut tables = Vec::with_capacity(pairs.len() * (2 * ry + 1) * (2 * rx + 1));
-        for (a, b) in pairs {
-            for dy in -(ry as i64)..=ry as i64 {
-                for dx in -(rx as i64)..=rx as i64 {
-                    tables.push(if c == 1 && a != b {
-                        0.0
-                    } else {
-                        f(a, b, dy, dx)
-                    });
-                }
+        let c = shape.0;
+        let kernels = KernelSet::tabulate(shape, radius, structure, |a, b, dy, dx| {
+            if c == 1 && a != b {
+                0.0
+            } else {
+                f(a, b, dy, dx)
             }
-        }
+        })?;
         Ok(Self {
-            kernels: Arc::new(KernelSet::new(shape, (ry, rx), structure, tables)?),
+            kernels: Arc::new(kernels),
         })
     }
 

@@ -122,9 +122,30 @@ impl KernelSet {
     /// intra/inter structure the inter table is `f(0, 1, ·)`.
     pub fn from_fn(
         shape: (usize, usize, usize),
-        (ry, rx): (usize, usize),
+        radius: (usize, usize),
         structure: ChannelStructure,
         f: impl Fn(usize, usize, i64, i64) -> f64,
+    ) -> Result<Self> {
+        Self::tabulate(shape, radius, structure, |a, b, dy, dx| {
+            let canonical = (dy, dx).max((-dy, -dx));
+            match (structure, a.cmp(&b)) {
+                // K_intra and K_inter = K_{01} = K_{10} are each symmetric in δ.
+                (ChannelStructure::IntraInter, _) | (_, std::cmp::Ordering::Equal) => {
+                    f(a, b, canonical.0, canonical.1)
+                }
+                (_, std::cmp::Ordering::Less) => f(a, b, dy, dx),
+                (_, std::cmp::Ordering::Greater) => f(b, a, -dy, -dx),
+            }
+        })
+    }
+
+    /// Tables from `value(c, c', dy, dx)` for each stored channel pair (intra/inter: `(0, 0)` and `(0, 1)`; full:
+    /// all `C²`), radii clipped to the image, checked by [`KernelSet::new`] (symmetry included).
+    pub(crate) fn tabulate(
+        shape: (usize, usize, usize),
+        (ry, rx): (usize, usize),
+        structure: ChannelStructure,
+        value: impl Fn(usize, usize, i64, i64) -> f64,
     ) -> Result<Self> {
         let (c, h, w) = shape;
         if c == 0 || h == 0 || w == 0 {
@@ -139,15 +160,7 @@ impl KernelSet {
         for (a, b) in pairs {
             for dy in -(ry as i64)..=ry as i64 {
                 for dx in -(rx as i64)..=rx as i64 {
-                    let canonical = (dy, dx).max((-dy, -dx));
-                    tables.push(match (structure, a.cmp(&b)) {
-                        // K_intra and K_inter = K_{01} = K_{10} are each symmetric in δ.
-                        (ChannelStructure::IntraInter, _) | (_, std::cmp::Ordering::Equal) => {
-                            f(a, b, canonical.0, canonical.1)
-                        }
-                        (_, std::cmp::Ordering::Less) => f(a, b, dy, dx),
-                        (_, std::cmp::Ordering::Greater) => f(b, a, -dy, -dx),
-                    });
+                    tables.push(value(a, b, dy, dx));
                 }
             }
         }
