@@ -33,6 +33,11 @@ pub struct GpuCheckCmd {
     /// Small sizes everywhere (for the tests of this command).
     #[arg(long)]
     quick: bool,
+    /// Folders with the CUDA libraries a prebuilt --binary links to (libcublas, libcurand, libnvrtc…), added
+    /// to LD_LIBRARY_PATH; without it, missing ones (`ldd`) are looked for in the usual places and in Python's
+    /// site-packages (pip-installed PyTorch keeps them under nvidia/*/lib).
+    #[arg(long)]
+    lib_dir: Vec<PathBuf>,
 }
 
 struct Step {
@@ -45,6 +50,8 @@ struct Step {
 struct Runner {
     out: PathBuf,
     log: File,
+    /// Extra environment of every step (LD_LIBRARY_PATH for a prebuilt binary).
+    env: Vec<(String, String)>,
     start: Instant,
     budget: Duration,
     steps: Vec<Step>,
@@ -67,6 +74,7 @@ impl Runner {
         self.say(&format!("{name}: {cmd:?}"));
         let t0 = Instant::now();
         let mut child = cmd
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::from(log.try_clone()?))
             .stderr(Stdio::from(log))
             .spawn()
@@ -119,6 +127,7 @@ pub fn run(cmd: GpuCheckCmd) -> Result<()> {
     std::fs::create_dir_all(&cmd.out).with_context(|| format!("--out {}", cmd.out.display()))?;
     let mut r = Runner {
         log: File::create(cmd.out.join("gpu-check.log"))?,
+        env: vec![],
         out: cmd.out.clone(),
         start: Instant::now(),
         budget: Duration::from_secs(cmd.budget),
@@ -153,6 +162,16 @@ pub fn run(cmd: GpuCheckCmd) -> Result<()> {
             target.join("release").join("xtask")
         }
     };
+    if cmd.binary.is_some() || !cmd.lib_dir.is_empty() {
+        let dirs = library_dirs(&mut r, &binary, &cmd.lib_dir);
+        if !dirs.is_empty() {
+            let mut all: Vec<String> = dirs.iter().map(|d| d.display().to_string()).collect();
+            if let Ok(old) = std::env::var("LD_LIBRARY_PATH") {
+                all.push(old);
+            }
+            r.env.push(("LD_LIBRARY_PATH".into(), all.join(":")));
+        }
+    }
     let out_of = |sub: &str| cmd.out.join(sub);
 
     // 2. The self-test.
@@ -202,6 +221,78 @@ pub fn run(cmd: GpuCheckCmd) -> Result<()> {
         None => r.skip("mnist-epoch", "no --data-dir"),
     }
     finish(&mut r, &cmd)
+}
+
+/// Folders to add to LD_LIBRARY_PATH: `given`, then for each library `ldd` reports missing, the first folder
+/// of the usual places holding it.
+fn library_dirs(r: &mut Runner, binary: &Path, given: &[PathBuf]) -> Vec<PathBuf> {
+    let mut dirs: Vec<PathBuf> = given.to_vec();
+    let missing: Vec<String> = Command::new("ldd")
+        .arg(binary)
+        .envs(given.iter().map(|d| ("LD_LIBRARY_PATH", d.as_os_str())))
+        .output()
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .filter(|l| l.contains("not found"))
+                .filter_map(|l| l.split_whitespace().next().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
+    if missing.is_empty() {
+        return dirs;
+    }
+    let mut roots: Vec<PathBuf> = [
+        "/usr/local/cuda/lib64",
+        "/usr/local/cuda/lib",
+        "/usr/lib/x86_64-linux-gnu",
+        "/opt/conda/lib",
+    ]
+    .iter()
+    .map(PathBuf::from)
+    .collect();
+    if let Ok(o) = Command::new("python3")
+        .args([
+            "-c",
+            "import site; print('\\n'.join(site.getsitepackages()))",
+        ])
+        .output()
+    {
+        roots.extend(
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .map(|l| PathBuf::from(l).join("nvidia")),
+        );
+    }
+    for lib in &missing {
+        match roots.iter().find_map(|root| find_file(root, lib, 3)) {
+            Some(dir) => {
+                r.say(&format!("{lib}: found in {}", dir.display()));
+                if !dirs.contains(&dir) {
+                    dirs.push(dir);
+                }
+            }
+            None => r.say(&format!("{lib}: not found (pass --lib-dir)")),
+        }
+    }
+    dirs
+}
+
+/// The folder under `root` (at most `depth` levels down) that holds a file named `name`.
+fn find_file(root: &Path, name: &str, depth: usize) -> Option<PathBuf> {
+    if root.join(name).exists() {
+        return Some(root.to_path_buf());
+    }
+    if depth == 0 {
+        return None;
+    }
+    let mut subdirs: Vec<PathBuf> = std::fs::read_dir(root)
+        .ok()?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_dir())
+        .collect();
+    subdirs.sort();
+    subdirs.iter().find_map(|d| find_file(d, name, depth - 1))
 }
 
 /// Writes report.md from the steps and what they left, and fails if a step failed.
