@@ -404,31 +404,42 @@ fn write_outputs(dir: &Path, report: &SelftestReport) -> Result<()> {
             None => "no kernel on this device",
         }
     );
-    md.push_str("| group | check | relative error | tolerance | |\n|---|---|---:|---:|---|\n");
+    let mut checks = sgr_eval::Table::new(["group", "check", "relative error", "tolerance", ""]);
     for c in &report.checks {
-        md.push_str(&format!(
-            "| {} | {} | {:.2e} | {:.0e} | {} |\n",
-            c.group,
-            c.name,
-            c.rel_error,
-            c.tolerance,
-            if c.passed { "ok" } else { "**FAIL**" }
-        ));
+        checks.push([
+            c.group.clone(),
+            c.name.clone(),
+            format!("{:.2e}", c.rel_error),
+            format!("{:.0e}", c.tolerance),
+            if c.passed {
+                "ok".into()
+            } else {
+                "**FAIL**".into()
+            },
+        ]);
     }
-    md.push_str(
-        "\n## Σv timings (f32, median)\n\n| shape | radius | kernel (device) | conv2d fallback (device) | CPU op | fallback / kernel |\n|---|---:|---:|---:|---:|---:|\n",
-    );
+    md += &checks.to_markdown();
+    let mut times = sgr_eval::Table::new([
+        "shape",
+        "radius",
+        "kernel (device)",
+        "conv2d fallback (device)",
+        "CPU op",
+        "fallback / kernel",
+    ]);
     for t in &report.timings {
-        md.push_str(&format!(
-            "| {:?} | {} | {:.3} ms | {:.3} ms | {:.3} ms | {:.1}× |\n",
-            t.shape,
-            t.radius,
-            t.kernel_ms,
-            t.fallback_ms,
-            t.cpu_ms,
-            t.fallback_ms / t.kernel_ms
-        ));
+        let ms = |x: f64| format!("{x:.3} ms");
+        times.push([
+            format!("{:?}", t.shape),
+            t.radius.to_string(),
+            ms(t.kernel_ms),
+            ms(t.fallback_ms),
+            ms(t.cpu_ms),
+            format!("{:.1}×", t.fallback_ms / t.kernel_ms),
+        ]);
     }
+    md += "\n## Σv timings (f32, median)\n\n";
+    md += &times.to_markdown();
     std::fs::write(dir.join("selftest.md"), md)?;
     let panels: Vec<sgr_eval::plot::LinePanel> = [(1usize, 28usize, 28usize), (3, 32, 32)]
         .iter()

@@ -241,13 +241,7 @@ fn omega_equals_the_logit_form_of_eq_13() {
         .collect();
     let yv = y.to_vec1::<u32>().unwrap();
     let d = 256;
-    let dense = cov
-        .to_dense()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1::<f64>()
-        .unwrap();
+    let dense = sgr_testutil::flat_f64(&cov.to_dense().unwrap());
     let mut total = 0.0;
     for (i, &yi) in yv.iter().enumerate() {
         // u = ∇φ_y − Σ_k p_k ∇φ_k for example i.

@@ -367,13 +367,7 @@ mod tests {
             }
             let ks = KernelSet::new((c, h, w), (ry, rx), structure, tables).unwrap();
             let d = ks.dim();
-            let dense = ks
-                .to_dense()
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .to_vec1::<f64>()
-                .unwrap();
+            let dense = sgr_testutil::flat_f64(&ks.to_dense().unwrap());
             let b = 3;
             let v: Vec<f64> = (0..b * d)
                 .map(|i| ((i * 37 % 101) as f64) / 50.0 - 1.0)
