@@ -497,14 +497,14 @@ fn select(
     let runs = planned
         .iter()
         .filter(|p| p.stage == Stage::Sweep && p.method == method)
-        .map(|p| {
-            let LambdaFrom::Fixed(l) = p.lambda else {
-                unreachable!("sweep runs have a fixed λ")
-            };
-            Ok((
-                l,
-                sgr_train::read_record(&p.dir).with_context(|| format!("{}: {hint}", p.name))?,
-            ))
+        .filter_map(|p| match p.lambda {
+            LambdaFrom::Fixed(l) => Some((p, l)),
+            _ => None,
+        })
+        .map(|(p, l)| {
+            let r =
+                sgr_train::read_record(&p.dir).with_context(|| format!("{}: {hint}", p.name))?;
+            Ok((l, r))
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
     sgr_train::select_lambda(method, &clean_r, &runs, cmd.sweep_tolerance)
