@@ -1,3 +1,5 @@
+//! Structured image covariances, their estimation and sampling, and a fast differentiable `Σ v` for Candle.
+//!
 #![doc = include_str!("../README.md")]
 
 mod covfun;

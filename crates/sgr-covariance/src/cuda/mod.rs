@@ -19,23 +19,14 @@ pub(crate) struct LaunchTables {
 
 #[cfg(any(feature = "cuda", test))]
 pub(crate) fn launch_tables(k: &KernelSet) -> LaunchTables {
-    let n = k.table_len();
-    let (c, _, _) = k.shape();
-    let table = |i: usize| &k.tables[i * n..(i + 1) * n];
-    match k.structure() {
-        _ if c == 1 => LaunchTables {
-            mode: 0,
-            tables: table(0).to_vec(),
-        },
-        ChannelStructure::IntraInter => {
-            let mut tables: Vec<f64> = table(0).iter().zip(table(1)).map(|(a, b)| a - b).collect();
-            tables.extend_from_slice(table(1));
-            LaunchTables { mode: 1, tables }
-        }
-        ChannelStructure::Full => LaunchTables {
-            mode: 2,
-            tables: k.tables.clone(),
-        },
+    let mode = match k.structure() {
+        _ if k.shape().0 == 1 => 0,
+        ChannelStructure::IntraInter => 1,
+        ChannelStructure::Full => 2,
+    };
+    LaunchTables {
+        mode,
+        tables: k.correlation_tables().concat(),
     }
 }
 
@@ -74,9 +65,7 @@ mod device {
         storage: &CudaStorage,
         layout: &Layout,
     ) -> candle_core::Result<(CudaStorage, Shape)> {
-        let (start, end) = layout.contiguous_offsets().ok_or_else(|| {
-            candle_core::Error::Msg("sgr-cov-matvec: input must be contiguous".into())
-        })?;
+        let (start, end) = crate::kernel::contiguous_range(layout)?;
         let dev = storage.device().clone();
         let _span = tracing::trace_span!("cov_matvec_cuda", n = end - start).entered();
         let slice = match storage.dtype() {

@@ -38,31 +38,26 @@ impl KernelSet {
 
     fn build_fft_kernels<T: Elem>(&self) -> FftKernels<T> {
         let plan = Plan2d::<T>::new(fast_len(self.h + self.ry), fast_len(self.w + self.rx));
-        let spectrum = |f: &dyn Fn(i64, i64) -> f64| {
+        let (kw, ry, rx) = (2 * self.rx + 1, self.ry as i64, self.rx as i64);
+        let spectrum = |table: &[f64]| {
             // g(m) = K(−m) placed with wrap-around: circular convolution with g is correlation with K.
             let mut buf = vec![Complex::new(T::zero(), T::zero()); plan.ny * plan.nx];
-            for dy in -(self.ry as i64)..=self.ry as i64 {
-                for dx in -(self.rx as i64)..=self.rx as i64 {
+            for dy in -ry..=ry {
+                for dx in -rx..=rx {
                     let my = (-dy).rem_euclid(plan.ny as i64) as usize;
                     let mx = (-dx).rem_euclid(plan.nx as i64) as usize;
+                    let k = table[(dy + ry) as usize * kw + (dx + rx) as usize];
                     buf[my * plan.nx + mx] =
-                        Complex::new(T::from(f(dy, dx)).unwrap_or_else(T::nan), T::zero());
+                        Complex::new(T::from(k).unwrap_or_else(T::nan), T::zero());
                 }
             }
             plan.forward_t(&mut buf, plan.ny)
         };
-        let spectra = match self.structure {
-            ChannelStructure::IntraInter if self.c == 1 => {
-                vec![spectrum(&|dy, dx| self.value(0, 0, dy, dx))]
-            }
-            ChannelStructure::IntraInter => vec![
-                spectrum(&|dy, dx| self.value(0, 0, dy, dx) - self.value(0, 1, dy, dx)),
-                spectrum(&|dy, dx| self.value(0, 1, dy, dx)),
-            ],
-            ChannelStructure::Full => (0..self.c * self.c)
-                .map(|k| spectrum(&|dy, dx| self.value(k / self.c, k % self.c, dy, dx)))
-                .collect(),
-        };
+        let spectra = self
+            .correlation_tables()
+            .iter()
+            .map(|t| spectrum(t))
+            .collect();
         FftKernels { plan, spectra }
     }
 
@@ -170,22 +165,12 @@ impl KernelSet {
                 .map(|&x| T::from(x).unwrap_or_else(T::nan))
                 .collect()
         };
-        // Kernels as tap lists (dy, dx, weight), zeros skipped; for intra/inter: [intra − inter, inter].
-        let tables: Vec<Vec<T>> = match self.structure {
-            ChannelStructure::IntraInter if self.c == 1 => vec![convert(self.table(0))],
-            ChannelStructure::IntraInter => {
-                let diff: Vec<f64> = self
-                    .table(0)
-                    .iter()
-                    .zip(self.table(1))
-                    .map(|(a, x)| a - x)
-                    .collect();
-                vec![convert(&diff), convert(self.table(1))]
-            }
-            ChannelStructure::Full => (0..self.n_tables())
-                .map(|k| convert(self.table(k)))
-                .collect(),
-        };
+        // Kernels as tap lists (offset, weight), zeros skipped.
+        let tables: Vec<Vec<T>> = self
+            .correlation_tables()
+            .iter()
+            .map(|t| convert(t))
+            .collect();
         let taps: Vec<Vec<(usize, T)>> = tables.iter().map(|t| self.taps(t)).collect();
         out.par_chunks_mut(d)
             .zip(v.par_chunks(d))

@@ -80,10 +80,7 @@ impl KernelSet {
         structure: ChannelStructure,
         tables: Vec<f64>,
     ) -> Result<Self> {
-        if c == 0 || h == 0 || w == 0 {
-            return Err(CovError::Invalid(format!("empty image shape {c}x{h}x{w}")));
-        }
-        let (ry, rx) = (ry.min(h - 1), rx.min(w - 1));
+        let (ry, rx) = clip_extent((c, h, w), (ry, rx))?;
         let ks = Self {
             c,
             h,
@@ -147,11 +144,8 @@ impl KernelSet {
         structure: ChannelStructure,
         value: impl Fn(usize, usize, i64, i64) -> f64,
     ) -> Result<Self> {
-        let (c, h, w) = shape;
-        if c == 0 || h == 0 || w == 0 {
-            return Err(CovError::Invalid(format!("empty image shape {c}x{h}x{w}")));
-        }
-        let (ry, rx) = (ry.min(h - 1), rx.min(w - 1));
+        let c = shape.0;
+        let (ry, rx) = clip_extent(shape, (ry, rx))?;
         let pairs: Vec<(usize, usize)> = match structure {
             ChannelStructure::IntraInter => vec![(0, 0), (0, 1)],
             ChannelStructure::Full => (0..c * c).map(|k| (k / c, k % c)).collect(),
@@ -218,6 +212,22 @@ impl KernelSet {
     fn table(&self, k: usize) -> &[f64] {
         let n = self.table_len();
         &self.tables[k * n..(k + 1) * n]
+    }
+
+    /// The single-channel correlations `Σ v` is made of, as tables (in the layout of [`KernelSet::value`]), in
+    /// the order every implementation applies them: one channel `[K]`; intra/inter `[K_intra − K_inter,
+    /// K_inter]` (the second on `Σ_c v_c`: `C + 1` correlations); full: the `C²` tables, row-major over `(c, c')`.
+    pub(crate) fn correlation_tables(&self) -> Vec<Vec<f64>> {
+        match self.structure {
+            _ if self.c == 1 => vec![self.table(0).to_vec()],
+            ChannelStructure::IntraInter => {
+                let diff = self.table(0).iter().zip(self.table(1)).map(|(a, b)| a - b);
+                vec![diff.collect(), self.table(1).to_vec()]
+            }
+            ChannelStructure::Full => (0..self.n_tables())
+                .map(|k| self.table(k).to_vec())
+                .collect(),
+        }
     }
 
     /// `K_{cc'}(dy, dx)`, zero outside the extent.
@@ -372,6 +382,25 @@ impl KernelSet {
     }
 }
 
+/// The half extents clipped to the image (a displacement beyond it never pairs two pixels); an error for an
+/// empty image.
+fn clip_extent(
+    (c, h, w): (usize, usize, usize),
+    (ry, rx): (usize, usize),
+) -> Result<(usize, usize)> {
+    if c == 0 || h == 0 || w == 0 {
+        return Err(CovError::Invalid(format!("empty image shape {c}x{h}x{w}")));
+    }
+    Ok((ry.min(h - 1), rx.min(w - 1)))
+}
+
+/// Where the product op's (contiguous) input lies in its storage, on any device.
+pub(crate) fn contiguous_range(layout: &Layout) -> candle_core::Result<(usize, usize)> {
+    layout
+        .contiguous_offsets()
+        .ok_or_else(|| candle_core::Error::Msg("sgr-cov-matvec: input must be contiguous".into()))
+}
+
 /// The custom op behind [`KernelSet::matvec`]: forward on CPU, and a backward that is the op itself
 /// (`Σ` is symmetric), so gradients of any order flow through it.
 #[derive(Clone, Debug)]
@@ -389,9 +418,7 @@ impl CustomOp1 for CovMatvec {
         storage: &CpuStorage,
         layout: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (start, end) = layout.contiguous_offsets().ok_or_else(|| {
-            candle_core::Error::Msg("sgr-cov-matvec: input must be contiguous".into())
-        })?;
+        let (start, end) = contiguous_range(layout)?;
         let shape = layout.shape().clone();
         let _span = tracing::trace_span!("cov_matvec", n = end - start).entered();
         let out = match storage {
