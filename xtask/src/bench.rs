@@ -62,7 +62,8 @@ pub struct BenchCmd {
     aa_batch: usize,
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
+/// The median (the mean of the middle two for an even count).
+pub(crate) fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     let n = v.len();
     if n % 2 == 1 {
@@ -72,7 +73,11 @@ fn median(mut v: Vec<f64>) -> f64 {
     }
 }
 
-fn time_ms(reps: usize, mut f: impl FnMut() -> anyhow::Result<()>) -> anyhow::Result<f64> {
+/// Median milliseconds of `reps` calls of `f` after two warm-up calls.
+pub(crate) fn time_ms(
+    reps: usize,
+    mut f: impl FnMut() -> anyhow::Result<()>,
+) -> anyhow::Result<f64> {
     for _ in 0..2 {
         f()?;
     }

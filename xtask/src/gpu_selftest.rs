@@ -6,7 +6,6 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Instant;
 
 use anyhow::{Context, Result};
 use candle_core::{DType, Device, Tensor, Var};
@@ -335,22 +334,13 @@ fn model_checks(device: &Device) -> Result<Vec<Check>> {
     Ok(out)
 }
 
+/// Median milliseconds of `f` on `device`, each call waited for (`bench::time_ms`, two warm-up calls: module
+/// loading, the self-check, allocator growth).
 fn median_ms(reps: usize, device: &Device, mut f: impl FnMut() -> Result<Tensor>) -> Result<f64> {
-    // Two warm-up calls (module loading, the self-check, allocator growth).
-    for _ in 0..2 {
+    crate::bench::time_ms(reps, || {
         f()?;
-    }
-    device.synchronize()?;
-    let mut t = Vec::with_capacity(reps);
-    for _ in 0..reps {
-        let t0 = Instant::now();
-        let r = f()?;
-        device.synchronize()?;
-        drop(r);
-        t.push(t0.elapsed().as_secs_f64() * 1e3);
-    }
-    t.sort_by(f64::total_cmp);
-    Ok(t[t.len() / 2])
+        Ok(device.synchronize()?)
+    })
 }
 
 /// Σv on a batch of 128 in f32: the kernel and the conv2d fallback on the device, and the CPU op.

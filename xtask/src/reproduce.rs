@@ -415,7 +415,8 @@ fn plan(cmd: &ReproduceCmd, out: &Path) -> Vec<Planned> {
     v
 }
 
-/// The command line as given, without --list-runs, each argument quoted for a POSIX shell where needed.
+/// The command line as given, without --list-runs, --report-only and --run NAME (what selects one stage of
+/// the work), each argument quoted for a POSIX shell where needed.
 fn base_command() -> String {
     let quote = |a: &str| {
         if !a.is_empty()
@@ -427,11 +428,18 @@ fn base_command() -> String {
             format!("'{}'", a.replace('\'', "'\\''"))
         }
     };
-    let args: Vec<String> = std::env::args()
-        .skip_while(|a| a != "reproduce")
-        .filter(|a| a != "--list-runs")
-        .map(|a| quote(&a))
-        .collect();
+    let mut args = Vec::new();
+    let mut given = std::env::args().skip_while(|a| a != "reproduce");
+    while let Some(a) = given.next() {
+        match a.as_str() {
+            "--list-runs" | "--report-only" => {}
+            "--run" => {
+                given.next();
+            }
+            _ if a.starts_with("--run=") => {}
+            _ => args.push(quote(&a)),
+        }
+    }
     format!("cargo xtask {}", args.join(" "))
 }
 
@@ -457,42 +465,42 @@ fn print_run_list(planned: &[Planned]) {
 }
 
 fn is_done(cmd: &ReproduceCmd, p: &Planned) -> bool {
+    sgr_train::read_record(&p.dir).is_ok_and(|r| finished(cmd, p, &r))
+}
+
+/// Whether `r`, the record in `p`'s folder, is the finished run `p` asks for.
+fn finished(cmd: &ReproduceCmd, p: &Planned, r: &sgr_train::RunRecord) -> bool {
     let epochs = match p.stage {
         Stage::Sweep => Some(cmd.sweep_epochs),
         Stage::Final => cmd.epochs,
     };
-    sgr_train::read_record(&p.dir).is_ok_and(|r| {
-        r.status == RunStatus::Complete
-            && epochs.is_none_or(|e| r.epochs_done >= e)
-            && (p.stage == Stage::Final || r.final_eval.is_some())
-    })
+    r.status == RunStatus::Complete
+        && epochs.is_none_or(|e| r.epochs_done >= e)
+        && (p.stage == Stage::Final || r.final_eval.is_some())
 }
 
-/// The λ sweeps' outcomes, for every grid whose runs have all finished.
+/// The λ sweeps' outcomes, one per grid (their runs must have finished).
 fn sweep_selections(
     cmd: &ReproduceCmd,
     planned: &[Planned],
 ) -> anyhow::Result<Vec<sgr_train::Selection>> {
-    let mut out = Vec::new();
-    let Some(clean) = planned
+    cmd.lambda_sweep
         .iter()
-        .find(|p| p.stage == Stage::Sweep && p.method == MethodName::Clean)
-    else {
-        return Ok(out);
-    };
-    for g in &cmd.lambda_sweep {
-        out.push(select(cmd, planned, clean, g.method)?);
-    }
-    Ok(out)
+        .map(|g| select(cmd, planned, g.method))
+        .collect()
 }
 
+/// The sweep's choice of λ for `method`, from its finished sweep runs and the clean one beside them.
 fn select(
     cmd: &ReproduceCmd,
     planned: &[Planned],
-    clean: &Planned,
     method: MethodName,
 ) -> anyhow::Result<sgr_train::Selection> {
     let hint = "run the sweep first (stage 1 of --list-runs)";
+    let clean = planned
+        .iter()
+        .find(|p| p.stage == Stage::Sweep && p.method == MethodName::Clean)
+        .context("no λ sweep planned (--lambda-sweep)")?;
     let clean_r = sgr_train::read_record(&clean.dir).with_context(|| hint.to_string())?;
     let runs = planned
         .iter()
@@ -513,18 +521,12 @@ fn select(
 
 /// λ of a run, resolving a sweep's choice (which must have finished).
 fn lambda_of(cmd: &ReproduceCmd, planned: &[Planned], p: &Planned) -> anyhow::Result<Option<f64>> {
-    let clean = || {
-        planned
-            .iter()
-            .find(|q| q.stage == Stage::Sweep && q.method == MethodName::Clean)
-            .context("no sweep planned")
-    };
     Ok(match p.lambda {
         LambdaFrom::Default => None,
         LambdaFrom::Fixed(l) => Some(l),
-        LambdaFrom::Sweep => Some(select(cmd, planned, clean()?, p.method)?.chosen),
+        LambdaFrom::Sweep => Some(select(cmd, planned, p.method)?.chosen),
         LambdaFrom::SgrSignSweep => {
-            let base = select(cmd, planned, clean()?, MethodName::SgrSign)?.chosen;
+            let base = select(cmd, planned, MethodName::SgrSign)?.chosen;
             Some(sgr_train::scaled_from_sgr_sign(p.method, base, cmd.dataset))
         }
     })
@@ -537,10 +539,10 @@ fn train_planned(
     stop: &std::sync::Arc<std::sync::atomic::AtomicBool>,
     budget: &mut Budget,
 ) -> anyhow::Result<()> {
-    if is_done(cmd, p) {
+    let existing = sgr_train::read_record(&p.dir).ok();
+    if existing.as_ref().is_some_and(|r| finished(cmd, p, r)) {
         return Ok(());
     }
-    let existing = sgr_train::read_record(&p.dir).ok();
     let sweep = p.stage == Stage::Sweep;
     let args = TrainArgs {
         method: Some(p.method),
@@ -580,6 +582,7 @@ fn train_planned(
 fn sweep_markdown(
     cmd: &ReproduceCmd,
     out: &Path,
+    planned: &[Planned],
     sweeps: &[sgr_train::Selection],
 ) -> anyhow::Result<String> {
     if sweeps.is_empty() {
@@ -594,11 +597,7 @@ fn sweep_markdown(
         cmd.validation,
         sgr_train::default_eps_255(cmd.dataset),
         cmd.sweep_tolerance,
-        if cmd.methods.iter().any(|m| matches!(
-            m,
-            MethodName::SgrGrad | MethodName::FgsmSgr | MethodName::PgdSgr
-        )) && sweeps.iter().any(|s| s.method == MethodName::SgrSign)
-        {
+        if planned.iter().any(|p| p.lambda == LambdaFrom::SgrSignSweep) {
             "; sgr-grad, fgsm-sgr and pgd-sgr without a grid of their own take sgr-sign's, times their paper ratio"
         } else {
             ""
@@ -761,11 +760,7 @@ fn report(
     let _ = writeln!(
         md,
         "Made by `{}` (sgr {}), seed{} {}. Evaluation on the first {} test images; ε = {:.0}/255.\n",
-        base_command()
-            .replace(" --report-only", "")
-            .split(" --run ")
-            .next()
-            .unwrap_or_default(),
+        base_command(),
         env!("CARGO_PKG_VERSION"),
         if cmd.seed_list().len() > 1 { "s" } else { "" },
         cmd.seed_list()
@@ -824,7 +819,7 @@ fn report(
         started.elapsed().as_secs_f64() / 60.0
     );
 
-    md += &sweep_markdown(cmd, out, sweeps)?;
+    md += &sweep_markdown(cmd, out, planned, sweeps)?;
     md += &eval_whitebox::markdown(s, wb);
     md += &seed_spread_markdown(planned, wb);
     let ds = s.dataset.as_str();

@@ -451,9 +451,7 @@ pub fn train(
                 r.epochs = e;
             }
             r.plain_ops = args.plain_ops;
-            if args.pgd_eval_images.is_some() {
-                r.pgd_eval_images = args.pgd_eval_images;
-            }
+            r.pgd_eval_images = args.pgd_eval_images.or(r.pgd_eval_images);
             r.arch = Some(config.spec());
             r.schema = RUN_SCHEMA;
             r
@@ -515,9 +513,8 @@ pub fn train(
         return Ok(record);
     }
     record.status = RunStatus::Complete;
-    let images = args
+    let images = record
         .pgd_eval_images
-        .or(record.pgd_eval_images)
         .unwrap_or(FINAL_PGD_IMAGES)
         .min(data.eval_set().len());
     if images > 0 && record.final_eval.is_none() {
