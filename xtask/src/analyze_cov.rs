@@ -30,7 +30,7 @@ pub fn run(cmd: AnalyzeCovCmd) -> anyhow::Result<()> {
     let s = setup(std::slice::from_ref(&cmd.checkpoint), &cmd.data)?;
     out_dir(&cmd.out)?;
     let a = evaluate(&s, &cmd)?;
-    let md = markdown(&s, &a, "");
+    let md = sgr_eval::report::covariance_markdown(&s.models[0].name, &a, "");
     write(&cmd.out.join("cov.md"), &md)?;
     write_json(&cmd.out.join("cov.json"), &a)?;
     println!("{md}");
@@ -54,26 +54,4 @@ pub fn evaluate(s: &Setup, cmd: &AnalyzeCovCmd) -> anyhow::Result<CovAnalysis> {
         radius,
         &cmd.out,
     )?)
-}
-
-pub fn markdown(s: &Setup, a: &CovAnalysis, fig_prefix: &str) -> String {
-    let mut md = format!(
-        "## Covariance of adversarial perturbations of {} ({} test images, ε = {:.0}/255)\n\n\
-         | perturbation | mean ‖δ‖₂ | mean per-pixel variance |\n|:--|--:|--:|\n",
-        s.models[0].name,
-        a.images,
-        a.eps * 255.0
-    );
-    for (name, norm, var) in &a.perturbations {
-        md += &format!("| {name} | {norm:.3} | {var:.3e} |\n");
-    }
-    md += &format!(
-        "\nFig. 1: covariance matrices (centre crop, 25 % trimmed on each side, each scaled to max |entry| = 1) \
-         beside the training data's.\n\n![]({fig_prefix}fig1_perturbation_covariance.png)\n\n\
-         Fig. 2: covariance functions of the PGD perturbations (Algorithm 1: raw second moments by rounded pixel \
-         distance).\n\n![]({fig_prefix}fig2_covariance_functions.png)\n\n\
-         Fig. 5: the synthetic long-range-correlated covariances for ζ ∈ {{1, 2, 4, 8}} and the data's.\n\n\
-         ![]({fig_prefix}fig5_lrc_covariances.png)\n"
-    );
-    md
 }

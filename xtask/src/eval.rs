@@ -36,7 +36,7 @@ pub struct EvalCmd {
 pub fn run(cmd: EvalCmd) -> anyhow::Result<()> {
     let device = make_device(cmd.device).context("opening --device")?;
     let loaded = load_checkpoints(std::slice::from_ref(&cmd.checkpoint), &device)?;
-    let (dataset, data_dir) = resolve_dataset(&loaded[0], cmd.dataset, cmd.data_dir.as_deref())?;
+    let (dataset, data_dir) = resolve_dataset(&loaded[0], cmd.dataset, cmd.data_dir.as_deref());
     let model = &loaded[0].model;
     let mut test = load_set(dataset, data_dir.as_deref(), Split::Test, model)
         .with_context(|| format!("testing --checkpoint {}", cmd.checkpoint.display()))?;

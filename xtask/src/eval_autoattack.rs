@@ -11,9 +11,7 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 use sgr_attacks::{AaAttack, AutoAttack, AutoAttackState, Norm};
-use sgr_eval::{
-    AutoAttackEval, AutoAttackRow, autoattack_legend, autoattack_row, autoattack_table, run_suite,
-};
+use sgr_eval::{AutoAttackEval, AutoAttackRow, autoattack_row, autoattack_table, run_suite};
 
 use crate::common::stderr_is_terminal;
 use crate::evalkit::{DataOpts, Setup, out_dir, setup, write, write_json};
@@ -207,7 +205,7 @@ pub fn run(cmd: AutoAttackCmd) -> anyhow::Result<()> {
         );
         return Ok(());
     };
-    let md = markdown(&s, &cfg, &rows);
+    let md = sgr_eval::report::autoattack_markdown(s.dataset.as_str(), s.eps, &cfg, &rows);
     write(&cmd.out.join("autoattack.md"), &md)?;
     write(
         &cmd.out.join("autoattack.csv"),
@@ -215,7 +213,15 @@ pub fn run(cmd: AutoAttackCmd) -> anyhow::Result<()> {
     )?;
     write_json(&cmd.out.join("autoattack.json"), &rows)?;
     if cmd.json {
-        println!("{}", serde_json::to_string(&json_summary(&s, &cfg, &rows))?);
+        println!(
+            "{}",
+            serde_json::to_string(&sgr_eval::report::autoattack_json(
+                s.dataset.as_str(),
+                s.eps,
+                &cfg,
+                &rows
+            ))?
+        );
     } else {
         println!("{md}");
     }
@@ -310,65 +316,4 @@ pub fn evaluate(
         rows.push(row);
     }
     Ok(Some(rows))
-}
-
-pub fn markdown(s: &Setup, cfg: &AutoAttackEval, rows: &[AutoAttackRow]) -> String {
-    let n = rows.first().map_or(0, |r| r.images);
-    let norm = if cfg.suite.norm == Norm::LInf {
-        "L∞"
-    } else {
-        "L2"
-    };
-    let eps = if cfg.suite.norm == Norm::LInf {
-        format!("{:.0}/255", s.eps_255())
-    } else {
-        format!("{}", s.eps)
-    };
-    let mut md = format!(
-        "## AutoAttack robust accuracy (%) on {}, {norm} ε = {eps}, first {n} test images\n\n",
-        s.dataset
-    );
-    md += &autoattack_table(rows).to_markdown();
-    md += &format!("\n{}\n\n", autoattack_legend(cfg));
-    for r in rows {
-        for c in r.failed() {
-            md += &format!("- **{}: FLAGGED**, {}: {}\n", r.model, c.name, c.detail);
-        }
-    }
-    md
-}
-
-/// `{"n", "eps_255", "norm", "models": {NAME: {"clean", "robust", <attack>: robust after it, "seconds", …}}}`.
-pub fn json_summary(s: &Setup, cfg: &AutoAttackEval, rows: &[AutoAttackRow]) -> serde_json::Value {
-    let models: serde_json::Map<String, serde_json::Value> = rows
-        .iter()
-        .map(|r| {
-            let mut o = serde_json::Map::new();
-            o.insert("clean".into(), r.clean.into());
-            o.insert("robust".into(), r.robust.into());
-            for (a, v) in &r.after {
-                o.insert(a.name().into(), (*v).into());
-            }
-            o.insert(format!("pgd-{}", r.pgd_steps), r.pgd.into());
-            o.insert("seconds".into(), r.total_seconds().into());
-            for (a, v) in &r.seconds {
-                o.insert(format!("{}_seconds", a.name()), (*v).into());
-            }
-            o.insert(
-                "masking_flags".into(),
-                r.failed()
-                    .map(|c| c.name.clone())
-                    .collect::<Vec<_>>()
-                    .into(),
-            );
-            (r.model.clone(), o.into())
-        })
-        .collect();
-    serde_json::json!({
-        "n": rows.first().map_or(0, |r| r.images),
-        "eps_255": s.eps_255(),
-        "norm": if cfg.suite.norm == Norm::LInf { "linf" } else { "l2" },
-        "dataset": s.dataset.as_str(),
-        "models": models,
-    })
 }

@@ -26,7 +26,7 @@ pub fn run(cmd: TransferCmd) -> anyhow::Result<()> {
     let s = setup(&cmd.checkpoints, &cmd.data)?;
     out_dir(&cmd.out)?;
     let m = evaluate(&s, &cmd)?;
-    let md = markdown(&s, &m);
+    let md = sgr_eval::report::transfer_markdown(s.dataset.as_str(), s.eps_255(), &m);
     write(&cmd.out.join("transfer.md"), &md)?;
     write(&cmd.out.join("transfer.csv"), &m.plain_table().to_csv())?;
     write_json(&cmd.out.join("transfer.json"), &m)?;
@@ -42,27 +42,4 @@ pub fn evaluate(s: &Setup, cmd: &TransferCmd) -> anyhow::Result<TransferMatrix> 
         batch_size: cmd.data.batch_size,
     };
     Ok(transfer_matrix(&s.named(), &s.x, &s.y, &cfg)?)
-}
-
-pub fn markdown(s: &Setup, m: &TransferMatrix) -> String {
-    let mut md = format!(
-        "## PGD-{} transfer accuracy (%) on {}, ε = {:.0}/255, first {} test images\n\n\
-         Rows: the evaluated model; columns: the model whose PGD examples it sees. Diagonal: white-box; \
-         **bold**: transfer. `(!)` marks a transfer attack stronger than the white-box one (a masking sign).\n\n",
-        m.steps,
-        s.dataset,
-        s.eps_255(),
-        m.images
-    );
-    md += &m.table().to_markdown();
-    let failed: Vec<_> = m.checks.iter().filter(|c| !c.passed).collect();
-    md += "\n";
-    if failed.is_empty() {
-        md += "Masking check: no transferred attack beats a white-box attack.\n";
-    } else {
-        for c in failed {
-            md += &format!("- **FLAGGED**: {}: {}\n", c.name, c.detail);
-        }
-    }
-    md
 }

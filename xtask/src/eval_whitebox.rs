@@ -38,7 +38,7 @@ pub fn run(cmd: WhiteboxCmd) -> anyhow::Result<()> {
     let s = setup(&cmd.checkpoints, &cmd.data)?;
     out_dir(&cmd.out)?;
     let rows = evaluate(&s, &cmd)?;
-    let md = markdown(&s, &rows);
+    let md = sgr_eval::report::whitebox_markdown(s.dataset.as_str(), s.eps_255(), &rows);
     write(&cmd.out.join("whitebox.md"), &md)?;
     write(
         &cmd.out.join("whitebox.csv"),
@@ -70,64 +70,4 @@ pub fn evaluate(s: &Setup, cmd: &WhiteboxCmd) -> anyhow::Result<Vec<WhiteboxRow>
         .into_iter()
         .map(|m| Ok(whitebox(m, &s.x, &s.y, &cfg)?))
         .collect()
-}
-
-/// The white-box section of a report: the table, what each column means, and the masking checks.
-pub fn markdown(s: &Setup, rows: &[WhiteboxRow]) -> String {
-    let n = rows.first().map_or(0, |r| r.images);
-    let mut md = format!(
-        "## White-box accuracy (%) on {}, ε = {:.0}/255, first {n} test images\n\n",
-        s.dataset,
-        s.eps_255()
-    );
-    md += &whitebox_table(rows).to_markdown();
-    let (nf, nm) = rows
-        .first()
-        .map_or((0, 0), |r| (r.fool_images, r.masking.images));
-    md += &format!(
-        "\nRAND: uniform noise in [−ε, ε]. FGM: one step of L2 norm ε. FGSM: one step ε·sign(g). PGD: {} steps \
-         of ε/5 (L∞, no random start). FOOL: DeepFool's ρ = mean ‖r‖₂/‖x‖₂ (overshoot {}, ≤ {} iterations) \
-         on {nf} images. All attacks use the true labels; inputs are clipped to [0, 1].{}\n\n",
-        rows.first()
-            .and_then(|r| r.masking.steps_curve.first())
-            .map_or(10, |p| p.0),
-        sgr_attacks::DeepFool::default().overshoot,
-        sgr_attacks::DeepFool::default().max_iter,
-        rows.iter()
-            .find(|r| r.aa.is_some())
-            .map_or(String::new(), |r| format!(
-                " AA: AutoAttack's standard suite (APGD-CE, APGD-T, FAB-T, Square; L∞, 100 iterations, 9 \
-                 targets, 5,000 queries) on the first {} images; `cargo xtask eval-autoattack` gives each \
-                 attack's column and its own masking checks.",
-                r.aa_images
-            ))
-    );
-    md += &format!(
-        "### Gradient-masking checks ({nm} images)\n\nAccuracy must fall with ε (PGD at ε/2, ε, 2ε, 255/255) and \
-         must not rise with twice the PGD steps; PGD at 255/255 must reach ≤ {} %; PGD must beat FGSM and FGSM \
-         must beat random noise (tolerance: {}).\n\n",
-        100.0 * sgr_eval::UNBOUNDED_LIMIT,
-        sgr_eval::tolerance_text()
-    );
-    for r in rows {
-        let failed: Vec<_> = r.masking.failed().collect();
-        if failed.is_empty() {
-            md += &format!(
-                "- **{}**: all {} checks pass. ε sweep: {}.\n",
-                r.model,
-                r.masking.checks.len(),
-                r.masking
-                    .eps_curve
-                    .iter()
-                    .map(|(e, a)| format!("{:.0}/255 {:.1} %", e * 255.0, 100.0 * a))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            );
-        } else {
-            for c in failed {
-                md += &format!("- **{}: FLAGGED**, {}: {}\n", r.model, c.name, c.detail);
-            }
-        }
-    }
-    md
 }

@@ -7,8 +7,12 @@ pub enum EvalError {
     Candle(#[from] candle_core::Error),
     #[error(transparent)]
     Covariance(#[from] sgr_covariance::CovError),
+    #[error(transparent)]
+    Data(#[from] sgr_data::DataError),
     #[error("{0}")]
     Invalid(String),
+    #[error("loading {what}: {reason}")]
+    Load { what: String, reason: String },
     #[error("writing {path}: {source}")]
     Io {
         path: String,

@@ -11,6 +11,8 @@
 //! | softmax along `x + t·δ` | [`figures::trajectories`] | Fig. 6 |
 //! | original / adversarial / perturbation grids | [`figures::samples`] | Fig. 7, 8 |
 //! | Markdown and CSV tables, PNG plots | [`Table`], [`plot`] | — |
+//! | report sections (prose from the settings' constants), the paper's tables beside ours | [`report`] | Tables 3, 4 |
+//! | a whole experiment's report (feature `experiment`, on sgr-train's plan) | `experiment` | — |
 //!
 //! Every function works on any Candle classifier (`&dyn Module`, images in `[0, 1]` to logits) and on test
 //! data given as tensors `x: (N, C, H, W)`, `y: (N,)` `u32`, processed in batches. Results are deterministic
@@ -18,12 +20,17 @@
 //! installs a logger and never touches the network.
 
 mod autoattack;
+#[cfg(feature = "experiment")]
+mod checkpoints;
 mod checks;
 mod error;
+#[cfg(feature = "experiment")]
+pub mod experiment;
 pub mod figures;
 mod lrc;
 pub mod paper;
 pub mod plot;
+pub mod report;
 mod table;
 mod transfer;
 mod whitebox;

@@ -47,6 +47,8 @@ pub enum TrainError {
         steps_done: u64,
         dir: PathBuf,
     },
+    #[error("{run}: {reason}")]
+    SweepNotReady { run: String, reason: String },
     #[error("{0}")]
     Config(String),
 }

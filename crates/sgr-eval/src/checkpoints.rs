@@ -1,0 +1,255 @@
+//! Loading checkpoints and the test set they are evaluated on (feature `experiment`): run folders or
+//! `.safetensors` files as frozen models with unique names, the data set resolved from their run records.
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor};
+use sgr_data::{DatasetName, ImageSet, Split};
+use sgr_models::{Cnn, DeviceKind, load_model, make_device};
+use sgr_train::RunRecord;
+
+use crate::error::{EvalError, Result};
+
+/// Which test images to evaluate on, and where (the evaluation commands' data flags).
+#[derive(Clone, Debug)]
+pub struct TestData {
+    /// Default: the first checkpoint's, from its run.json.
+    pub dataset: Option<DatasetName>,
+    /// Default: the folder the first checkpoint was trained on, if any.
+    pub data_dir: Option<PathBuf>,
+    /// The first N test images (0: all).
+    pub test_limit: usize,
+    /// ε in 1/255 (default: the paper's for the data set).
+    pub eps_255: Option<f64>,
+    pub device: DeviceKind,
+}
+
+/// A loaded checkpoint: its display name, the frozen model, and its run record if it has one.
+pub struct Loaded {
+    pub name: String,
+    pub model: Cnn,
+    pub record: Option<RunRecord>,
+    pub path: PathBuf,
+}
+
+/// The name a checkpoint shows under: its run folder's name, or the file stem of a bare .safetensors file.
+fn display_name(path: &Path) -> String {
+    let p = if path.is_dir() {
+        path.to_path_buf()
+    } else if path.file_name().is_some_and(|f| f == sgr_train::MODEL_FILE) {
+        path.parent().map(Path::to_path_buf).unwrap_or_default()
+    } else {
+        path.with_extension("")
+    };
+    p.file_name().map_or_else(
+        || path.display().to_string(),
+        |f| f.to_string_lossy().into_owned(),
+    )
+}
+
+/// Loads checkpoints (run folders or .safetensors files) as frozen models; names are made unique.
+pub fn load_checkpoints(paths: &[PathBuf], device: &Device) -> Result<Vec<Loaded>> {
+    if paths.is_empty() {
+        return Err(EvalError::Invalid(
+            "give at least one checkpoint with --checkpoints".into(),
+        ));
+    }
+    let mut out: Vec<Loaded> = Vec::new();
+    for path in paths {
+        let file = sgr_train::model_path(path);
+        let (model, _vars) =
+            load_model(&file, DType::F32, device).map_err(|e| EvalError::Load {
+                what: format!("checkpoint {}", path.display()),
+                reason: e.to_string(),
+            })?;
+        let record = file.parent().and_then(|d| sgr_train::read_record(d).ok());
+        let mut name = display_name(path);
+        if out.iter().any(|l| l.name == name) {
+            name = path.display().to_string();
+        }
+        out.push(Loaded {
+            name,
+            model: model.frozen(),
+            record,
+            path: path.clone(),
+        });
+    }
+    let first = out[0].model.config().clone();
+    for l in &out[1..] {
+        let c = l.model.config();
+        if (c.in_channels, c.height, c.width) != (first.in_channels, first.height, first.width) {
+            return Err(EvalError::Invalid(format!(
+                "checkpoint {} takes {}x{}x{} images but {} takes {}x{}x{}",
+                l.path.display(),
+                c.in_channels,
+                c.height,
+                c.width,
+                out[0].path.display(),
+                first.in_channels,
+                first.height,
+                first.width
+            )));
+        }
+    }
+    Ok(out)
+}
+
+/// The data set and folder to evaluate on: flags first, else what the first checkpoint was trained on.
+pub fn resolve_dataset(
+    first: &Loaded,
+    dataset: Option<DatasetName>,
+    data_dir: Option<&Path>,
+) -> (DatasetName, Option<PathBuf>) {
+    let stored = first.record.as_ref();
+    let name = match (dataset, stored) {
+        (Some(d), _) => d,
+        (None, Some(r)) => r.dataset,
+        (None, None) if first.model.config().in_channels == 3 => DatasetName::Cifar10,
+        (None, None) => DatasetName::MnistSubset,
+    };
+    // A run trained on a --data-dir is tested on the same folder unless told otherwise.
+    let dir = data_dir.map(Path::to_path_buf).or_else(|| {
+        stored
+            .filter(|r| r.dataset == name && dataset.is_none())
+            .and_then(|r| {
+                let p = PathBuf::from(&r.data_source);
+                p.is_dir().then_some(p)
+            })
+    });
+    (name, dir)
+}
+
+/// Loads a split and checks that it fits the model.
+pub fn load_set(
+    name: DatasetName,
+    dir: Option<&Path>,
+    split: Split,
+    model: &Cnn,
+) -> Result<ImageSet> {
+    let set = sgr_data::load_split(name, dir, split).map_err(|e| EvalError::Load {
+        what: format!("the {name} {split:?} images"),
+        reason: e.to_string(),
+    })?;
+    let c = model.config();
+    if set.shape() != (c.in_channels, c.height, c.width) {
+        return Err(EvalError::Invalid(format!(
+            "the checkpoints expect {}x{}x{} images but data set {name} has {:?}",
+            c.in_channels,
+            c.height,
+            c.width,
+            set.shape()
+        )));
+    }
+    Ok(set)
+}
+
+/// Models and the test images they are evaluated on: everything an evaluation command needs.
+pub struct Setup {
+    pub models: Vec<Loaded>,
+    pub dataset: DatasetName,
+    pub data_dir: Option<PathBuf>,
+    pub x: Tensor,
+    pub y: Tensor,
+    pub eps: f64,
+    pub device: Device,
+}
+
+impl std::fmt::Debug for Loaded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Loaded")
+            .field("name", &self.name)
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for Setup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Setup")
+            .field("models", &self.models)
+            .field("dataset", &self.dataset)
+            .field("images", &self.x.dims().first())
+            .field("eps", &self.eps)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Setup {
+    pub fn named(&self) -> Vec<crate::Named<'_>> {
+        self.models
+            .iter()
+            .map(|l| crate::Named {
+                name: &l.name,
+                model: &l.model,
+            })
+            .collect()
+    }
+
+    pub fn eps_255(&self) -> f64 {
+        self.eps * 255.0
+    }
+
+    /// Up to `n` training images (for the data covariance). Where the data folder has no training split
+    /// (e.g. a test-only sample), the test images stand in, with a warning.
+    pub fn train_images(&self, n: usize) -> Result<Tensor> {
+        match load_set(
+            self.dataset,
+            self.data_dir.as_deref(),
+            Split::Train,
+            &self.models[0].model,
+        ) {
+            Ok(mut set) => {
+                set.truncate(n);
+                Ok(set.range(0, set.len(), DType::F32, &self.device)?.0)
+            }
+            Err(e) => {
+                tracing::warn!(
+                    "no training images ({e}); the data covariance comes from the test images"
+                );
+                Ok(self.x.narrow(0, 0, n.min(self.x.dim(0)?))?)
+            }
+        }
+    }
+}
+
+impl Setup {
+    /// Loads `checkpoints` and the test images of `data` on its device.
+    pub fn open(checkpoints: &[PathBuf], data: &TestData) -> Result<Self> {
+        let device = make_device(data.device).map_err(|e| EvalError::Load {
+            what: "--device".into(),
+            reason: e.to_string(),
+        })?;
+        let models = load_checkpoints(checkpoints, &device)?;
+        let (dataset, data_dir) =
+            resolve_dataset(&models[0], data.dataset, data.data_dir.as_deref());
+        let mut test = load_set(dataset, data_dir.as_deref(), Split::Test, &models[0].model)?;
+        if data.test_limit > 0 {
+            test.truncate(data.test_limit);
+        }
+        let (x, y) = test.range(0, test.len(), DType::F32, &device)?;
+        let eps_255 = data
+            .eps_255
+            .unwrap_or_else(|| sgr_train::default_eps_255(dataset));
+        if !(eps_255 >= 0.0 && eps_255.is_finite()) {
+            return Err(EvalError::Invalid(format!(
+                "--eps must be a non-negative number of 1/255 units, got {eps_255}"
+            )));
+        }
+        tracing::info!(
+            dataset = dataset.as_str(),
+            images = test.len(),
+            models = models.len(),
+            eps_255,
+            "evaluation set up"
+        );
+        Ok(Self {
+            models,
+            dataset,
+            data_dir,
+            x,
+            y,
+            eps: eps_255 / 255.0,
+            device,
+        })
+    }
+}

@@ -1,0 +1,281 @@
+//! Experiments on our own checkpoints (feature `experiment`): opening run folders and their test set
+//! ([`Setup`]), and the report of a whole experiment (`cargo xtask reproduce`): budget, λ sweep, white-box table
+//! with the spread over seeds, the paper's tables beside ours, transfer, correlated noise, figures.
+
+use std::fmt::Write as _;
+
+use sgr_train::{ExperimentPlan, MethodName, PlannedRun, Selection, Stage};
+
+pub use crate::checkpoints::{
+    Loaded, Setup, TestData, load_checkpoints, load_set, resolve_dataset,
+};
+use crate::error::{EvalError, Result};
+use crate::figures::CovAnalysis;
+use crate::lrc::{LrcResults, lrc_markdown};
+use crate::plot::{LinePanel, Series, line_chart};
+use crate::report::{
+    covariance_markdown, paper_transfer_markdown, paper_whitebox_markdown, seed_spread_markdown,
+    transfer_markdown, whitebox_markdown,
+};
+use crate::table::Table;
+use crate::transfer::TransferMatrix;
+use crate::whitebox::WhiteboxRow;
+
+/// The figures of the reproduction's report live in this folder under its output folder.
+pub const EVAL_DIR: &str = "eval";
+
+/// What an experiment measured; [`ExperimentReport::markdown`] turns it into `report.md`.
+#[derive(Debug)]
+pub struct ExperimentReport<'a> {
+    pub plan: &'a ExperimentPlan,
+    /// The command line that made it (shell-quoted).
+    pub command: String,
+    pub eps_255: f64,
+    /// The λ sweeps' outcomes (empty without a sweep).
+    pub selections: &'a [Selection],
+    pub whitebox: &'a [WhiteboxRow],
+    pub transfer: &'a TransferMatrix,
+    pub lrc: Option<&'a LrcResults>,
+    /// The model whose perturbations the covariance figures show, and the analysis.
+    pub covariance: (&'a str, &'a CovAnalysis),
+    /// Fig. 7: per ε, how many of the 10 sample predictions PGD changed.
+    pub flipped: &'a [(f64, usize)],
+    /// Seconds per evaluation stage of this invocation, and in total.
+    pub stages: &'a [(String, f64)],
+    pub total_seconds: f64,
+}
+
+impl ExperimentReport<'_> {
+    /// The report; reads every planned run's `run.json` (for the budget) and draws the λ sweep's plot into
+    /// `OUT/eval/lambda_sweep.png`.
+    pub fn markdown(&self) -> Result<String> {
+        let plan = self.plan;
+        let ds = plan.dataset.as_str();
+        let runs = plan.runs();
+        let mut md = format!("# Reproduction on {ds}\n\n");
+        let _ = writeln!(
+            md,
+            "Made by `{}` (sgr {}), seed{} {}. Evaluation on the first {} test images; ε = {:.0}/255.\n",
+            self.command,
+            env!("CARGO_PKG_VERSION"),
+            if plan.seeds.len() > 1 { "s" } else { "" },
+            plan.seeds
+                .iter()
+                .map(u64::to_string)
+                .collect::<Vec<_>>()
+                .join(", "),
+            self.transfer.images,
+            self.eps_255
+        );
+        md += &self.budget_markdown(&runs)?;
+        md += &self.sweep_markdown()?;
+        md += &whitebox_markdown(ds, self.eps_255, self.whitebox);
+        md += &seed_spread_markdown(&seed_groups(&runs, self.whitebox));
+        let method_of = |row: &str| {
+            runs.iter()
+                .find(|p| p.stage == Stage::Final && p.name == row)
+                .map_or(row.to_string(), |p| p.method.to_string())
+        };
+        md += &paper_whitebox_markdown(ds, self.whitebox, &method_of);
+        md += "\n";
+        md += &transfer_markdown(ds, self.eps_255, self.transfer);
+        md += &paper_transfer_markdown(ds, self.transfer, &method_of);
+        md += "\n";
+        let prefix = format!("{EVAL_DIR}/");
+        if let Some(r) = self.lrc {
+            md += &lrc_markdown(ds, r, &prefix);
+            md += "\nThe paper (Fig. 3, CIFAR-10) reports SGR ahead of GN by over 25 points at ζ ≈ 16 and, with the \
+                   CIFAR-10 covariance at ε = 0.3: SGR 65.8 %, GN 48.7 %, LRC noise 57.9 %, clean 46.5 %.\n\n";
+        }
+        let (cov_model, cov) = self.covariance;
+        md += &covariance_markdown(cov_model, cov, &prefix);
+        let _ = write!(
+            md,
+            "\n## Fig. 6: softmax along x + t·δ\n\n![]({prefix}fig6_trajectories.png)\n\n\
+             ## Fig. 7: PGD samples of {cov_model}\n\n{}\n\n![]({prefix}fig7_samples.png)\n",
+            self.flipped
+                .iter()
+                .map(|(e, k)| format!("ε = {:.0}/255: {k} of 10 predictions changed", e * 255.0))
+                .collect::<Vec<_>>()
+                .join("; ")
+        );
+        Ok(md)
+    }
+
+    /// Per run: settings, images, epochs, training time, last accuracy; then the evaluation stages' times.
+    fn budget_markdown(&self, runs: &[PlannedRun]) -> Result<String> {
+        let mut md = String::from(
+            "## Budget\n\n| run | method settings | train images | epochs | training time | test accuracy |\n\
+             |:--|:--|--:|--:|--:|--:|\n",
+        );
+        for p in runs {
+            let r =
+                sgr_train::read_record(&p.dir).map_err(|e| EvalError::Invalid(e.to_string()))?;
+            let secs: f64 = r.history.iter().map(|e| e.seconds).sum();
+            let o = &r.method_options;
+            let mut settings = Vec::new();
+            if let Some(l) = o.lambda {
+                settings.push(format!("λ {l}"));
+            }
+            if let Some(e) = o.eps {
+                settings.push(format!("ε {e}/255"));
+            }
+            if let Some(w) = o.weight_decay {
+                settings.push(format!("wd {w}"));
+            }
+            if let Some(c) = &o.cov {
+                settings.push(format!("Σ {c}"));
+            }
+            let _ = writeln!(
+                md,
+                "| [{}]({}) | {} | {} | {} | {:.1} min | {} |",
+                p.name,
+                run_link(self.plan, p),
+                settings.join(", "),
+                r.train_images,
+                r.epochs_done,
+                secs / 60.0,
+                r.history.last().map_or("–".into(), |e| format!(
+                    "{:.2} %{}",
+                    100.0 * e.test_accuracy,
+                    if r.validation_images > 0 {
+                        " (validation)"
+                    } else {
+                        ""
+                    }
+                ))
+            );
+        }
+        md += "\n| evaluation stage | time |\n|:--|--:|\n";
+        for (what, secs) in self.stages {
+            let _ = writeln!(md, "| {what} | {:.1} min |", secs / 60.0);
+        }
+        let _ = writeln!(
+            md,
+            "| total (this invocation) | {:.1} min |\n",
+            self.total_seconds / 60.0
+        );
+        Ok(md)
+    }
+
+    /// The λ sweep: one table per method and a plot of PGD against validation accuracy.
+    fn sweep_markdown(&self) -> Result<String> {
+        let plan = self.plan;
+        if self.selections.is_empty() {
+            return Ok(String::new());
+        }
+        let scaled = plan
+            .runs()
+            .iter()
+            .any(|p| p.lambda == sgr_train::LambdaFrom::SgrSignSweep);
+        let mut md = format!(
+            "## λ sweep (validation split)\n\nEach λ trained for {} epochs on the training set without its last {} \
+             images, measured on those: accuracy and PGD-10 at ε = {:.0}/255. Rule: the highest PGD accuracy among \
+             the λ within {} points of the clean model's validation accuracy (ties: higher accuracy, then smaller λ); \
+             the final runs use the chosen λ{}.\n\n",
+            plan.sweep_epochs,
+            plan.validation,
+            sgr_train::default_eps_255(plan.dataset),
+            plan.sweep_tolerance,
+            if scaled {
+                "; sgr-grad, fgsm-sgr and pgd-sgr without a grid of their own take sgr-sign's, times their paper ratio"
+            } else {
+                ""
+            }
+        );
+        let mut series = Vec::new();
+        for sel in self.selections {
+            let _ = writeln!(
+                md,
+                "**{}** (clean model: {:.2} %; paper's λ {}): chosen λ = **{}**\n",
+                sel.method,
+                100.0 * sel.clean_accuracy,
+                sgr_train::default_lambda(sel.method, plan.dataset),
+                sel.chosen
+            );
+            let within = format!("within {} points", sel.tolerance_points);
+            let mut t = Table::new(vec![
+                "λ",
+                "validation accuracy",
+                "PGD-10",
+                "images",
+                within.as_str(),
+            ]);
+            for c in &sel.candidates {
+                let mark = if c.lambda == sel.chosen { " ◀" } else { "" };
+                t.push(vec![
+                    format!("{}{mark}", c.lambda),
+                    format!("{:.2} %", 100.0 * c.validation_accuracy),
+                    format!("{:.1} %", 100.0 * c.pgd_accuracy),
+                    c.pgd_images.to_string(),
+                    if c.eligible { "yes" } else { "no" }.into(),
+                ]);
+            }
+            md += &t.to_markdown();
+            md += "\n";
+            series.push(Series {
+                label: sel.method.to_string(),
+                points: sel
+                    .candidates
+                    .iter()
+                    .map(|c| (100.0 * c.validation_accuracy, 100.0 * c.pgd_accuracy))
+                    .collect(),
+            });
+        }
+        let top = series
+            .iter()
+            .flat_map(|s| s.points.iter().map(|p| p.1))
+            .fold(0f64, f64::max);
+        let dir = plan.out.join(EVAL_DIR);
+        std::fs::create_dir_all(&dir).map_err(|source| EvalError::Io {
+            path: dir.display().to_string(),
+            source,
+        })?;
+        line_chart(
+            &dir.join("lambda_sweep.png"),
+            &LinePanel {
+                title: "λ sweep: PGD-10 against validation accuracy (points in λ order)".into(),
+                x_label: "validation accuracy (%)".into(),
+                y_label: "PGD-10 accuracy (%)".into(),
+                series,
+                y_range: (0.0, (top + 5.0).min(100.0)),
+                legend: true,
+            },
+        )?;
+        let _ = write!(md, "![]({EVAL_DIR}/lambda_sweep.png)\n\n");
+        Ok(md)
+    }
+}
+
+/// The white-box rows of the final runs grouped by method, in plan order (one row per seed).
+pub fn seed_groups<'a>(
+    runs: &[PlannedRun],
+    rows: &'a [WhiteboxRow],
+) -> Vec<(String, Vec<&'a WhiteboxRow>)> {
+    let mut methods: Vec<MethodName> = Vec::new();
+    for p in runs.iter().filter(|p| p.stage == Stage::Final) {
+        if !methods.contains(&p.method) {
+            methods.push(p.method);
+        }
+    }
+    methods
+        .into_iter()
+        .map(|m| {
+            let group = runs
+                .iter()
+                .filter(|p| p.stage == Stage::Final && p.method == m)
+                .filter_map(|p| rows.iter().find(|r| r.model == p.name))
+                .collect();
+            (m.to_string(), group)
+        })
+        .collect()
+}
+
+/// Where the report's budget table points for `p` (relative to the plan's output folder).
+pub fn run_link(plan: &ExperimentPlan, p: &PlannedRun) -> String {
+    p.dir
+        .strip_prefix(&plan.out)
+        .unwrap_or(&p.dir)
+        .display()
+        .to_string()
+}

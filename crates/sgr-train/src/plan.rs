@@ -1,0 +1,461 @@
+//! An experiment as a list of independent training runs: the λ sweep on a validation split, then one run per
+//! method and seed at the full budget; names, folders, settings, λ resolution and "is it finished" in one place.
+//!
+//! `cargo xtask reproduce` builds an [`ExperimentPlan`] from its flags; `--list-runs` prints
+//! [`ExperimentPlan::runs`], `--run NAME` trains one ([`ExperimentPlan::train`]), `--report-only` checks
+//! [`ExperimentPlan::unfinished`]. Every run is a plain run folder, so the runs may be trained in any order, on
+//! different machines sharing a file system, and resumed after an interruption.
+
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+
+use sgr_data::DatasetName;
+use sgr_models::DeviceKind;
+
+use crate::error::{Result, TrainError};
+use crate::method::MethodOptions;
+use crate::run::{RunRecord, RunStatus, read_record};
+use crate::settings::MethodName;
+use crate::sweep::{LambdaGrid, Selection, scaled_from_sgr_sign, select_lambda};
+use crate::trainer::{Observer, TrainArgs, train};
+
+/// Which part of the experiment a run belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stage {
+    /// A λ sweep run (or its clean reference) on the training split, measured on the validation split.
+    Sweep,
+    /// A run at the full budget on all training images.
+    Final,
+}
+
+/// Where a run's λ comes from.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum LambdaFrom {
+    /// The method's default (the paper's value), or none.
+    Default,
+    /// A swept value (sweep runs).
+    Fixed(f64),
+    /// The method's own sweep.
+    Sweep,
+    /// sgr-sign's sweep, scaled by the paper's ratio ([`scaled_from_sgr_sign`]).
+    SgrSignSweep,
+}
+
+/// One training run of a plan.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PlannedRun {
+    /// Unique and stable: `sweep/<method>-l<λ>-s<seed>`, `sweep/clean-s<seed>`, `<method>` (one seed) or
+    /// `<method>-s<seed>`.
+    pub name: String,
+    pub stage: Stage,
+    pub method: MethodName,
+    pub seed: u64,
+    pub lambda: LambdaFrom,
+    /// `OUT/sweep/<tag>` or `OUT/runs/<name>`.
+    pub dir: PathBuf,
+}
+
+/// The settings of an experiment (`cargo xtask reproduce`'s flags).
+#[derive(Clone, Debug)]
+pub struct ExperimentPlan {
+    pub out: PathBuf,
+    pub dataset: DatasetName,
+    pub data_dir: Option<PathBuf>,
+    /// Epochs of each final run (`None`: the train command's default per method and data set).
+    pub epochs: Option<usize>,
+    pub train_limit: Option<usize>,
+    pub methods: Vec<MethodName>,
+    /// The first seed serves methods outside `seeded_methods` and the sweep. Never empty.
+    pub seeds: Vec<u64>,
+    pub seeded_methods: Vec<MethodName>,
+    pub lambda_sweep: Vec<LambdaGrid>,
+    pub sweep_epochs: usize,
+    /// In percentage points ([`crate::ACCURACY_TOLERANCE_POINTS`] in the paper).
+    pub sweep_tolerance: f64,
+    /// Training images held out for the sweep (the last ones).
+    pub validation: usize,
+    pub augment: Option<String>,
+    pub device: DeviceKind,
+}
+
+const SWEEP_HINT: &str = "run the sweep first (stage 1 of --list-runs)";
+
+impl ExperimentPlan {
+    /// Checks what the flags cannot: at least one seed and one method.
+    pub fn validate(&self) -> Result<()> {
+        if self.seeds.is_empty() {
+            return Err(TrainError::Config("--seeds: give at least one seed".into()));
+        }
+        if self.methods.is_empty() {
+            return Err(TrainError::Config(
+                "--methods: give at least one method".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    fn first_seed(&self) -> u64 {
+        self.seeds.first().copied().unwrap_or_default()
+    }
+
+    fn swept(&self, m: MethodName) -> bool {
+        self.lambda_sweep.iter().any(|g| g.method == m)
+    }
+
+    /// Every training run, sweep runs first.
+    pub fn runs(&self) -> Vec<PlannedRun> {
+        let s0 = self.first_seed();
+        let mut v = Vec::new();
+        if !self.lambda_sweep.is_empty() {
+            let sweep = |method, lambda, tag: String| PlannedRun {
+                dir: self.out.join("sweep").join(&tag),
+                name: format!("sweep/{tag}"),
+                stage: Stage::Sweep,
+                method,
+                seed: s0,
+                lambda,
+            };
+            v.push(sweep(
+                MethodName::Clean,
+                LambdaFrom::Default,
+                format!("clean-s{s0}"),
+            ));
+            for g in &self.lambda_sweep {
+                for &l in &g.lambdas {
+                    v.push(sweep(
+                        g.method,
+                        LambdaFrom::Fixed(l),
+                        format!("{}-l{l}-s{s0}", g.method),
+                    ));
+                }
+            }
+        }
+        for &method in &self.methods {
+            let lambda = if self.swept(method) {
+                LambdaFrom::Sweep
+            } else if matches!(
+                method,
+                MethodName::SgrGrad | MethodName::FgsmSgr | MethodName::PgdSgr
+            ) && self.swept(MethodName::SgrSign)
+            {
+                LambdaFrom::SgrSignSweep
+            } else {
+                LambdaFrom::Default
+            };
+            let seeds = if self.seeded_methods.contains(&method) {
+                self.seeds.clone()
+            } else {
+                vec![s0]
+            };
+            for seed in seeds {
+                let name = if self.seeds.len() == 1 {
+                    method.to_string()
+                } else {
+                    format!("{method}-s{seed}")
+                };
+                v.push(PlannedRun {
+                    dir: self.out.join("runs").join(&name),
+                    name,
+                    stage: Stage::Final,
+                    method,
+                    seed,
+                    lambda,
+                });
+            }
+        }
+        v
+    }
+
+    /// The final runs (one per method and seed).
+    pub fn finals(&self) -> Vec<PlannedRun> {
+        self.runs()
+            .into_iter()
+            .filter(|p| p.stage == Stage::Final)
+            .collect()
+    }
+
+    /// The final runs of the first seed, one per method: what comparisons between methods (transfer,
+    /// correlated noise, figures) use.
+    pub fn first_seed_finals(&self) -> Vec<PlannedRun> {
+        let s0 = self.first_seed();
+        self.finals().into_iter().filter(|p| p.seed == s0).collect()
+    }
+
+    /// The final run of `method` with the first seed, if the plan trains that method.
+    pub fn first_run_of(&self, method: MethodName) -> Option<PlannedRun> {
+        self.first_seed_finals()
+            .into_iter()
+            .find(|p| p.method == method)
+    }
+
+    /// The run called `name`; the error lists every name.
+    pub fn run(&self, name: &str) -> Result<PlannedRun> {
+        let runs = self.runs();
+        runs.iter()
+            .find(|p| p.name == name)
+            .cloned()
+            .ok_or_else(|| {
+                TrainError::Config(format!(
+                    "--run {name}: no such run; --list-runs prints them ({})",
+                    runs.iter()
+                        .map(|p| p.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ))
+            })
+    }
+
+    /// Whether `r`, the record in `p`'s folder, is the finished run `p` asks for: complete, at least the
+    /// planned epochs, and for sweep runs with the PGD check on the validation split.
+    pub fn is_finished(&self, p: &PlannedRun, r: &RunRecord) -> bool {
+        let epochs = match p.stage {
+            Stage::Sweep => Some(self.sweep_epochs),
+            Stage::Final => self.epochs,
+        };
+        r.status == RunStatus::Complete
+            && epochs.is_none_or(|e| r.epochs_done >= e)
+            && (p.stage == Stage::Final || r.final_eval.is_some())
+    }
+
+    /// Whether `p`'s folder holds its finished run.
+    pub fn is_done(&self, p: &PlannedRun) -> bool {
+        read_record(&p.dir).is_ok_and(|r| self.is_finished(p, &r))
+    }
+
+    /// The runs not finished yet, in plan order.
+    pub fn unfinished(&self) -> Vec<PlannedRun> {
+        self.runs()
+            .into_iter()
+            .filter(|p| !self.is_done(p))
+            .collect()
+    }
+
+    /// The sweep's choice of λ for `method`, from its finished sweep runs and the clean one beside them.
+    pub fn select(&self, method: MethodName) -> Result<Selection> {
+        let runs = self.runs();
+        let clean = runs
+            .iter()
+            .find(|p| p.stage == Stage::Sweep && p.method == MethodName::Clean)
+            .ok_or_else(|| TrainError::Config("no λ sweep planned (--lambda-sweep)".into()))?;
+        let not_ready = |p: &PlannedRun, e: TrainError| TrainError::SweepNotReady {
+            run: p.name.clone(),
+            reason: format!("{e}; {SWEEP_HINT}"),
+        };
+        let clean_r = read_record(&clean.dir).map_err(|e| not_ready(clean, e))?;
+        let swept = runs
+            .iter()
+            .filter(|p| p.stage == Stage::Sweep && p.method == method)
+            .filter_map(|p| match p.lambda {
+                LambdaFrom::Fixed(l) => Some((p, l)),
+                _ => None,
+            })
+            .map(|(p, l)| Ok((l, read_record(&p.dir).map_err(|e| not_ready(p, e))?)))
+            .collect::<Result<Vec<_>>>()?;
+        select_lambda(method, &clean_r, &swept, self.sweep_tolerance).map_err(|e| {
+            TrainError::SweepNotReady {
+                run: format!("the {method} sweep"),
+                reason: format!("choosing λ: {e}; {SWEEP_HINT}"),
+            }
+        })
+    }
+
+    /// Every sweep's outcome, one per grid (their runs must have finished).
+    pub fn selections(&self) -> Result<Vec<Selection>> {
+        self.lambda_sweep
+            .iter()
+            .map(|g| self.select(g.method))
+            .collect()
+    }
+
+    /// λ of a run, resolving a sweep's choice (whose runs must have finished); `None`: the method's default.
+    pub fn lambda_of(&self, p: &PlannedRun) -> Result<Option<f64>> {
+        Ok(match p.lambda {
+            LambdaFrom::Default => None,
+            LambdaFrom::Fixed(l) => Some(l),
+            LambdaFrom::Sweep => Some(self.select(p.method)?.chosen),
+            LambdaFrom::SgrSignSweep => {
+                let base = self.select(MethodName::SgrSign)?.chosen;
+                Some(scaled_from_sgr_sign(p.method, base, self.dataset))
+            }
+        })
+    }
+
+    /// The training settings of `p`. Sweep runs hold out the validation split and are judged by PGD on all
+    /// of it; final runs train on everything and leave the PGD check to the white-box table.
+    pub fn train_args(&self, p: &PlannedRun) -> Result<TrainArgs> {
+        let sweep = p.stage == Stage::Sweep;
+        Ok(TrainArgs {
+            method: Some(p.method),
+            method_options: MethodOptions {
+                lambda: self.lambda_of(p)?,
+                ..Default::default()
+            },
+            dataset: Some(self.dataset),
+            data_dir: self.data_dir.clone(),
+            epochs: if sweep {
+                Some(self.sweep_epochs)
+            } else {
+                self.epochs
+            },
+            train_limit: self.train_limit,
+            seed: Some(p.seed),
+            augment: self.augment.clone(),
+            validation: sweep.then_some(self.validation),
+            device: self.device,
+            pgd_eval_images: Some(if sweep { self.validation } else { 0 }),
+            ..TrainArgs::default()
+        })
+    }
+
+    /// Trains (or resumes) `p` unless its folder already holds it finished; `Ok(None)` when there was nothing
+    /// to do. A set `stop` ends it at a checkpoint, like `train`.
+    pub fn train(
+        &self,
+        p: &PlannedRun,
+        stop: &AtomicBool,
+        obs: &mut dyn Observer,
+    ) -> Result<Option<RunRecord>> {
+        let existing = read_record(&p.dir).ok();
+        if existing.as_ref().is_some_and(|r| self.is_finished(p, r)) {
+            return Ok(None);
+        }
+        let _span = tracing::info_span!("planned run", name = %p.name).entered();
+        train(self.train_args(p)?, &p.dir, existing.is_some(), stop, obs).map(Some)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan() -> ExperimentPlan {
+        ExperimentPlan {
+            out: PathBuf::from("/nonexistent/out"),
+            dataset: DatasetName::Mnist,
+            data_dir: None,
+            epochs: Some(50),
+            train_limit: None,
+            methods: vec![
+                MethodName::Clean,
+                MethodName::SgrSign,
+                MethodName::SgrGrad,
+                MethodName::Gn,
+                MethodName::Fgsm,
+            ],
+            seeds: vec![3, 4],
+            seeded_methods: vec![MethodName::Clean, MethodName::SgrSign],
+            lambda_sweep: vec!["sgr-sign=0.5,1".parse().expect("grid")],
+            sweep_epochs: 5,
+            sweep_tolerance: 0.1,
+            validation: 5000,
+            augment: Some("crop".into()),
+            device: DeviceKind::Cpu,
+        }
+    }
+
+    #[test]
+    fn runs_are_named_once_sweep_first_with_seeds_only_where_asked() {
+        let p = plan();
+        let names: Vec<String> = p.runs().into_iter().map(|r| r.name).collect();
+        assert_eq!(
+            names,
+            [
+                "sweep/clean-s3",
+                "sweep/sgr-sign-l0.5-s3",
+                "sweep/sgr-sign-l1-s3",
+                "clean-s3",
+                "clean-s4",
+                "sgr-sign-s3",
+                "sgr-sign-s4",
+                "sgr-grad-s3",
+                "gn-s3",
+                "fgsm-s3",
+            ]
+        );
+        let runs = p.runs();
+        let lambda = |n: &str| runs.iter().find(|r| r.name == n).map(|r| r.lambda);
+        assert_eq!(lambda("sweep/sgr-sign-l1-s3"), Some(LambdaFrom::Fixed(1.0)));
+        assert_eq!(lambda("sgr-sign-s4"), Some(LambdaFrom::Sweep));
+        assert_eq!(lambda("sgr-grad-s3"), Some(LambdaFrom::SgrSignSweep));
+        assert_eq!(lambda("gn-s3"), Some(LambdaFrom::Default));
+        assert_eq!(
+            runs[1].dir,
+            PathBuf::from("/nonexistent/out/sweep/sgr-sign-l0.5-s3")
+        );
+        assert_eq!(runs[4].dir, PathBuf::from("/nonexistent/out/runs/clean-s4"));
+        // One seed: plain method names.
+        let one = ExperimentPlan {
+            seeds: vec![7],
+            lambda_sweep: vec![],
+            ..plan()
+        };
+        assert_eq!(one.runs()[0].name, "clean");
+        assert_eq!(one.finals().len(), 5);
+        let firsts: Vec<String> = p.first_seed_finals().into_iter().map(|r| r.name).collect();
+        assert_eq!(
+            firsts,
+            ["clean-s3", "sgr-sign-s3", "sgr-grad-s3", "gn-s3", "fgsm-s3"]
+        );
+        assert_eq!(
+            p.first_run_of(MethodName::SgrSign).map(|r| r.name),
+            Some("sgr-sign-s3".into())
+        );
+        assert_eq!(p.first_run_of(MethodName::Lrc), None);
+    }
+
+    #[test]
+    fn settings_of_sweep_and_final_runs() -> Result<()> {
+        let p = plan();
+        let runs = p.runs();
+        let a = p.train_args(&runs[1])?;
+        assert_eq!(
+            (a.epochs, a.validation, a.pgd_eval_images, a.seed),
+            (Some(5), Some(5000), Some(5000), Some(3))
+        );
+        assert_eq!(a.method_options.lambda, Some(0.5));
+        let f = p.train_args(&runs[3])?;
+        assert_eq!(
+            (f.epochs, f.validation, f.pgd_eval_images, f.seed),
+            (Some(50), None, Some(0), Some(3))
+        );
+        assert_eq!(f.augment.as_deref(), Some("crop"));
+        // A final run whose λ comes from an unfinished sweep says so, naming the run.
+        let e = p.train_args(&runs[5]).expect_err("sweep not run");
+        let msg = e.to_string();
+        assert!(
+            msg.contains("sweep/clean-s3") && msg.contains("stage 1"),
+            "{msg}"
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn unknown_runs_are_refused_with_the_list() {
+        let e = plan().run("sgr-sign-s9").expect_err("no such run");
+        let msg = e.to_string();
+        assert!(
+            msg.contains("--run sgr-sign-s9") && msg.contains("clean-s4"),
+            "{msg}"
+        );
+        assert_eq!(
+            plan().run("gn-s3").map(|r| r.method).ok(),
+            Some(MethodName::Gn)
+        );
+        assert_eq!(plan().unfinished().len(), plan().runs().len());
+    }
+
+    #[test]
+    fn empty_seed_or_method_lists_are_refused() {
+        let no_seeds = ExperimentPlan {
+            seeds: vec![],
+            ..plan()
+        };
+        assert!(no_seeds.validate().is_err());
+        let no_methods = ExperimentPlan {
+            methods: vec![],
+            ..plan()
+        };
+        assert!(no_methods.validate().is_err());
+        assert!(plan().validate().is_ok());
+    }
+}
