@@ -13,6 +13,8 @@ use common::{err, ok, repo_root, xtask};
 use candle_core::{DType, Device, Module, Tensor};
 use sgr_data::{DatasetName, Split};
 
+type TestResult = std::result::Result<(), Box<dyn std::error::Error>>;
+
 fn python() -> String {
     std::env::var("SGR_PYTHON").unwrap_or_else(|_| "python3".into())
 }
@@ -75,15 +77,15 @@ fn check_pytorch_compat(run: &Path, n: usize) {
 }
 
 #[test]
-fn default_clean_and_sgr_sign_training_reach_their_accuracy_and_load_in_pytorch() {
-    let dir = tempfile::tempdir().unwrap();
+fn default_clean_and_sgr_sign_training_reach_their_accuracy_and_load_in_pytorch() -> TestResult {
+    let dir = tempfile::tempdir()?;
     let run = dir.path().join("clean");
     let run_s = run.to_str().unwrap();
     // The README's command with nothing but an output folder.
     let stdout = ok(&xtask(&["train", "--method", "clean", "--out", run_s]));
     assert!(stdout.contains("test accuracy"), "{stdout}");
     let record: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(run.join("run.json")).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(run.join("run.json"))?)?;
     assert_eq!(record["status"], "complete");
     assert_eq!(record["dataset"], "mnist-subset");
     assert_eq!(record["test_images"], 1000);
@@ -111,17 +113,17 @@ fn default_clean_and_sgr_sign_training_reach_their_accuracy_and_load_in_pytorch(
         "--test-limit",
         "100",
     ]));
-    let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    let v: serde_json::Value = serde_json::from_str(stdout.trim())?;
     assert_eq!(v["n"], 100);
 
     check_pytorch_compat(&run, 200);
 
     // Running again into the same folder does not overwrite it.
-    let before = std::fs::read(&file).unwrap();
+    let before = std::fs::read(&file)?;
     let msg = err(&xtask(&["train", "--method", "clean", "--out", run_s]));
     assert!(msg.contains("--resume"), "{msg}");
     assert!(
-        before == std::fs::read(&file).unwrap(),
+        before == std::fs::read(&file)?,
         "the checkpoint was overwritten"
     );
 
@@ -142,7 +144,7 @@ fn default_clean_and_sgr_sign_training_reach_their_accuracy_and_load_in_pytorch(
         "{stdout}"
     );
     let rec: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(sgr.join("run.json")).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(sgr.join("run.json"))?)?;
     let o = &rec["method_options"];
     assert_eq!(o["lambda"], 1.0);
     assert_eq!(o["second_order"], "exact");
@@ -166,6 +168,7 @@ fn default_clean_and_sgr_sign_training_reach_their_accuracy_and_load_in_pytorch(
         sgr_pgd > clean_pgd,
         "sgr-sign PGD accuracy {sgr_pgd} is not above the clean model's {clean_pgd}"
     );
+    Ok(())
 }
 
 fn record_pgd(run: &Path) -> f64 {
@@ -177,8 +180,8 @@ fn record_pgd(run: &Path) -> f64 {
 }
 
 #[test]
-fn resume_from_the_command_line_extends_a_run() {
-    let dir = tempfile::tempdir().unwrap();
+fn resume_from_the_command_line_extends_a_run() -> TestResult {
+    let dir = tempfile::tempdir()?;
     let run = dir.path().join("r");
     let run_s = run.to_str().unwrap();
     let small = [
@@ -198,7 +201,7 @@ fn resume_from_the_command_line_extends_a_run() {
         "train", "--out", run_s, "--resume", "--epochs", "2",
     ]));
     let record: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(run.join("run.json")).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(run.join("run.json"))?)?;
     assert_eq!(record["epochs_done"], 2);
     assert_eq!(record["steps_done"], 8);
     assert_eq!(record["method"], "wdecay");
@@ -208,11 +211,12 @@ fn resume_from_the_command_line_extends_a_run() {
         "train", "--out", run_s, "--resume", "--seed", "9",
     ]));
     assert!(msg.contains("--seed") && msg.contains('9'), "{msg}");
+    Ok(())
 }
 
 #[test]
-fn bad_input_gives_one_clear_error() {
-    let dir = tempfile::tempdir().unwrap();
+fn bad_input_gives_one_clear_error() -> TestResult {
+    let dir = tempfile::tempdir()?;
     let out = dir.path().join("x");
     let out_s = out.to_str().unwrap();
     let cases: Vec<(Vec<&str>, Vec<&str>)> = vec![
@@ -266,11 +270,12 @@ fn bad_input_gives_one_clear_error() {
         ]));
         assert!(msg.to_lowercase().contains("cuda"), "{msg}");
     }
+    Ok(())
 }
 
 #[test]
-fn ctrl_c_saves_and_the_run_resumes() {
-    let dir = tempfile::tempdir().unwrap();
+fn ctrl_c_saves_and_the_run_resumes() -> TestResult {
+    let dir = tempfile::tempdir()?;
     let run = dir.path().join("r");
     let run_s = run.to_str().unwrap();
     let child = Command::new(env!("CARGO_BIN_EXE_xtask"))
@@ -290,8 +295,7 @@ fn ctrl_c_saves_and_the_run_resumes() {
         .env("SGR_LOG", "warn")
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+        .spawn()?;
     // Wait for the first checkpoint (written before the first step), then a little training.
     let start = std::time::Instant::now();
     while !run.join("run.json").is_file() && start.elapsed().as_secs() < 60 {
@@ -300,10 +304,9 @@ fn ctrl_c_saves_and_the_run_resumes() {
     std::thread::sleep(std::time::Duration::from_secs(3));
     let status = Command::new("kill")
         .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap();
+        .status()?;
     assert!(status.success());
-    let out = child.wait_with_output().unwrap();
+    let out = child.wait_with_output()?;
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -312,7 +315,7 @@ fn ctrl_c_saves_and_the_run_resumes() {
     );
     assert!(stdout.contains("--resume"), "{stdout}");
     let record: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(run.join("run.json")).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(run.join("run.json"))?)?;
     assert_eq!(record["status"], "interrupted");
     let steps = record["steps_done"].as_u64().unwrap();
     assert!(steps > 0 && steps < 50 * 20, "stopped after {steps} steps");
@@ -326,8 +329,9 @@ fn ctrl_c_saves_and_the_run_resumes() {
         &(record["epochs_done"].as_u64().unwrap() + 1).to_string(),
     ]));
     let record: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(run.join("run.json")).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(run.join("run.json"))?)?;
     assert_eq!(record["status"], "complete");
+    Ok(())
 }
 
 /// `--arch`: networks off the paper's path train on the fast exact path (sgr-sign: double backprop written

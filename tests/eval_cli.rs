@@ -11,6 +11,8 @@ use common::{err, ok, repo_root, xtask};
 
 use candle_core::{DType, Device};
 
+type TestResult = std::result::Result<(), Box<dyn std::error::Error>>;
+
 fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
@@ -38,8 +40,8 @@ fn row(md: &str, name: &str) -> Vec<f64> {
 }
 
 #[test]
-fn eval_commands_on_the_mnist_subset() {
-    let dir = tempfile::tempdir().unwrap();
+fn eval_commands_on_the_mnist_subset() -> TestResult {
+    let dir = tempfile::tempdir()?;
     let (a, b) = (dir.path().join("a"), dir.path().join("b"));
     for (run, method) in [(&a, "clean"), (&b, "gn")] {
         ok(&xtask(&[
@@ -115,7 +117,7 @@ fn eval_commands_on_the_mnist_subset() {
         "--out",
         s(&out),
     ];
-    let first: serde_json::Value = serde_json::from_str(&ok(&xtask(&aa_args))).unwrap();
+    let first: serde_json::Value = serde_json::from_str(&ok(&xtask(&aa_args)))?;
     assert_eq!(first["n"], 30);
     assert_eq!(first["eps_255"], 32.0);
     assert_eq!(first["norm"], "linf");
@@ -144,7 +146,7 @@ fn eval_commands_on_the_mnist_subset() {
     assert!(refused.contains("--resume"), "{refused}");
     let mut resume_args = aa_args.to_vec();
     resume_args.push("--resume");
-    let resumed: serde_json::Value = serde_json::from_str(&ok(&xtask(&resume_args))).unwrap();
+    let resumed: serde_json::Value = serde_json::from_str(&ok(&xtask(&resume_args)))?;
     for name in ["a", "b"] {
         for key in ["clean", "apgd-ce", "apgd-t", "fab-t", "square", "robust"] {
             assert_eq!(
@@ -172,7 +174,7 @@ fn eval_commands_on_the_mnist_subset() {
     ]));
     assert_eq!(row(&md, "a").len(), 3, "{md}"); // TEST, from a, from b
     let json: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("transfer.json")).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(out.join("transfer.json"))?)?;
     assert_eq!(json["images"], 50);
     assert_eq!(json["accuracy"].as_array().unwrap().len(), 2);
 
@@ -256,11 +258,12 @@ fn eval_commands_on_the_mnist_subset() {
     ]);
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("nope"));
+    Ok(())
 }
 
 #[test]
-fn reproduce_writes_a_report() {
-    let dir = tempfile::tempdir().unwrap();
+fn reproduce_writes_a_report() -> TestResult {
+    let dir = tempfile::tempdir()?;
     let out = dir.path().join("repro");
     let args = [
         "reproduce",
@@ -288,7 +291,7 @@ fn reproduce_writes_a_report() {
         s(&out),
     ];
     let md = ok(&xtask(&args));
-    let report = std::fs::read_to_string(out.join("report.md")).unwrap();
+    let report = std::fs::read_to_string(out.join("report.md"))?;
     assert!(report.starts_with("# Reproduction on mnist-subset") && md.contains("## Budget"));
     for section in [
         "## Budget",
@@ -324,6 +327,7 @@ fn reproduce_writes_a_report() {
     // A second invocation keeps the trained runs (no retraining) and rewrites the report.
     let md2 = ok(&xtask(&args));
     assert!(!md2.contains("| train clean |"), "retrained:\n{md2}");
+    Ok(())
 }
 
 /// Seeds, a λ sweep on a validation split and the split into independent runs: `--list-runs` prints the
@@ -471,18 +475,18 @@ fn reproduce_splits_into_runs_with_seeds_and_a_lambda_sweep() -> anyhow::Result<
 }
 
 #[test]
-fn eval_commands_on_the_cifar10_sample() {
+fn eval_commands_on_the_cifar10_sample() -> TestResult {
     // No CIFAR-10 training set here: a seeded, untrained CIFAR-10 CNN exercises the whole path (loading the
     // binary batches, 3-channel attacks, covariance functions across channels, class names).
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir()?;
     let data: PathBuf = repo_root().join("tests/data/cifar10-sample");
     let mut ckpts = Vec::new();
     for seed in [1, 2] {
         let vm = candle_nn::VarMap::new();
         let cfg = sgr_models::CnnConfig::cifar10();
-        sgr_models::init_params(&vm, &cfg, seed, DType::F32, &Device::Cpu).unwrap();
+        sgr_models::init_params(&vm, &cfg, seed, DType::F32, &Device::Cpu)?;
         let p = dir.path().join(format!("cifar-{seed}.safetensors"));
-        sgr_models::save_model(&vm, &cfg, &p).unwrap();
+        sgr_models::save_model(&vm, &cfg, &p)?;
         ckpts.push(p);
     }
     let common = ["--dataset", "cifar10", "--data-dir", s(&data)];
@@ -551,4 +555,5 @@ fn eval_commands_on_the_cifar10_sample() {
     ] {
         assert!(out.join(f).is_file(), "{f}");
     }
+    Ok(())
 }

@@ -11,6 +11,8 @@ use sgr_attacks::{
 };
 use sgr_testutil::rand_tensor;
 
+type TestResult = std::result::Result<(), Box<dyn std::error::Error>>;
+
 #[test]
 fn dlr_losses_equal_hand_computed_values_and_their_gradients_finite_differences() -> Result<()> {
     // z sorted decreasingly: 4 (class 1), 3 (class 3), 2 (class 2), 1 (class 0), 0 (class 4).
@@ -64,10 +66,11 @@ fn dlr_losses_equal_hand_computed_values_and_their_gradients_finite_differences(
 }
 
 #[test]
-fn apgd_checkpoints_follow_the_reference_schedule() {
+fn apgd_checkpoints_follow_the_reference_schedule() -> TestResult {
     assert_eq!(apgd_checkpoints(100), vec![22, 41, 57, 70, 80, 87, 93, 99]);
     assert_eq!(apgd_checkpoints(10), (2..=10).collect::<Vec<_>>());
     assert_eq!(apgd_checkpoints(1), vec![1]);
+    Ok(())
 }
 
 /// The projection's optimality by definition: feasible, and no smaller radius reaches the hyperplane.

@@ -5,6 +5,8 @@ use sgr_attacks::{
     Attack, DeepFool, Fgm, Fgsm, NoiseSource, Norm, Pgd, Rand, WorstOfN, loss_gradient,
 };
 
+type TestResult = std::result::Result<(), Box<dyn std::error::Error>>;
+
 /// logits = W·flatten(x) + b.
 struct Linear {
     w: Tensor,
@@ -69,10 +71,10 @@ fn closed_form_gradient(m: &Linear, x: &Tensor, y: &Tensor) -> Vec<Vec<f64>> {
 }
 
 #[test]
-fn gradient_fgsm_and_fgm_equal_their_closed_forms() {
+fn gradient_fgsm_and_fgm_equal_their_closed_forms() -> TestResult {
     let (m, x, y) = setup();
     let g = closed_form_gradient(&m, &x, &y);
-    let (ours, _) = loss_gradient(&m, &x, &y).unwrap();
+    let (ours, _) = loss_gradient(&m, &x, &y)?;
     for (a, b) in rows(&ours).iter().zip(&g) {
         for (p, q) in a.iter().zip(b) {
             assert!((p - q).abs() < 1e-12);
@@ -80,8 +82,8 @@ fn gradient_fgsm_and_fgm_equal_their_closed_forms() {
     }
     let eps = 0.05;
     let xs = rows(&x);
-    let fgsm = rows(&Fgsm.run(&m, &x, &y, eps).unwrap());
-    let fgm = rows(&Fgm.run(&m, &x, &y, eps).unwrap());
+    let fgsm = rows(&Fgsm.run(&m, &x, &y, eps)?);
+    let fgm = rows(&Fgm.run(&m, &x, &y, eps)?);
     for i in 0..xs.len() {
         let norm = g[i].iter().map(|v| v * v).sum::<f64>().sqrt();
         for j in 0..xs[i].len() {
@@ -89,20 +91,21 @@ fn gradient_fgsm_and_fgm_equal_their_closed_forms() {
             assert!((fgm[i][j] - (xs[i][j] + eps * g[i][j] / norm)).abs() < 1e-12);
         }
     }
+    Ok(())
 }
 
 #[test]
-fn deepfool_finds_the_minimal_l2_perturbation_of_a_linear_model() {
+fn deepfool_finds_the_minimal_l2_perturbation_of_a_linear_model() -> TestResult {
     let (m, x, _) = setup();
-    let w = m.w.to_vec2::<f64>().unwrap();
-    let logits = m.forward(&x).unwrap().to_vec2::<f64>().unwrap();
-    let res = DeepFool::default().attack(&m, &x).unwrap();
+    let w = m.w.to_vec2::<f64>()?;
+    let logits = m.forward(&x)?.to_vec2::<f64>()?;
+    let res = DeepFool::default().attack(&m, &x)?;
     let xs = rows(&x);
     let adv = rows(&res.adversarial);
     for i in 0..xs.len() {
         let k0 = (0..4)
             .max_by(|&a, &b| logits[i][a].total_cmp(&logits[i][b]))
-            .unwrap();
+            .ok_or("no classes")?;
         // Exact minimal L2 distance to another class's region: min_k (f_k0 − f_k)/‖w_k0 − w_k‖.
         let dist = (0..4)
             .filter(|&k| k != k0)
@@ -130,10 +133,11 @@ fn deepfool_finds_the_minimal_l2_perturbation_of_a_linear_model() {
         );
     }
     assert!(res.rho > 0.0 && res.rho.is_finite());
+    Ok(())
 }
 
 #[test]
-fn pgd_stays_in_the_ball_and_the_box_and_eps_zero_is_the_identity() {
+fn pgd_stays_in_the_ball_and_the_box_and_eps_zero_is_the_identity() -> TestResult {
     let (m, x, y) = setup();
     for norm in [Norm::LInf, Norm::L2] {
         let pgd = Pgd {
@@ -144,21 +148,12 @@ fn pgd_stays_in_the_ball_and_the_box_and_eps_zero_is_the_identity() {
             seed: 3,
         };
         let eps = 0.25;
-        let adv = pgd.run(&m, &x, &y, eps).unwrap();
-        let delta = (&adv - &x).unwrap();
-        let a = adv.flatten_all().unwrap().to_vec1::<f64>().unwrap();
+        let adv = pgd.run(&m, &x, &y, eps)?;
+        let delta = (&adv - &x)?;
+        let a = adv.flatten_all()?.to_vec1::<f64>()?;
         assert!(a.iter().all(|v| (0.0..=1.0).contains(v)));
         match norm {
-            Norm::LInf => assert!(
-                delta
-                    .abs()
-                    .unwrap()
-                    .max_all()
-                    .unwrap()
-                    .to_scalar::<f64>()
-                    .unwrap()
-                    <= eps + 1e-12
-            ),
+            Norm::LInf => assert!(delta.abs()?.max_all()?.to_scalar::<f64>()? <= eps + 1e-12),
             Norm::L2 => {
                 for r in rows(&delta) {
                     assert!(r.iter().map(|v| v * v).sum::<f64>().sqrt() <= eps + 1e-9);
@@ -173,57 +168,27 @@ fn pgd_stays_in_the_ball_and_the_box_and_eps_zero_is_the_identity() {
                 .unwrap()
         };
         assert!(ce(&adv) > ce(&x));
-        let same = pgd.run(&m, &x, &y, 0.0).unwrap();
-        assert_eq!(
-            (&same - &x)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f64>()
-                .unwrap(),
-            0.0
-        );
+        let same = pgd.run(&m, &x, &y, 0.0)?;
+        assert_eq!((&same - &x)?.abs()?.max_all()?.to_scalar::<f64>()?, 0.0);
     }
     for attack in [&Fgsm as &dyn Attack, &Fgm, &Rand { seed: 1 }] {
-        let same = attack.run(&m, &x, &y, 0.0).unwrap();
-        assert_eq!(
-            (&same - &x)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f64>()
-                .unwrap(),
-            0.0
-        );
+        let same = attack.run(&m, &x, &y, 0.0)?;
+        assert_eq!((&same - &x)?.abs()?.max_all()?.to_scalar::<f64>()?, 0.0);
     }
-    let r = Rand { seed: 4 }.run(&m, &x, &y, 0.1).unwrap();
-    let dmax = (&r - &x)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f64>()
-        .unwrap();
+    let r = Rand { seed: 4 }.run(&m, &x, &y, 0.1)?;
+    let dmax = (&r - &x)?.abs()?.max_all()?.to_scalar::<f64>()?;
     assert!(dmax <= 0.1 + 1e-9 && dmax > 0.05);
     assert_eq!(
-        (&r - &Rand { seed: 4 }.run(&m, &x, &y, 0.1).unwrap())
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f64>()
-            .unwrap(),
+        (&r - &Rand { seed: 4 }.run(&m, &x, &y, 0.1)?)?
+            .abs()?
+            .max_all()?
+            .to_scalar::<f64>()?,
         0.0,
         "seeded"
     );
     assert!(Fgsm.run(&m, &x, &y, -1.0).is_err());
     assert!(Fgsm.run(&m, &x, &y, f64::NAN).is_err());
+    Ok(())
 }
 
 /// Predicts class 1 when any pixel exceeds 0.8, else class 0.
@@ -241,35 +206,23 @@ impl Module for Threshold {
 }
 
 #[test]
-fn worst_of_n_breaks_an_example_iff_some_draw_does() {
-    let x = Tensor::full(0.5f64, (6, 1, 4, 4), &Device::Cpu).unwrap();
-    let y = Tensor::zeros(6, DType::U32, &Device::Cpu).unwrap();
-    let source = NoiseSource::lrc((1, 4, 4), 2.0).unwrap();
+fn worst_of_n_breaks_an_example_iff_some_draw_does() -> TestResult {
+    let x = Tensor::full(0.5f64, (6, 1, 4, 4), &Device::Cpu)?;
+    let y = Tensor::zeros(6, DType::U32, &Device::Cpu)?;
+    let source = NoiseSource::lrc((1, 4, 4), 2.0)?;
     let attack = WorstOfN {
         source: source.clone(),
         n: 7,
         seed: 11,
     };
     let eps = 0.12;
-    let res = attack.attack(&Threshold, &x, &y, eps).unwrap();
+    let res = attack.attack(&Threshold, &x, &y, eps)?;
     // Replay every draw independently.
     let mut expected = [false; 6];
     for draw in 0..7 {
-        let noise = WorstOfN::draw_noise(&source, 11, draw, 6)
-            .unwrap()
-            .reshape((6, 1, 4, 4))
-            .unwrap();
-        let xp = (&x + (noise * eps).unwrap())
-            .unwrap()
-            .clamp(0.0, 1.0)
-            .unwrap();
-        let pred = Threshold
-            .forward(&xp)
-            .unwrap()
-            .argmax(1)
-            .unwrap()
-            .to_vec1::<u32>()
-            .unwrap();
+        let noise = WorstOfN::draw_noise(&source, 11, draw, 6)?.reshape((6, 1, 4, 4))?;
+        let xp = (&x + (noise * eps)?)?.clamp(0.0, 1.0)?;
+        let pred = Threshold.forward(&xp)?.argmax(1)?.to_vec1::<u32>()?;
         for i in 0..6 {
             expected[i] |= pred[i] != 0;
         }
@@ -281,13 +234,11 @@ fn worst_of_n_breaks_an_example_iff_some_draw_does() {
     );
     // Broken examples come back as a breaking input.
     let pred = Threshold
-        .forward(&res.adversarial)
-        .unwrap()
-        .argmax(1)
-        .unwrap()
-        .to_vec1::<u32>()
-        .unwrap();
+        .forward(&res.adversarial)?
+        .argmax(1)?
+        .to_vec1::<u32>()?;
     for i in 0..6 {
         assert_eq!(pred[i] != 0, expected[i]);
     }
+    Ok(())
 }

@@ -9,6 +9,8 @@ use sgr_attacks::{
 use sgr_data::{DatasetName, Split, load_split};
 use sgr_models::{Cnn, CnnConfig, init_params};
 
+type TestResult = std::result::Result<(), Box<dyn std::error::Error>>;
+
 fn trained_model() -> (Cnn, VarMap) {
     let train = load_split(DatasetName::MnistSubset, None, Split::Train).unwrap();
     let vm = VarMap::new();
@@ -43,33 +45,23 @@ fn acc(model: &dyn Module, x: &Tensor, y: &Tensor) -> f64 {
 }
 
 #[test]
-fn attack_orderings_and_masking_checks_on_a_trained_cnn() {
+fn attack_orderings_and_masking_checks_on_a_trained_cnn() -> TestResult {
     let (model, vm) = trained_model();
     let frozen = model.frozen();
-    let test = load_split(DatasetName::MnistSubset, None, Split::Test).unwrap();
+    let test = load_split(DatasetName::MnistSubset, None, Split::Test)?;
     let n = 100;
-    let (x, y) = test.range(0, n, DType::F32, &Device::Cpu).unwrap();
+    let (x, y) = test.range(0, n, DType::F32, &Device::Cpu)?;
     let before: Vec<f32> = vm.data().lock().unwrap()["conv1.weight"]
         .as_tensor()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap();
+        .flatten_all()?
+        .to_vec1()?;
 
     let clean = acc(&model, &x, &y);
     assert!(clean > 0.8, "briefly trained model: clean accuracy {clean}");
     let eps = 0.1;
-    let fgsm = acc(&model, &Fgsm.run(&frozen, &x, &y, eps).unwrap(), &y);
-    let pgd = acc(
-        &model,
-        &Pgd::whitebox().run(&frozen, &x, &y, eps).unwrap(),
-        &y,
-    );
-    let rand = acc(
-        &model,
-        &Rand { seed: 1 }.run(&frozen, &x, &y, eps).unwrap(),
-        &y,
-    );
+    let fgsm = acc(&model, &Fgsm.run(&frozen, &x, &y, eps)?, &y);
+    let pgd = acc(&model, &Pgd::whitebox().run(&frozen, &x, &y, eps)?, &y);
+    let rand = acc(&model, &Rand { seed: 1 }.run(&frozen, &x, &y, eps)?, &y);
     eprintln!("clean {clean:.3} rand {rand:.3} fgsm {fgsm:.3} pgd {pgd:.3} at eps {eps}");
     assert!(
         pgd <= fgsm && fgsm <= clean && fgsm < rand,
@@ -115,17 +107,13 @@ fn attack_orderings_and_masking_checks_on_a_trained_cnn() {
         "PGD accuracy by steps (1, 4, 10): {by_steps:?}"
     );
     // ε = 255/255: PGD must break essentially everything (else gradients are masked).
-    let full = acc(
-        &model,
-        &Pgd::whitebox().run(&frozen, &x, &y, 1.0).unwrap(),
-        &y,
-    );
+    let full = acc(&model, &Pgd::whitebox().run(&frozen, &x, &y, 1.0)?, &y);
     assert!(full <= 0.02, "PGD at ε = 1 leaves accuracy {full}");
 
     // DeepFool fools nearly everything with small perturbations.
-    let (x50, _) = test.range(0, 50, DType::F32, &Device::Cpu).unwrap();
-    let y50 = y.narrow(0, 0, 50).unwrap();
-    let df = DeepFool::default().attack(&frozen, &x50).unwrap();
+    let (x50, _) = test.range(0, 50, DType::F32, &Device::Cpu)?;
+    let y50 = y.narrow(0, 0, 50)?;
+    let df = DeepFool::default().attack(&frozen, &x50)?;
     let fooled = df.fooled.iter().filter(|&&f| f).count();
     assert!(fooled >= 48, "DeepFool fooled {fooled}/50");
     assert!(df.rho > 0.0 && df.rho < 0.5, "ρ = {}", df.rho);
@@ -150,37 +138,26 @@ fn attack_orderings_and_masking_checks_on_a_trained_cnn() {
     // input gradients as the trainable model.
     let after: Vec<f32> = vm.data().lock().unwrap()["conv1.weight"]
         .as_tensor()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap();
+        .flatten_all()?
+        .to_vec1()?;
     assert_eq!(before, after);
-    let (g1, _) = loss_gradient(&model, &x50, &y50).unwrap();
-    let (g2, _) = loss_gradient(&frozen, &x50, &y50).unwrap();
-    assert_eq!(
-        (g1 - g2)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap(),
-        0.0
-    );
+    let (g1, _) = loss_gradient(&model, &x50, &y50)?;
+    let (g2, _) = loss_gradient(&frozen, &x50, &y50)?;
+    assert_eq!((g1 - g2)?.abs()?.max_all()?.to_scalar::<f32>()?, 0.0);
+    Ok(())
 }
 
 /// AutoAttack on the briefly trained CNN: the standard suite (fewer targets and queries, to keep the test
 /// short) is at least as strong as APGD-CE, APGD-CE as PGD-10, PGD-10 as FGSM; with an unbounded budget it
 /// breaks everything.
 #[test]
-fn autoattack_orders_below_pgd_and_fgsm_on_a_trained_cnn() {
+fn autoattack_orders_below_pgd_and_fgsm_on_a_trained_cnn() -> TestResult {
     use sgr_attacks::{AaAttack, AutoAttack};
     let (model, _vm) = trained_model();
     let frozen = model.frozen();
-    let test = load_split(DatasetName::MnistSubset, None, Split::Test).unwrap();
+    let test = load_split(DatasetName::MnistSubset, None, Split::Test)?;
     let n = 100;
-    let (x, y) = test.range(0, n, DType::F32, &Device::Cpu).unwrap();
+    let (x, y) = test.range(0, n, DType::F32, &Device::Cpu)?;
     let eps = 0.1;
     let suite = AutoAttack {
         eps,
@@ -190,15 +167,11 @@ fn autoattack_orders_below_pgd_and_fgsm_on_a_trained_cnn() {
         square_queries: 500,
         ..AutoAttack::default()
     };
-    let state = suite.run_all(&frozen, &x, &y).unwrap();
+    let state = suite.run_all(&frozen, &x, &y)?;
     let apgd_ce = state.after[0];
     let aa = state.robust_accuracy();
-    let pgd = acc(
-        &model,
-        &Pgd::whitebox().run(&frozen, &x, &y, eps).unwrap(),
-        &y,
-    );
-    let fgsm = acc(&model, &Fgsm.run(&frozen, &x, &y, eps).unwrap(), &y);
+    let pgd = acc(&model, &Pgd::whitebox().run(&frozen, &x, &y, eps)?, &y);
+    let fgsm = acc(&model, &Fgsm.run(&frozen, &x, &y, eps)?, &y);
     eprintln!(
         "clean {:.2} fgsm {fgsm:.2} pgd-10 {pgd:.2} apgd-ce {apgd_ce:.2} aa {aa:.2} ({:?})",
         state.clean_accuracy(),
@@ -220,11 +193,6 @@ fn autoattack_orders_below_pgd_and_fgsm_on_a_trained_cnn() {
         attacks: vec![AaAttack::ApgdCe],
         ..suite.clone()
     };
-    assert_eq!(
-        unbounded
-            .run_all(&frozen, &x, &y)
-            .unwrap()
-            .robust_accuracy(),
-        0.0
-    );
+    assert_eq!(unbounded.run_all(&frozen, &x, &y)?.robust_accuracy(), 0.0);
+    Ok(())
 }

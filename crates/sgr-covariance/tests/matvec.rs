@@ -6,6 +6,8 @@ use candle_core::{DType, Device, Tensor};
 use sgr_covariance::{ChannelStructure, CovFun, Covariance, Dense, Identity, Scaled, Stationary};
 use sgr_testutil::{dense_product, max_abs, max_abs_diff, rand_tensor};
 
+type TestResult = std::result::Result<(), Box<dyn std::error::Error>>;
+
 fn random_covfun(
     shape: (usize, usize, usize),
     radius: i64,
@@ -56,7 +58,7 @@ fn check(
 }
 
 #[test]
-fn covfun_matvec_equals_dense_product_for_many_shapes_and_radii() {
+fn covfun_matvec_equals_dense_product_for_many_shapes_and_radii() -> TestResult {
     let mut seed = 1;
     for (c, h, w) in [(1usize, 7usize, 5usize), (3, 6, 9), (1, 1, 8), (3, 4, 4)] {
         let full = CovFun::full_radius(h, w) as i64;
@@ -68,6 +70,7 @@ fn covfun_matvec_equals_dense_product_for_many_shapes_and_radii() {
             }
         }
     }
+    Ok(())
 }
 
 /// The CPU plan is inspectable: short ranges go direct, long ones through FFTs, and the verdict is the
@@ -86,44 +89,45 @@ fn cpu_plans_pick_the_cheaper_path() -> anyhow::Result<()> {
 }
 
 #[test]
-fn fft_path_for_long_ranges_equals_dense_product() {
+fn fft_path_for_long_ranges_equals_dense_product() -> TestResult {
     // A 40×36 image with a radius beyond the image: the FFT path is the cheaper one and is taken.
     for c in [1usize, 3] {
         let cov = CovFun::from_fn((c, 40, 36), 60, ChannelStructure::IntraInter, |a, b, r| {
             let e = (-(r as f64) / 9.0).exp();
             if a == b { e } else { 0.4 * e }
-        })
-        .unwrap();
+        })?;
         check(&cov, None, 2, 77 + c as u64);
         let full = random_covfun((c, 40, 36), 60, ChannelStructure::Full, 5);
         check(&full, None, 2, 78);
     }
+    Ok(())
 }
 
 #[test]
-fn stationary_dense_identity_and_scaled_products() {
-    let lrc = Stationary::lrc((3, 5, 7), 2.0).unwrap();
+fn stationary_dense_identity_and_scaled_products() -> TestResult {
+    let lrc = Stationary::lrc((3, 5, 7), 2.0)?;
     check(&lrc, Some(lrc.kernels()), 2, 3);
     let xi = rand_tensor(&[6, 2, 4, 5], 4, -1.0, 1.0);
-    let biased = Stationary::estimate_biased(&xi, (3, 4), ChannelStructure::Full).unwrap();
+    let biased = Stationary::estimate_biased(&xi, (3, 4), ChannelStructure::Full)?;
     check(&biased, Some(biased.kernels()), 2, 5);
-    let dense = Dense::second_moments(&xi).unwrap();
+    let dense = Dense::second_moments(&xi)?;
     check(&dense, None, 3, 6);
     let id = Identity::new((2, 4, 5));
     let v = rand_tensor(&[2, 2, 4, 5], 7, -1.0, 1.0);
-    assert_eq!(max_abs_diff(&id.matvec(&v).unwrap(), &v), 0.0);
-    let scaled = Scaled::new(Arc::new(dense.clone()), 2.5).unwrap();
-    let got = scaled.matvec(&v).unwrap();
-    let want = (dense.matvec(&v).unwrap() * 2.5).unwrap();
+    assert_eq!(max_abs_diff(&id.matvec(&v)?, &v), 0.0);
+    let scaled = Scaled::new(Arc::new(dense.clone()), 2.5)?;
+    let got = scaled.matvec(&v)?;
+    let want = (dense.matvec(&v)? * 2.5)?;
     assert!(max_abs_diff(&got, &want) < 1e-12);
     assert!((scaled.mean_diag() - 2.5 * dense.mean_diag()).abs() < 1e-12);
+    Ok(())
 }
 
 #[test]
-fn to_dense_is_symmetric_with_the_curve_on_the_diagonal() {
+fn to_dense_is_symmetric_with_the_curve_on_the_diagonal() -> TestResult {
     let cov = random_covfun((3, 5, 6), 3, ChannelStructure::Full, 9);
     let d = 90;
-    let m = cov.to_dense().unwrap().to_vec2::<f64>().unwrap();
+    let m = cov.to_dense()?.to_vec2::<f64>()?;
     for i in 0..d {
         for j in 0..d {
             assert_eq!(m[i][j], m[j][i]);
@@ -136,20 +140,21 @@ fn to_dense_is_symmetric_with_the_curve_on_the_diagonal() {
     assert_eq!(m[0][4 * 6 + 5], 0.0);
     let md = (0..d).map(|i| m[i][i]).sum::<f64>() / d as f64;
     assert!((cov.mean_diag() - md).abs() < 1e-12);
+    Ok(())
 }
 
 #[test]
-fn bad_input_is_an_error_not_a_panic() {
+fn bad_input_is_an_error_not_a_panic() -> TestResult {
     let cov = random_covfun((3, 6, 5), 2, ChannelStructure::IntraInter, 1);
-    let wrong = Tensor::zeros((2, 3, 5, 6), DType::F32, &Device::Cpu).unwrap();
+    let wrong = Tensor::zeros((2, 3, 5, 6), DType::F32, &Device::Cpu)?;
     let msg = cov.matvec(&wrong).unwrap_err().to_string();
     assert!(msg.contains("(B, 3, 6, 5)"), "{msg}");
     assert!(
-        cov.matvec(&Tensor::zeros((2, 91), DType::F32, &Device::Cpu).unwrap())
+        cov.matvec(&Tensor::zeros((2, 91), DType::F32, &Device::Cpu)?)
             .is_err()
     );
     assert!(
-        cov.matvec(&Tensor::zeros((3, 6, 5), DType::F32, &Device::Cpu).unwrap())
+        cov.matvec(&Tensor::zeros((3, 6, 5), DType::F32, &Device::Cpu)?)
             .is_err()
     );
     let msg = CovFun::from_fn((1, 4, 4), -1, ChannelStructure::IntraInter, |_, _, _| 1.0)
@@ -157,19 +162,19 @@ fn bad_input_is_an_error_not_a_panic() {
         .to_string();
     assert!(msg.contains("-1"), "{msg}");
     let msg = CovFun::estimate(
-        &Tensor::zeros((2, 1, 4, 4), DType::F32, &Device::Cpu).unwrap(),
+        &Tensor::zeros((2, 1, 4, 4), DType::F32, &Device::Cpu)?,
         -2,
         ChannelStructure::IntraInter,
     )
     .unwrap_err()
     .to_string();
     assert!(msg.contains("-2"), "{msg}");
-    let nan = Tensor::new(&[[[[f32::NAN, 0.0], [0.0, 1.0]]]], &Device::Cpu).unwrap();
+    let nan = Tensor::new(&[[[[f32::NAN, 0.0], [0.0, 1.0]]]], &Device::Cpu)?;
     let msg = CovFun::estimate(&nan, 1, ChannelStructure::IntraInter)
         .unwrap_err()
         .to_string();
     assert!(msg.contains("non-finite"), "{msg}");
-    assert!(Dense::second_moments(&nan.flatten_from(1).unwrap()).is_err());
+    assert!(Dense::second_moments(&nan.flatten_from(1)?).is_err());
     let msg = CovFun::new(
         (1, 3, 3),
         1,
@@ -187,7 +192,7 @@ fn bad_input_is_an_error_not_a_panic() {
     .unwrap_err()
     .to_string();
     assert!(msg.contains("symmetric"), "{msg}");
-    let asym = Tensor::new(&[[1.0f64, 2.0], [0.0, 1.0]], &Device::Cpu).unwrap();
+    let asym = Tensor::new(&[[1.0f64, 2.0], [0.0, 1.0]], &Device::Cpu)?;
     assert!(
         Dense::new((1, 1, 2), &asym)
             .unwrap_err()
@@ -195,19 +200,20 @@ fn bad_input_is_an_error_not_a_panic() {
             .contains("symmetric")
     );
     assert!(Stationary::lrc((1, 4, 4), 0.0).is_err());
+    Ok(())
 }
 
 #[test]
-fn representations_report_their_size() {
+fn representations_report_their_size() -> TestResult {
     let big = CovFun::from_fn((3, 224, 224), 8, ChannelStructure::IntraInter, |_, _, r| {
         1.0 / (1.0 + r as f64)
-    })
-    .unwrap();
+    })?;
     // O(C²·R): curves and kernel tables, not a 150,528² matrix (~181 GB in f64).
     assert!(big.bytes() < 10_000, "{}", big.bytes());
-    let v = Tensor::ones((1, 3, 224, 224), DType::F32, &Device::Cpu).unwrap();
-    let out = big.matvec(&v).unwrap();
+    let v = Tensor::ones((1, 3, 224, 224), DType::F32, &Device::Cpu)?;
+    let out = big.matvec(&v)?;
     assert_eq!(out.dims(), &[1, 3, 224, 224]);
+    Ok(())
 }
 
 /// `KernelSet::from_fn` mirrors what symmetry fixes (the dense matrix is exactly symmetric) and keeps what it

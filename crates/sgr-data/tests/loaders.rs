@@ -10,6 +10,8 @@ use sgr_data::{
     seeded_rng,
 };
 
+type TestResult = std::result::Result<(), Box<dyn std::error::Error>>;
+
 fn shared_data() -> Option<PathBuf> {
     let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data");
     if p.is_dir() {
@@ -24,8 +26,8 @@ fn shared_data() -> Option<PathBuf> {
 }
 
 #[test]
-fn embedded_subset_is_the_head_of_mnist() {
-    let d = load(DatasetName::MnistSubset, None).unwrap();
+fn embedded_subset_is_the_head_of_mnist() -> TestResult {
+    let d = load(DatasetName::MnistSubset, None)?;
     assert_eq!((d.train.len(), d.test.len()), (5000, 1000));
     assert_eq!(d.train.shape(), (1, 28, 28));
     assert_eq!(&d.train.labels[..5], &[5, 0, 4, 1, 9]);
@@ -42,12 +44,15 @@ fn embedded_subset_is_the_head_of_mnist() {
         (c - 0.06714357139314323).abs() < 1e-9,
         "mean pixel variance {c}"
     );
+    Ok(())
 }
 
 #[test]
-fn full_mnist_label_counts_match_the_published_ones() {
-    let Some(root) = shared_data() else { return };
-    let d = load(DatasetName::Mnist, Some(&root.join("mnist"))).unwrap();
+fn full_mnist_label_counts_match_the_published_ones() -> TestResult {
+    let Some(root) = shared_data() else {
+        return Ok(());
+    };
+    let d = load(DatasetName::Mnist, Some(&root.join("mnist")))?;
     assert_eq!(
         d.train.class_counts(),
         [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
@@ -57,32 +62,37 @@ fn full_mnist_label_counts_match_the_published_ones() {
         [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
     );
     // The embedded subset is exactly the first images of the full set.
-    let sub = load(DatasetName::MnistSubset, None).unwrap();
+    let sub = load(DatasetName::MnistSubset, None)?;
     assert_eq!(
         &d.train.pixels[..sub.train.pixels.len()],
         &sub.train.pixels[..]
     );
     assert_eq!(&d.test.labels[..1000], &sub.test.labels[..]);
+    Ok(())
 }
 
 #[test]
-fn fashion_mnist_loads() {
-    let Some(root) = shared_data() else { return };
-    let d = load(DatasetName::FashionMnist, Some(&root.join("fashion-mnist"))).unwrap();
+fn fashion_mnist_loads() -> TestResult {
+    let Some(root) = shared_data() else {
+        return Ok(());
+    };
+    let d = load(DatasetName::FashionMnist, Some(&root.join("fashion-mnist")))?;
     assert_eq!((d.train.len(), d.test.len()), (60000, 10000));
     assert_eq!(d.train.class_counts(), [6000; 10]);
     assert_eq!(d.test.class_counts(), [1000; 10]);
+    Ok(())
 }
 
 #[test]
-fn cifar_sample_loads_with_any_record_count() {
-    let Some(root) = shared_data() else { return };
+fn cifar_sample_loads_with_any_record_count() -> TestResult {
+    let Some(root) = shared_data() else {
+        return Ok(());
+    };
     let t = load_split(
         DatasetName::Cifar10,
         Some(&root.join("cifar10-sample")),
         Split::Test,
-    )
-    .unwrap();
+    )?;
     assert_eq!(t.len(), 20);
     assert_eq!(t.shape(), (3, 32, 32));
     assert_eq!(
@@ -101,6 +111,7 @@ fn cifar_sample_loads_with_any_record_count() {
         msg.contains("cifar10-sample") && msg.contains("data_batch_1.bin"),
         "{msg}"
     );
+    Ok(())
 }
 
 // ---------- fixtures ----------
@@ -151,16 +162,17 @@ fn mnist_fixture(dir: &Path, n_img: u32, labels: &[u8], compress: bool) {
 }
 
 #[test]
-fn raw_and_gzip_idx_give_the_same_data() {
-    let a = tempfile::tempdir().unwrap();
-    let b = tempfile::tempdir().unwrap();
+fn raw_and_gzip_idx_give_the_same_data() -> TestResult {
+    let a = tempfile::tempdir()?;
+    let b = tempfile::tempdir()?;
     mnist_fixture(a.path(), 3, &[1, 2, 3], true);
     mnist_fixture(b.path(), 3, &[1, 2, 3], false);
-    let x = load_idx_dir(DatasetName::Mnist, a.path(), Split::Test).unwrap();
-    let y = load_idx_dir(DatasetName::Mnist, b.path(), Split::Test).unwrap();
+    let x = load_idx_dir(DatasetName::Mnist, a.path(), Split::Test)?;
+    let y = load_idx_dir(DatasetName::Mnist, b.path(), Split::Test)?;
     assert_eq!(x.pixels, y.pixels);
     assert_eq!(x.labels, vec![1, 2, 3]);
     assert_eq!(x.pixels[..5], [0, 1, 2, 3, 4]);
+    Ok(())
 }
 
 fn err_msg(r: Result<impl std::fmt::Debug, DataError>) -> String {
@@ -168,8 +180,8 @@ fn err_msg(r: Result<impl std::fmt::Debug, DataError>) -> String {
 }
 
 #[test]
-fn wrong_magic_number_names_the_file() {
-    let d = tempfile::tempdir().unwrap();
+fn wrong_magic_number_names_the_file() -> TestResult {
+    let d = tempfile::tempdir()?;
     mnist_fixture(d.path(), 2, &[0, 1], false);
     // Swap: a labels file where the images should be.
     write(d.path(), "t10k-images-idx3-ubyte", &idx_labels(&[0, 1]));
@@ -178,11 +190,12 @@ fn wrong_magic_number_names_the_file() {
         msg.contains("t10k-images-idx3-ubyte") && msg.contains("magic"),
         "{msg}"
     );
+    Ok(())
 }
 
 #[test]
-fn truncated_file_names_the_file() {
-    let d = tempfile::tempdir().unwrap();
+fn truncated_file_names_the_file() -> TestResult {
+    let d = tempfile::tempdir()?;
     mnist_fixture(d.path(), 2, &[0, 1], false);
     let full = idx_images(2, 28, 28, |_| 7);
     write(d.path(), "t10k-images-idx3-ubyte", &full[..full.len() - 10]);
@@ -195,21 +208,23 @@ fn truncated_file_names_the_file() {
     write(d.path(), "t10k-images-idx3-ubyte", &full[..10]);
     let msg = err_msg(load_idx_dir(DatasetName::Mnist, d.path(), Split::Test));
     assert!(msg.contains("truncated"), "{msg}");
+    Ok(())
 }
 
 #[test]
-fn truncated_gzip_names_the_file() {
-    let d = tempfile::tempdir().unwrap();
+fn truncated_gzip_names_the_file() -> TestResult {
+    let d = tempfile::tempdir()?;
     let z = gz(&idx_images(50, 28, 28, |i| (i * 7 % 256) as u8));
     write(d.path(), "t10k-images-idx3-ubyte.gz", &z[..z.len() / 2]);
     write(d.path(), "t10k-labels-idx1-ubyte", &idx_labels(&[0; 50]));
     let msg = err_msg(load_idx_dir(DatasetName::Mnist, d.path(), Split::Test));
     assert!(msg.contains("t10k-images-idx3-ubyte.gz"), "{msg}");
+    Ok(())
 }
 
 #[test]
-fn image_label_count_mismatch_names_both_files() {
-    let d = tempfile::tempdir().unwrap();
+fn image_label_count_mismatch_names_both_files() -> TestResult {
+    let d = tempfile::tempdir()?;
     mnist_fixture(d.path(), 3, &[0, 1], true);
     let msg = err_msg(load_idx_dir(DatasetName::Mnist, d.path(), Split::Test));
     assert!(
@@ -219,11 +234,12 @@ fn image_label_count_mismatch_names_both_files() {
             && msg.contains("2 labels"),
         "{msg}"
     );
+    Ok(())
 }
 
 #[test]
-fn wrong_image_size_and_bad_labels_are_errors() {
-    let d = tempfile::tempdir().unwrap();
+fn wrong_image_size_and_bad_labels_are_errors() -> TestResult {
+    let d = tempfile::tempdir()?;
     write(
         d.path(),
         "t10k-images-idx3-ubyte",
@@ -238,11 +254,12 @@ fn wrong_image_size_and_bad_labels_are_errors() {
         msg.contains("t10k-labels-idx1-ubyte") && msg.contains("label 12"),
         "{msg}"
     );
+    Ok(())
 }
 
 #[test]
-fn missing_files_and_folders_are_named() {
-    let d = tempfile::tempdir().unwrap();
+fn missing_files_and_folders_are_named() -> TestResult {
+    let d = tempfile::tempdir()?;
     let msg = err_msg(load_idx_dir(
         DatasetName::FashionMnist,
         d.path(),
@@ -255,22 +272,24 @@ fn missing_files_and_folders_are_named() {
     let nowhere = d.path().join("nope");
     let msg = err_msg(load(DatasetName::Mnist, Some(&nowhere)));
     assert!(msg.contains("nope"), "{msg}");
+    Ok(())
 }
 
 #[test]
-fn cifar_size_not_a_multiple_of_the_record_is_an_error() {
-    let d = tempfile::tempdir().unwrap();
+fn cifar_size_not_a_multiple_of_the_record_is_an_error() -> TestResult {
+    let d = tempfile::tempdir()?;
     write(d.path(), "test_batch.bin", &vec![1u8; 3073 * 2 + 5]);
     let msg = err_msg(load_cifar_dir(d.path(), Split::Test));
     assert!(
         msg.contains("test_batch.bin") && msg.contains("3073"),
         "{msg}"
     );
+    Ok(())
 }
 
 #[test]
-fn cifar_records_decode_channel_planes() {
-    let d = tempfile::tempdir().unwrap();
+fn cifar_records_decode_channel_planes() -> TestResult {
+    let d = tempfile::tempdir()?;
     let mut rec = vec![7u8];
     rec.extend(std::iter::repeat_n(10u8, 1024));
     rec.extend(std::iter::repeat_n(20u8, 1024));
@@ -279,21 +298,13 @@ fn cifar_records_decode_channel_planes() {
     two[0] = 2;
     rec.extend(two);
     write(d.path(), "data_batch_1.bin", &rec);
-    let t = load_cifar_dir(d.path(), Split::Train).unwrap();
+    let t = load_cifar_dir(d.path(), Split::Train)?;
     assert_eq!(t.labels, vec![7, 2]);
-    let (x, y) = t.range(0, 2, DType::F32, &Device::Cpu).unwrap();
+    let (x, y) = t.range(0, 2, DType::F32, &Device::Cpu)?;
     assert_eq!(x.dims(), &[2, 3, 32, 32]);
-    let v = x
-        .get(0)
-        .unwrap()
-        .flatten_from(1)
-        .unwrap()
-        .mean(1)
-        .unwrap()
-        .to_vec1::<f32>()
-        .unwrap();
+    let v = x.get(0)?.flatten_from(1)?.mean(1)?.to_vec1::<f32>()?;
     assert!((v[0] - 10.0 / 255.0).abs() < 1e-6 && (v[2] - 30.0 / 255.0).abs() < 1e-6);
-    assert_eq!(y.to_vec1::<u32>().unwrap(), vec![7, 2]);
+    assert_eq!(y.to_vec1::<u32>()?, vec![7, 2]);
     // A bad label byte in a CIFAR record.
     rec[0] = 10;
     write(d.path(), "data_batch_1.bin", &rec);
@@ -302,33 +313,33 @@ fn cifar_records_decode_channel_planes() {
         msg.contains("data_batch_1.bin") && msg.contains("label 10"),
         "{msg}"
     );
+    Ok(())
 }
 
 #[test]
-fn unknown_dataset_name_lists_the_known_ones() {
+fn unknown_dataset_name_lists_the_known_ones() -> TestResult {
     let msg = err_msg("imagenet".parse::<DatasetName>());
     assert!(
         msg.contains("imagenet") && msg.contains("mnist") && msg.contains("cifar10"),
         "{msg}"
     );
+    assert_eq!("CIFAR-10".parse::<DatasetName>()?, DatasetName::Cifar10);
     assert_eq!(
-        "CIFAR-10".parse::<DatasetName>().unwrap(),
-        DatasetName::Cifar10
-    );
-    assert_eq!(
-        "fashion_mnist".parse::<DatasetName>().unwrap(),
+        "fashion_mnist".parse::<DatasetName>()?,
         DatasetName::FashionMnist
     );
+    Ok(())
 }
 
 #[test]
-fn download_without_hub_feature_points_to_data_dir() {
+fn download_without_hub_feature_points_to_data_dir() -> TestResult {
     if cfg!(feature = "hub") {
-        return;
+        return Ok(());
     }
     let msg = err_msg(load(DatasetName::Mnist, None));
     assert!(msg.contains("mnist") && msg.contains("--data-dir"), "{msg}");
     assert_eq!(msg.lines().count(), 1, "one line, not a stack: {msg}");
+    Ok(())
 }
 
 // ---------- augmentation ----------
@@ -340,7 +351,7 @@ fn one_pixel_image(h: usize, w: usize, at: (usize, usize)) -> Vec<u8> {
 }
 
 #[test]
-fn crop_shifts_content_and_pads_with_the_fill_value() {
+fn crop_shifts_content_and_pads_with_the_fill_value() -> TestResult {
     let (h, w) = (10, 12);
     let src = one_pixel_image(h, w, (5, 6));
     let aug = Augment {
@@ -377,10 +388,11 @@ fn crop_shifts_content_and_pads_with_the_fill_value() {
         "crops cover the 81 offsets: saw {}",
         seen_shifts.len()
     );
+    Ok(())
 }
 
 #[test]
-fn flip_mirrors_about_half_the_time_and_is_seeded() {
+fn flip_mirrors_about_half_the_time_and_is_seeded() -> TestResult {
     let (h, w) = (4, 5);
     let src = one_pixel_image(h, w, (1, 0));
     let aug = Augment {
@@ -403,11 +415,12 @@ fn flip_mirrors_about_half_the_time_and_is_seeded() {
         assert_eq!(out, again, "same seed, same augmentation");
     }
     assert!((150..250).contains(&flips), "{flips} flips of 400");
+    Ok(())
 }
 
 #[test]
-fn batches_are_reproducible_and_identity_augmentation_is_exact() {
-    let d = load(DatasetName::MnistSubset, None).unwrap();
+fn batches_are_reproducible_and_identity_augmentation_is_exact() -> TestResult {
+    let d = load(DatasetName::MnistSubset, None)?;
     let idx = [3usize, 1, 4, 1, 5];
     let aug = Augment {
         crop: true,
@@ -422,8 +435,7 @@ fn batches_are_reproducible_and_identity_augmentation_is_exact() {
             Some((&aug, &mut seeded_rng(9, &[1]))),
             DType::F32,
             &Device::Cpu,
-        )
-        .unwrap()
+        )?
         .0;
     let b = d
         .train
@@ -432,8 +444,7 @@ fn batches_are_reproducible_and_identity_augmentation_is_exact() {
             Some((&aug, &mut seeded_rng(9, &[1]))),
             DType::F32,
             &Device::Cpu,
-        )
-        .unwrap()
+        )?
         .0;
     let c = d
         .train
@@ -442,8 +453,7 @@ fn batches_are_reproducible_and_identity_augmentation_is_exact() {
             Some((&aug, &mut seeded_rng(9, &[2]))),
             DType::F32,
             &Device::Cpu,
-        )
-        .unwrap()
+        )?
         .0;
     let diff = |x: &candle_core::Tensor, y: &candle_core::Tensor| {
         x.sub(y)
@@ -457,11 +467,7 @@ fn batches_are_reproducible_and_identity_augmentation_is_exact() {
     };
     assert_eq!(diff(&a, &b), 0.0);
     assert!(diff(&a, &c) > 0.0);
-    let plain = d
-        .train
-        .batch(&idx, None, DType::F32, &Device::Cpu)
-        .unwrap()
-        .0;
+    let plain = d.train.batch(&idx, None, DType::F32, &Device::Cpu)?.0;
     let none = d
         .train
         .batch(
@@ -469,20 +475,20 @@ fn batches_are_reproducible_and_identity_augmentation_is_exact() {
             Some((&Augment::none(), &mut seeded_rng(9, &[1]))),
             DType::F32,
             &Device::Cpu,
-        )
-        .unwrap()
+        )?
         .0;
     assert_eq!(diff(&plain, &none), 0.0);
-    let v = plain.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let v = plain.flatten_all()?.to_vec1::<f32>()?;
     assert!(v.iter().all(|&p| (0.0..=1.0).contains(&p)));
     assert_eq!(v[3 * 784..][..784].len(), 784);
     assert_eq!(v[784 + 152], d.train.pixels[784 + 152] as f32 / 255.0);
+    Ok(())
 }
 
 #[test]
-fn augment_specs_parse() {
+fn augment_specs_parse() -> TestResult {
     assert_eq!(
-        Augment::parse_parts("crop,flip", 0.5).unwrap(),
+        Augment::parse_parts("crop,flip", 0.5)?,
         Augment {
             crop: true,
             flip: true,
@@ -490,7 +496,7 @@ fn augment_specs_parse() {
             pad_value: 0.5
         }
     );
-    assert!(Augment::parse_parts("none", 0.0).unwrap().is_identity());
+    assert!(Augment::parse_parts("none", 0.0)?.is_identity());
     assert!(
         Augment::parse_parts("rotate", 0.0)
             .unwrap_err()
@@ -501,10 +507,11 @@ fn augment_specs_parse() {
         "crop(pad 4, fill 0.5)+flip"
     );
     assert_eq!(DatasetName::Mnist.default_augment().describe(), "none");
+    Ok(())
 }
 
 #[test]
-fn epoch_orders_are_seeded_permutations() {
+fn epoch_orders_are_seeded_permutations() -> TestResult {
     let a = sgr_data::epoch_order(100, 7, 0);
     assert_eq!(a, sgr_data::epoch_order(100, 7, 0));
     assert_ne!(a, sgr_data::epoch_order(100, 7, 1));
@@ -512,6 +519,7 @@ fn epoch_orders_are_seeded_permutations() {
     let mut s = a.clone();
     s.sort();
     assert_eq!(s, (0..100).collect::<Vec<_>>());
+    Ok(())
 }
 
 #[test]

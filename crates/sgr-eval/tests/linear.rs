@@ -9,6 +9,8 @@ use sgr_eval::{
     worst_of_n_accuracy,
 };
 
+type TestResult = std::result::Result<(), Box<dyn std::error::Error>>;
+
 /// Two classes on 1×2×2 images: logit₀ = 0, logit₁ = scale·(w·x − w·½) (so x = ½ is on the boundary).
 struct Linear {
     w: [f64; 4],
@@ -60,7 +62,7 @@ fn cfg() -> WhiteboxConfig {
 }
 
 #[test]
-fn whitebox_row_matches_the_margins() {
+fn whitebox_row_matches_the_margins() -> TestResult {
     let (x, y) = data();
     let a = Linear { w: WA, scale: 1.0 };
     let row = whitebox(
@@ -71,8 +73,7 @@ fn whitebox_row_matches_the_margins() {
         &x,
         &y,
         &cfg(),
-    )
-    .unwrap();
+    )?;
     assert_eq!(row.images, 10);
     assert!((row.test - 0.9).abs() < 1e-12, "{row:?}");
     assert!((row.fgm - 0.7).abs() < 1e-12, "{row:?}");
@@ -81,7 +82,7 @@ fn whitebox_row_matches_the_margins() {
     // Noise moves w·x by at most 4ε: the safe four always survive, the misclassified one never does.
     assert!(row.rand >= 0.4 && row.rand <= 0.9, "{row:?}");
     // DeepFool on a linear model: one step to the boundary, ‖r‖ = 1.02·(|a| + 1e-4)/‖w‖₂, ‖w‖₂ = 2.
-    let xs = x.flatten_from(1).unwrap().to_vec2::<f64>().unwrap();
+    let xs = x.flatten_from(1)?.to_vec2::<f64>()?;
     let margins = [0.3, 0.3, 0.3, 0.3, 0.15, 0.15, 0.15, 0.05, 0.05, 0.1];
     let expected: f64 = margins
         .iter()
@@ -106,17 +107,17 @@ fn whitebox_row_matches_the_margins() {
         &x,
         &y,
         &cfg(),
-    )
-    .unwrap();
+    )?;
     assert!(again == row);
+    Ok(())
 }
 
 #[test]
-fn masking_checks_fire_on_a_saturated_model() {
+fn masking_checks_fire_on_a_saturated_model() -> TestResult {
     // Same decisions as A, but logits × 10⁴: the softmax saturates and the loss gradient underflows to 0 in
     // f32, so gradient attacks see nothing (the defensive-distillation failure mode).
     let (x, y) = data();
-    let (x, y) = (x.to_dtype(DType::F32).unwrap(), y);
+    let (x, y) = (x.to_dtype(DType::F32)?, y);
     let masked = Linear { w: WA, scale: 1e4 };
     let row = whitebox(
         Named {
@@ -126,8 +127,7 @@ fn masking_checks_fire_on_a_saturated_model() {
         &x,
         &y,
         &cfg(),
-    )
-    .unwrap();
+    )?;
     assert!((row.test - 0.9).abs() < 1e-6);
     assert!(
         (row.pgd - 0.9).abs() < 1e-6,
@@ -140,15 +140,16 @@ fn masking_checks_fire_on_a_saturated_model() {
     );
     let table = whitebox_table(std::slice::from_ref(&row)).to_markdown();
     assert!(table.contains("FLAGGED: "), "{table}");
+    Ok(())
 }
 
 #[test]
-fn transfer_matrix_matches_the_margins_and_flags_masking() {
+fn transfer_matrix_matches_the_margins_and_flags_masking() -> TestResult {
     let (x, y) = data();
     let a = Linear { w: WA, scale: 1.0 };
     let b = Linear { w: WB, scale: 1.0 };
     let masked = Linear { w: WA, scale: 1e4 };
-    let (x32, y32) = (x.to_dtype(DType::F32).unwrap(), y.clone());
+    let (x32, y32) = (x.to_dtype(DType::F32)?, y.clone());
     let models = [
         Named {
             name: "A",
@@ -168,7 +169,7 @@ fn transfer_matrix_matches_the_margins_and_flags_masking() {
         steps: 40,
         batch_size: 3,
     };
-    let m = transfer_matrix(&models, &x32, &y32, &cfg).unwrap();
+    let m = transfer_matrix(&models, &x32, &y32, &cfg)?;
     // B's margins: 0.3, 0.15, 0.05, −0.1, then 0.3 × 6 → test 9/10, white-box 7/10 (0.15 and 0.05 broken).
     let expect = [
         // A: white-box 0.4; B's perturbations are orthogonal to w_A (test 0.9); A-masked's do not move.
@@ -198,40 +199,30 @@ fn transfer_matrix_matches_the_margins_and_flags_masking() {
     assert_eq!(verdicts, [true, true, false], "{:#?}", m.checks);
     let md = m.table().to_markdown();
     assert!(md.contains("**40.0** (!)"), "{md}");
+    Ok(())
 }
 
 #[test]
-fn worst_of_n_equals_brute_force_and_falls_with_draws() {
+fn worst_of_n_equals_brute_force_and_falls_with_draws() -> TestResult {
     let (x, y) = data();
     let a = Linear { w: WA, scale: 1.0 };
-    let source = NoiseSource::lrc((1, 2, 2), 2.0).unwrap();
+    let source = NoiseSource::lrc((1, 2, 2), 2.0)?;
     let eps = 0.15;
     let acc = |draws| worst_of_n_accuracy(&a, &source, &x, &y, eps, draws, 7, 4).unwrap();
     let (a5, a20) = (acc(5), acc(20));
     assert!(a20 <= a5, "{a20} > {a5}");
     // Oracle: every example of batch b, every draw d, from the same noise stream, no early exit.
-    let labels = y.to_vec1::<u32>().unwrap();
+    let labels = y.to_vec1::<u32>()?;
     let mut correct = 0;
     for (bi, (s, len)) in sgr_eval::batches(10, 4).enumerate() {
-        let xb = x.narrow(0, s, len).unwrap();
+        let xb = x.narrow(0, s, len)?;
         let mut ok = vec![true; len];
         for d in 0..20 {
             let noise =
-                sgr_attacks::WorstOfN::draw_noise(&source, sgr_eval::batch_seed(7, 2, bi), d, len)
-                    .unwrap()
-                    .reshape(xb.dims())
-                    .unwrap();
-            let xp = (&xb + (noise * eps).unwrap())
-                .unwrap()
-                .clamp(0.0, 1.0)
-                .unwrap();
-            let pred = a
-                .forward(&xp)
-                .unwrap()
-                .argmax(1)
-                .unwrap()
-                .to_vec1::<u32>()
-                .unwrap();
+                sgr_attacks::WorstOfN::draw_noise(&source, sgr_eval::batch_seed(7, 2, bi), d, len)?
+                    .reshape(xb.dims())?;
+            let xp = (&xb + (noise * eps)?)?.clamp(0.0, 1.0)?;
+            let pred = a.forward(&xp)?.argmax(1)?.to_vec1::<u32>()?;
             for i in 0..len {
                 ok[i] &= pred[i] == labels[s + i];
             }
@@ -240,8 +231,9 @@ fn worst_of_n_equals_brute_force_and_falls_with_draws() {
     }
     assert!((a20 - correct as f64 / 10.0).abs() < 1e-12);
     // ε = 0 is clean accuracy.
-    let clean = worst_of_n_accuracy(&a, &source, &x, &y, 0.0, 3, 7, 4).unwrap();
+    let clean = worst_of_n_accuracy(&a, &source, &x, &y, 0.0, 3, 7, 4)?;
     assert!((clean - 0.9).abs() < 1e-12);
+    Ok(())
 }
 
 fn aa_cfg(attacks: Vec<sgr_attacks::AaAttack>) -> sgr_eval::AutoAttackEval {
@@ -260,7 +252,7 @@ fn aa_cfg(attacks: Vec<sgr_attacks::AaAttack>) -> sgr_eval::AutoAttackEval {
 }
 
 #[test]
-fn autoattack_row_matches_the_margins_and_resumes_through_saves() {
+fn autoattack_row_matches_the_margins_and_resumes_through_saves() -> TestResult {
     use sgr_attacks::AaAttack;
     let (x, y) = data();
     let a = Linear { w: WA, scale: 1.0 };
@@ -283,9 +275,8 @@ fn autoattack_row_matches_the_margins_and_resumes_through_saves() {
             Ok(())
         },
         |_, _| std::ops::ControlFlow::Continue(()),
-    )
-    .unwrap();
-    let row = sgr_eval::autoattack_row(named, &x, &y, &cfg, &state).unwrap();
+    )?;
+    let row = sgr_eval::autoattack_row(named, &x, &y, &cfg, &state)?;
     // L∞ margins 0.3 (×4) survive ε = 0.05 (w·x moves by at most 4ε = 0.2); 0.15 and 0.05 fall; as PGD.
     assert!((row.clean - 0.9).abs() < 1e-12);
     assert!((row.robust - 0.4).abs() < 1e-12, "{row:?}");
@@ -306,8 +297,7 @@ fn autoattack_row_matches_the_margins_and_resumes_through_saves() {
             std::time::Duration::from_secs(3600),
             |_| Ok(()),
             |_, _| std::ops::ControlFlow::Continue(()),
-        )
-        .unwrap();
+        )?;
         assert_eq!(resumed.robust, state.robust);
         assert_eq!(resumed.after, state.after);
     }
@@ -317,21 +307,22 @@ fn autoattack_row_matches_the_margins_and_resumes_through_saves() {
         ["MODEL", "TEST", "PGD-10", "APGD-CE", "SQUARE", "AA"].map(String::from)
     );
     assert!(sgr_eval::autoattack_legend(&cfg).contains("30 iterations"));
+    Ok(())
 }
 
 #[test]
-fn autoattack_masking_checks_fire_on_a_saturated_model() {
+fn autoattack_masking_checks_fire_on_a_saturated_model() -> TestResult {
     use sgr_attacks::AaAttack;
     let (x, y) = data();
-    let x = x.to_dtype(DType::F32).unwrap();
+    let x = x.to_dtype(DType::F32)?;
     let masked = Linear { w: WA, scale: 1e4 };
     let named = Named {
         name: "masked",
         model: &masked,
     };
     let cfg = aa_cfg(vec![AaAttack::ApgdCe, AaAttack::Square]);
-    let state = cfg.suite.run_all(&masked, &x, &y).unwrap();
-    let row = sgr_eval::autoattack_row(named, &x, &y, &cfg, &state).unwrap();
+    let state = cfg.suite.run_all(&masked, &x, &y)?;
+    let row = sgr_eval::autoattack_row(named, &x, &y, &cfg, &state)?;
     // The cross-entropy gradient underflows: APGD-CE breaks nothing, Square (no gradients) breaks what the
     // margins allow.
     assert!((row.after[0].1 - 0.9).abs() < 1e-6, "{row:?}");
@@ -347,4 +338,5 @@ fn autoattack_masking_checks_fire_on_a_saturated_model() {
     );
     let md = sgr_eval::autoattack_table(std::slice::from_ref(&row)).to_markdown();
     assert!(md.contains("FLAGGED"), "{md}");
+    Ok(())
 }

@@ -8,6 +8,8 @@ use sgr_eval::figures::{centre_crop, covariance_curves, one_per_class, trajector
 use sgr_eval::plot::{Heatmap, LinePanel, Series, Tile, heatmaps, image_grid, line_chart};
 use sgr_eval::{Check, MaskingReport, Named, TransferMatrix, WhiteboxRow, whitebox_table};
 
+type TestResult = std::result::Result<(), Box<dyn std::error::Error>>;
+
 fn golden(name: &str, actual: &str) {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/golden")
@@ -50,7 +52,7 @@ fn row(model: &str, acc: [f64; 5], rho: f64, failed: bool) -> WhiteboxRow {
 }
 
 #[test]
-fn whitebox_markdown_and_csv_layout() {
+fn whitebox_markdown_and_csv_layout() -> TestResult {
     let rows = [
         row("clean", [0.994, 0.994, 0.98, 0.891, 0.448], 0.159, false),
         row(
@@ -63,10 +65,11 @@ fn whitebox_markdown_and_csv_layout() {
     let t = whitebox_table(&rows);
     golden("whitebox.md", &t.to_markdown());
     golden("whitebox.csv", &t.to_csv());
+    Ok(())
 }
 
 #[test]
-fn transfer_markdown_layout() {
+fn transfer_markdown_layout() -> TestResult {
     let m = TransferMatrix {
         models: vec!["clean".into(), "sgr-sign".into()],
         images: 1000,
@@ -85,24 +88,26 @@ fn transfer_markdown_layout() {
     let mut bad = m.clone();
     bad.accuracy[1][0] = 0.5;
     assert!(bad.table().to_markdown().contains("**50.0** (!)"));
+    Ok(())
 }
 
 #[test]
-fn centre_crop_keeps_the_middle_half() {
+fn centre_crop_keeps_the_middle_half() -> TestResult {
     // 8×8 matrix with entry (i, j) = 10·i + j: rows and columns 2..6 remain.
     let m: Vec<f64> = (0..64).map(|k| (10 * (k / 8) + k % 8) as f64).collect();
     let (c, n) = centre_crop(&m, 8);
     assert_eq!(n, 4);
     assert_eq!(&c[..4], &[22.0, 23.0, 24.0, 25.0]);
     assert_eq!(&c[12..], &[52.0, 53.0, 54.0, 55.0]);
+    Ok(())
 }
 
 #[test]
-fn covariance_curves_of_channel_copies() {
+fn covariance_curves_of_channel_copies() -> TestResult {
     // Three identical channels: every inter-channel curve equals the intra-channel ones.
     let plane = sgr_testutil::rand_tensor(&[6, 1, 5, 5], 3, -1.0, 1.0);
-    let xi = Tensor::cat(&[&plane, &plane, &plane], 1).unwrap();
-    let c = covariance_curves("copies", &xi, 3).unwrap();
+    let xi = Tensor::cat(&[&plane, &plane, &plane], 1)?;
+    let c = covariance_curves("copies", &xi, 3)?;
     assert_eq!(c.curves.len(), 6); // 3 intra + 3 inter
     let intra = &c.curves[0].2;
     for (a, b, f) in &c.curves {
@@ -112,23 +117,16 @@ fn covariance_curves_of_channel_copies() {
         }
     }
     // f(0) is the mean squared entry.
-    let ms = plane
-        .sqr()
-        .unwrap()
-        .mean_all()
-        .unwrap()
-        .to_scalar::<f64>()
-        .unwrap();
+    let ms = plane.sqr()?.mean_all()?.to_scalar::<f64>()?;
     assert!((intra[0] - ms).abs() < 1e-12);
+    Ok(())
 }
 
 #[test]
-fn trajectory_at_zero_is_the_clean_softmax() {
+fn trajectory_at_zero_is_the_clean_softmax() -> TestResult {
     let (cnn, _vars) = sgr_testutil::model(sgr_testutil::tiny_config(1), 5, DType::F32);
-    let x = sgr_testutil::rand_tensor(&[3, 1, 16, 16], 9, 0.0, 1.0)
-        .to_dtype(DType::F32)
-        .unwrap();
-    let y = Tensor::new(&[0u32, 1, 2], &Device::Cpu).unwrap();
+    let x = sgr_testutil::rand_tensor(&[3, 1, 16, 16], 9, 0.0, 1.0).to_dtype(DType::F32)?;
+    let y = Tensor::new(&[0u32, 1, 2], &Device::Cpu)?;
     let ts = [-1.0, 0.0, 1.0];
     let tr = trajectories(
         Named {
@@ -139,15 +137,11 @@ fn trajectory_at_zero_is_the_clean_softmax() {
         &y,
         0.1,
         &ts,
-    )
-    .unwrap();
+    )?;
     assert_eq!(tr.len(), 3);
-    let clean = candle_nn::ops::softmax(&cnn.forward(&x).unwrap(), 1)
-        .unwrap()
-        .to_dtype(DType::F64)
-        .unwrap()
-        .to_vec2::<f64>()
-        .unwrap();
+    let clean = candle_nn::ops::softmax(&cnn.forward(&x)?, 1)?
+        .to_dtype(DType::F64)?
+        .to_vec2::<f64>()?;
     for (i, t) in tr.iter().enumerate() {
         assert_eq!(t.probs.len(), 3);
         for (a, b) in t.probs[1].iter().zip(&clean[i]) {
@@ -157,8 +151,9 @@ fn trajectory_at_zero_is_the_clean_softmax() {
             assert!((p.iter().sum::<f64>() - 1.0).abs() < 1e-5);
         }
     }
-    let y = Tensor::new(&[3u32, 1, 3, 0, 1], &Device::Cpu).unwrap();
-    assert_eq!(one_per_class(&y, 4).unwrap(), vec![3, 1, 0]);
+    let y = Tensor::new(&[3u32, 1, 3, 0, 1], &Device::Cpu)?;
+    assert_eq!(one_per_class(&y, 4)?, vec![3, 1, 0]);
+    Ok(())
 }
 
 /// Reads a PNG: (width, height, fraction of pixels that are not white).
@@ -181,8 +176,8 @@ fn png_info(path: &Path) -> (u32, u32, f64) {
 }
 
 #[test]
-fn plots_are_png_files_with_content() {
-    let dir = tempfile::tempdir().unwrap();
+fn plots_are_png_files_with_content() -> TestResult {
+    let dir = tempfile::tempdir()?;
     let chart = dir.path().join("chart.png");
     line_chart(
         &chart,
@@ -203,8 +198,7 @@ fn plots_are_png_files_with_content() {
             y_range: (0.0, 1.0),
             legend: true,
         },
-    )
-    .unwrap();
+    )?;
     let (w, h, ink) = png_info(&chart);
     assert_eq!((w, h), (640, 440));
     assert!(ink > 0.01 && ink < 0.5, "{ink}");
@@ -215,7 +209,7 @@ fn plots_are_png_files_with_content() {
         values: (0..16).map(|k| f64::from(k % 5 == 0)).collect(),
         n: 4,
     };
-    heatmaps(&maps, "two maps", &[m.clone(), m]).unwrap();
+    heatmaps(&maps, "two maps", &[m.clone(), m])?;
     let (_, _, ink) = png_info(&maps);
     assert!(ink > 0.05, "{ink}");
 
@@ -225,7 +219,7 @@ fn plots_are_png_files_with_content() {
         shape: (3, 4, 4),
         caption: "cat".into(),
     };
-    image_grid(&grid, "grid", &[("row".into(), vec![tile.clone(), tile])]).unwrap();
+    image_grid(&grid, "grid", &[("row".into(), vec![tile.clone(), tile])])?;
     let (_, _, ink) = png_info(&grid);
     assert!(ink > 0.05, "{ink}");
 
@@ -244,20 +238,19 @@ fn plots_are_png_files_with_content() {
     )
     .unwrap_err();
     assert!(err.to_string().contains("missing-dir"), "{err}");
+    Ok(())
 }
 
 /// Writes example figures to `$SGR_EVAL_PLOT_DIR` for looking at them (no assertions beyond success).
 #[test]
-fn example_figures_for_inspection() {
+fn example_figures_for_inspection() -> TestResult {
     let Some(dir) = std::env::var_os("SGR_EVAL_PLOT_DIR") else {
-        return;
+        return Ok(());
     };
     let dir = Path::new(&dir);
     let (cnn, _vars) = sgr_testutil::model(sgr_testutil::tiny_config(1), 5, DType::F32);
-    let x = sgr_testutil::rand_tensor(&[4, 1, 16, 16], 9, 0.0, 1.0)
-        .to_dtype(DType::F32)
-        .unwrap();
-    let y = Tensor::new(&[0u32, 1, 2, 3], &Device::Cpu).unwrap();
+    let x = sgr_testutil::rand_tensor(&[4, 1, 16, 16], 9, 0.0, 1.0).to_dtype(DType::F32)?;
+    let y = Tensor::new(&[0u32, 1, 2, 3], &Device::Cpu)?;
     let tr = trajectories(
         Named {
             name: "tiny",
@@ -267,15 +260,13 @@ fn example_figures_for_inspection() {
         &y,
         0.1,
         &[-5.0, -2.5, 0.0, 2.5, 5.0],
-    )
-    .unwrap();
+    )?;
     sgr_eval::figures::plot_trajectories(
         &dir.join("traj.png"),
         0.1,
         &[tr.clone(), tr],
         &["a", "b", "c", "d", "e"],
-    )
-    .unwrap();
+    )?;
     sgr_eval::figures::samples(
         &dir.join("samples.png"),
         Named {
@@ -286,16 +277,14 @@ fn example_figures_for_inspection() {
         &y,
         &[0.1, 0.2],
         &["a", "b", "c", "d", "e"],
-    )
-    .unwrap();
-    let data = sgr_testutil::rand_tensor(&[50, 1, 16, 16], 2, 0.0, 1.0)
-        .to_dtype(DType::F32)
-        .unwrap();
-    sgr_eval::figures::analyze_covariance(&cnn, &x, &y, &data, 0.1, 4, 6, dir).unwrap();
+    )?;
+    let data = sgr_testutil::rand_tensor(&[50, 1, 16, 16], 2, 0.0, 1.0).to_dtype(DType::F32)?;
+    sgr_eval::figures::analyze_covariance(&cnn, &x, &y, &data, 0.1, 4, 6, dir)?;
+    Ok(())
 }
 
 #[test]
-fn whitebox_table_shows_autoattack_after_pgd_where_run() {
+fn whitebox_table_shows_autoattack_after_pgd_where_run() -> TestResult {
     let mut with = row("sgr-sign", [0.995, 0.995, 0.995, 0.949, 0.8951], 0.3, false);
     with.aa = Some(0.8123);
     with.aa_images = 1000;
@@ -313,6 +302,7 @@ fn whitebox_table_shows_autoattack_after_pgd_where_run() {
         false,
     )]);
     assert!(!plain.header.iter().any(|h| h == "AA"));
+    Ok(())
 }
 
 /// The correlated-noise evaluation: one curve per model and figure, one point per setting; at ε = 0 every

@@ -7,6 +7,8 @@ use std::collections::HashMap;
 use candle_core::{DType, Device, Module, Tensor};
 use sgr_models::{CnnConfig, Layer, load_model, save_model};
 
+type TestResult = std::result::Result<(), Box<dyn std::error::Error>>;
+
 #[test]
 fn presets_are_the_papers_cnns() -> Result<(), String> {
     let m = CnnConfig::mnist();
@@ -83,7 +85,7 @@ fn specs_parse_and_print_canonically() -> Result<(), String> {
 }
 
 #[test]
-fn bad_specs_name_the_layer() {
+fn bad_specs_name_the_layer() -> TestResult {
     for (spec, hw, needle) in [
         ("conv32,conv", 28, "layer 'conv'"),
         ("conv32-k4-same", 28, "odd kernel"),
@@ -99,6 +101,7 @@ fn bad_specs_name_the_layer() {
         let err = CnnConfig::parse(spec, (1, hw, hw), 10).expect_err(spec);
         assert!(err.contains(needle), "{spec}: {err}");
     }
+    Ok(())
 }
 
 #[test]

@@ -2,8 +2,10 @@
 
 use sgr_models::{DeviceKind, make_device};
 
+type TestResult = std::result::Result<(), Box<dyn std::error::Error>>;
+
 #[test]
-fn a_gpu_device_without_its_feature_names_the_flag_to_rebuild_with() {
+fn a_gpu_device_without_its_feature_names_the_flag_to_rebuild_with() -> TestResult {
     assert_eq!("cuda".parse(), Ok(DeviceKind::Cuda));
     assert_eq!("GPU".parse(), Ok(DeviceKind::Cuda));
     assert!("tpu".parse::<DeviceKind>().is_err());
@@ -25,4 +27,5 @@ fn a_gpu_device_without_its_feature_names_the_flag_to_rebuild_with() {
             .unwrap_or_default();
         assert!(err.contains("--features metal"), "{err}");
     }
+    Ok(())
 }

@@ -11,6 +11,8 @@ use sgr_models::ops::{
 };
 use sgr_testutil::{rand_tensor, scalar};
 
+type TestResult = std::result::Result<(), Box<dyn std::error::Error>>;
+
 type F<'a> = &'a dyn Fn(&[Tensor]) -> Tensor;
 
 fn close(a: &Tensor, b: &Tensor, what: &str) {
@@ -156,7 +158,7 @@ fn conv_cases() {
 }
 
 #[test]
-fn fused_ops_match_candle_to_second_order() {
+fn fused_ops_match_candle_to_second_order() -> TestResult {
     // SAFETY: the only test of this binary, before any backward pass.
     unsafe { std::env::set_var("CANDLE_GRAD_DO_NOT_DETACH", "1") };
     conv_cases();
@@ -171,12 +173,8 @@ fn fused_ops_match_candle_to_second_order() {
         12,
     );
     let r = rand_tensor(&[3, 5, 7], 13, -1.0, 1.0);
-    let mask = r.gt(0.0).unwrap().to_dtype(r.dtype()).unwrap();
-    close(
-        &relu_backward(&x, &r).unwrap(),
-        &(&x * &mask).unwrap(),
-        "relu backward",
-    );
+    let mask = r.gt(0.0)?.to_dtype(r.dtype())?;
+    close(&relu_backward(&x, &r)?, &(&x * &mask)?, "relu backward");
 
     // Max-pool, even and odd sizes.
     for (shape, seed) in [
@@ -196,15 +194,12 @@ fn fused_ops_match_candle_to_second_order() {
         );
         let pooled = [shape[0], shape[1] / 2, shape[2] / 2, shape[3]];
         let g = rand_tensor(&pooled, seed + 2, -1.0, 1.0);
-        let xv = Var::from_tensor(&x).unwrap();
-        let auto = (max_pool2x2_nhwc(xv.as_tensor()).unwrap() * &g)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
+        let xv = Var::from_tensor(&x)?;
+        let auto = (max_pool2x2_nhwc(xv.as_tensor())? * &g)?
+            .sum_all()?
+            .backward()?;
         close(
-            &max_pool2x2_nhwc_backward(&g, &x).unwrap(),
+            &max_pool2x2_nhwc_backward(&g, &x)?,
             auto.get(xv.as_tensor()).unwrap(),
             "max pool backward",
         );
@@ -213,12 +208,8 @@ fn fused_ops_match_candle_to_second_order() {
     // Layout helpers are inverse to each other.
     for c in [1usize, 3] {
         let x = rand_tensor(&[2, c, 4, 5], 31, 0.0, 1.0);
-        close(
-            &to_nchw(&to_nhwc(&x).unwrap()).unwrap(),
-            &x,
-            "layout round trip",
-        );
-        assert_eq!(to_nhwc(&x).unwrap().dims(), &[2, 4, 5, c]);
+        close(&to_nchw(&to_nhwc(&x)?)?, &x, "layout round trip");
+        assert_eq!(to_nhwc(&x)?.dims(), &[2, 4, 5, c]);
     }
 
     // Mismatched shapes are errors, not panics.
@@ -243,13 +234,14 @@ fn fused_ops_match_candle_to_second_order() {
         .is_err()
     );
     assert!(max_pool2x2_nhwc_backward(&rand_tensor(&[1, 3, 3, 2], 5, 0.0, 1.0), &x).is_err());
-    assert!(scalar(&relu(&x).unwrap().sum_all().unwrap()) > 0.0);
+    assert!(scalar(&relu(&x)?.sum_all()?) > 0.0);
+    Ok(())
 }
 
 /// Ties in a pooling window go to the first maximum in row-major order (PyTorch's choice), for the pool, its
 /// gather at another tensor's arg-max, and the scatter; odd trailing rows and columns get nothing.
 #[test]
-fn pool_ties_go_to_the_first_maximum() {
+fn pool_ties_go_to_the_first_maximum() -> TestResult {
     use sgr_models::ops::max_pool2x2_nhwc_gather;
     let dev = candle_core::Device::Cpu;
     // One image 3×4 (the last row is dropped by the pool), one channel; windows (row-major values):
@@ -259,64 +251,44 @@ fn pool_ties_go_to_the_first_maximum() {
         1f64, 3., 5., 5.,
         3.,   2., 5., 5.,
         9.,   9., 9., 9.,
-    ], &dev).unwrap().reshape((1, 3, 4, 1)).unwrap();
-    let pooled = max_pool2x2_nhwc(&x).unwrap().flatten_all().unwrap();
-    assert_eq!(pooled.to_vec1::<f64>().unwrap(), vec![3.0, 5.0]);
-    let g = Tensor::new(&[10f64, 20.], &dev)
-        .unwrap()
-        .reshape((1, 1, 2, 1))
-        .unwrap();
-    let s = max_pool2x2_nhwc_backward(&g, &x).unwrap();
+    ], &dev)?.reshape((1, 3, 4, 1))?;
+    let pooled = max_pool2x2_nhwc(&x)?.flatten_all()?;
+    assert_eq!(pooled.to_vec1::<f64>()?, vec![3.0, 5.0]);
+    let g = Tensor::new(&[10f64, 20.], &dev)?.reshape((1, 1, 2, 1))?;
+    let s = max_pool2x2_nhwc_backward(&g, &x)?;
     #[rustfmt::skip]
     let want = vec![
         0f64, 10., 20., 0.,
         0.,   0.,  0.,  0.,
         0.,   0.,  0.,  0.,
     ];
-    assert_eq!(s.flatten_all().unwrap().to_vec1::<f64>().unwrap(), want);
-    let y = Tensor::new(&[0f64, 0., 0., 0., 7., 7., 1., 1.], &dev)
-        .unwrap()
-        .reshape((1, 2, 2, 2))
-        .unwrap();
-    let v = Tensor::new(&[1f64, 2., 3., 4., 5., 6., 7., 8.], &dev)
-        .unwrap()
-        .reshape((1, 2, 2, 2))
-        .unwrap();
+    assert_eq!(s.flatten_all()?.to_vec1::<f64>()?, want);
+    let y = Tensor::new(&[0f64, 0., 0., 0., 7., 7., 1., 1.], &dev)?.reshape((1, 2, 2, 2))?;
+    let v = Tensor::new(&[1f64, 2., 3., 4., 5., 6., 7., 8.], &dev)?.reshape((1, 2, 2, 2))?;
     // Channel 0 window [0 0 / 7 1] → position 2 (value 5); channel 1 [0 0 / 7 1] → 2 (value 6).
-    let got = max_pool2x2_nhwc_gather(&v, &y)
-        .unwrap()
-        .flatten_all()
-        .unwrap();
-    assert_eq!(got.to_vec1::<f64>().unwrap(), vec![5.0, 6.0]);
+    let got = max_pool2x2_nhwc_gather(&v, &y)?.flatten_all()?;
+    assert_eq!(got.to_vec1::<f64>()?, vec![5.0, 6.0]);
+    Ok(())
 }
 
 /// A batch large enough for the weight gradient to accumulate several L2-sized chunks per task (64 images of
 /// 30×30×16: one task holds four images, a chunk two), against sums written with candle's matmul.
 #[test]
-fn weight_gradient_accumulates_chunks_within_tasks() {
+fn weight_gradient_accumulates_chunks_within_tasks() -> TestResult {
     use sgr_models::ops::conv2d_nhwc_weight_grad;
     let x = rand_tensor(&[64, 30, 30, 16], 3, -1.0, 1.0);
     let dy = rand_tensor(&[64, 28, 28, 8], 4, -1.0, 1.0);
-    let ours = conv2d_nhwc_weight_grad(&x, &dy, 3).unwrap();
+    let ours = conv2d_nhwc_weight_grad(&x, &dy, 3)?;
     // dW[o, c, i, j] = Σ_{b,p,q} dy[b,p,q,o]·x[b,p+i,q+j,c]: one candle matmul per kernel offset.
     let mut want = vec![0f64; 8 * 16 * 9];
     for i in 0..3 {
         for j in 0..3 {
             let xs = x
-                .narrow(1, i, 28)
-                .unwrap()
-                .narrow(2, j, 28)
-                .unwrap()
-                .reshape((64 * 28 * 28, 16))
-                .unwrap();
-            let d = dy.reshape((64 * 28 * 28, 8)).unwrap();
-            let block = d
-                .t()
-                .unwrap()
-                .matmul(&xs)
-                .unwrap()
-                .to_vec2::<f64>()
-                .unwrap();
+                .narrow(1, i, 28)?
+                .narrow(2, j, 28)?
+                .reshape((64 * 28 * 28, 16))?;
+            let d = dy.reshape((64 * 28 * 28, 8))?;
+            let block = d.t()?.matmul(&xs)?.to_vec2::<f64>()?;
             for o in 0..8 {
                 for c in 0..16 {
                     want[((o * 16 + c) * 3 + i) * 3 + j] = block[o][c];
@@ -324,6 +296,7 @@ fn weight_gradient_accumulates_chunks_within_tasks() {
             }
         }
     }
-    let want = Tensor::from_vec(want, (8, 16, 3, 3), &candle_core::Device::Cpu).unwrap();
+    let want = Tensor::from_vec(want, (8, 16, 3, 3), &candle_core::Device::Cpu)?;
     close(&ours, &want, "weight gradient, 64 images");
+    Ok(())
 }

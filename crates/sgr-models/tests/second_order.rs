@@ -11,6 +11,8 @@ use candle_core::{DType, Device, Tensor, Var};
 use sgr_models::CnnConfig;
 use sgr_testutil::{log_lik, model, rand_tensor, scalar};
 
+type TestResult = std::result::Result<(), Box<dyn std::error::Error>>;
+
 static FLAG: Once = Once::new();
 
 fn setup() {
@@ -20,23 +22,18 @@ fn setup() {
 }
 
 #[test]
-fn explicit_input_gradient_equals_autograd_to_second_order() {
+fn explicit_input_gradient_equals_autograd_to_second_order() -> TestResult {
     setup();
     for (config, seed) in [(CnnConfig::mnist(), 31u64), (CnnConfig::cifar10(), 32)] {
         let (m, vm) = model(config.clone(), seed, DType::F64);
         let shape = [3, config.in_channels, config.height, config.width];
         // The first image is constant: the standardisation's floor branch.
         let x = sgr_testutil::batch_with_constant_first(&shape, seed + 1, 0.5);
-        let y = Tensor::new(&[2u32, 5, 9], &Device::Cpu).unwrap();
-        let (logits, ll, g) = m.log_lik_input_gradient(&x, &y).unwrap();
-        let xv = Var::from_tensor(&x).unwrap();
-        let ll_auto = log_lik(&m, xv.as_tensor(), &y).unwrap();
-        let g_auto = ll_auto
-            .backward()
-            .unwrap()
-            .get(xv.as_tensor())
-            .unwrap()
-            .clone();
+        let y = Tensor::new(&[2u32, 5, 9], &Device::Cpu)?;
+        let (logits, ll, g) = m.log_lik_input_gradient(&x, &y)?;
+        let xv = Var::from_tensor(&x)?;
+        let ll_auto = log_lik(&m, xv.as_tensor(), &y)?;
+        let g_auto = ll_auto.backward()?.get(xv.as_tensor()).unwrap().clone();
         let close = |a: &Tensor, b: &Tensor, what: &str| {
             let (scale, diff) = (sgr_testutil::max_abs(b), sgr_testutil::max_abs_diff(a, b));
             assert!(
@@ -45,18 +42,13 @@ fn explicit_input_gradient_equals_autograd_to_second_order() {
             );
         };
         close(&g, &g_auto, "input gradient");
-        assert!((scalar(&ll.sum_all().unwrap()) - scalar(&ll_auto)).abs() < 1e-12);
-        let logits_auto = candle_core::Module::forward(&m, &x).unwrap();
+        assert!((scalar(&ll.sum_all()?) - scalar(&ll_auto)).abs() < 1e-12);
+        let logits_auto = candle_core::Module::forward(&m, &x)?;
         close(&logits, &logits_auto, "logits");
         // Second order: parameter gradients of ⟨g, w⟩ through both graphs.
         let w = rand_tensor(&shape, seed + 2, -1.0, 1.0);
-        let gm = (&g * &w).unwrap().sum_all().unwrap().backward().unwrap();
-        let ga = (&g_auto * &w)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
+        let gm = (&g * &w)?.sum_all()?.backward()?;
+        let ga = (&g_auto * &w)?.sum_all()?.backward()?;
         let data = vm.data().lock().unwrap();
         for (name, v) in data.iter() {
             let a = gm
@@ -68,16 +60,17 @@ fn explicit_input_gradient_equals_autograd_to_second_order() {
             close(a, b, name);
         }
     }
+    Ok(())
 }
 
 #[test]
-fn hessian_vector_products_match_finite_differences() {
+fn hessian_vector_products_match_finite_differences() -> TestResult {
     setup();
     for (config, seed) in [(CnnConfig::mnist(), 21u64), (CnnConfig::cifar10(), 22)] {
         let (m, _vm) = model(config.clone(), seed, DType::F64);
         let shape = [2, config.in_channels, config.height, config.width];
         let x = rand_tensor(&shape, seed + 1, 0.0, 1.0);
-        let y = Tensor::new(&[1u32, 4], &Device::Cpu).unwrap();
+        let y = Tensor::new(&[1u32, 4], &Device::Cpu)?;
         let u = rand_tensor(&shape, seed + 2, -1.0, 1.0);
         let v = rand_tensor(&shape, seed + 3, -1.0, 1.0);
         let grad = |x: &Tensor| -> Tensor {
@@ -86,28 +79,20 @@ fn hessian_vector_products_match_finite_differences() {
             g.get(xv.as_tensor()).unwrap().clone()
         };
         // Exact: ∇_x (g(x)·u) · v by double backprop.
-        let xv = Var::from_tensor(&x).unwrap();
-        let g = log_lik(&m, xv.as_tensor(), &y).unwrap().backward().unwrap();
-        let gu = (g.get(xv.as_tensor()).unwrap() * &u)
-            .unwrap()
-            .sum_all()
-            .unwrap();
-        let hess = gu.backward().unwrap();
+        let xv = Var::from_tensor(&x)?;
+        let g = log_lik(&m, xv.as_tensor(), &y)?.backward()?;
+        let gu = (g.get(xv.as_tensor()).unwrap() * &u)?.sum_all()?;
+        let hess = gu.backward()?;
         let hu = hess
             .get(xv.as_tensor())
             .expect("no second-order gradient: CANDLE_GRAD_DO_NOT_DETACH not in effect");
-        let exact = scalar(&(hu * &v).unwrap().sum_all().unwrap());
+        let exact = scalar(&(hu * &v)?.sum_all()?);
         // Finite differences of the first-order gradient along v.
         // Tiny step: a ReLU or max-pool switch between x ± h·v would make the gradient jump.
         let h = 1e-7;
-        let gp = grad(&(&x + (&v * h).unwrap()).unwrap());
-        let gm = grad(&(&x - (&v * h).unwrap()).unwrap());
-        let fd = scalar(
-            &(((gp - gm).unwrap() / (2.0 * h)).unwrap() * &u)
-                .unwrap()
-                .sum_all()
-                .unwrap(),
-        );
+        let gp = grad(&(&x + (&v * h)?)?);
+        let gm = grad(&(&x - (&v * h)?)?);
+        let fd = scalar(&(((gp - gm)? / (2.0 * h))? * &u)?.sum_all()?);
         let rel = (exact - fd).abs() / fd.abs().max(1e-6);
         eprintln!(
             "{}: uᵀHv exact {exact:.6e} fd {fd:.6e} rel {rel:.1e}",
@@ -120,10 +105,11 @@ fn hessian_vector_products_match_finite_differences() {
             config.spec()
         );
     }
+    Ok(())
 }
 
 #[test]
-fn fused_cpu_ops_equal_candle_layers_to_second_order() {
+fn fused_cpu_ops_equal_candle_layers_to_second_order() -> TestResult {
     setup();
     for (config, seed) in [(CnnConfig::mnist(), 41u64), (CnnConfig::cifar10(), 42)] {
         let (fast, vm) = model(config.clone(), seed, DType::F64);
@@ -131,7 +117,7 @@ fn fused_cpu_ops_equal_candle_layers_to_second_order() {
         plain.set_plain_ops(true);
         let shape = [3, config.in_channels, config.height, config.width];
         let x = rand_tensor(&shape, seed + 1, 0.0, 1.0);
-        let y = Tensor::new(&[0u32, 3, 7], &Device::Cpu).unwrap();
+        let y = Tensor::new(&[0u32, 3, 7], &Device::Cpu)?;
         let w = rand_tensor(&shape, seed + 2, -1.0, 1.0);
         // Logits, the input gradient by autograd, and parameter gradients of ⟨∇_x log p, w⟩ (what exact
         // SGR differentiates) through each model.
@@ -163,17 +149,18 @@ fn fused_cpu_ops_equal_candle_layers_to_second_order() {
             );
         }
     }
+    Ok(())
 }
 
 #[test]
-fn frozen_model_gradients_equal_the_trainable_model_to_second_order_in_the_input() {
+fn frozen_model_gradients_equal_the_trainable_model_to_second_order_in_the_input() -> TestResult {
     setup();
     for (config, seed) in [(CnnConfig::mnist(), 51u64), (CnnConfig::cifar10(), 52)] {
         let (m, _vm) = model(config.clone(), seed, DType::F64);
         let frozen = m.frozen();
         let shape = [3, config.in_channels, config.height, config.width];
         let x = rand_tensor(&shape, seed + 1, 0.0, 1.0);
-        let y = Tensor::new(&[1u32, 6, 8], &Device::Cpu).unwrap();
+        let y = Tensor::new(&[1u32, 6, 8], &Device::Cpu)?;
         let u = rand_tensor(&shape, seed + 2, -1.0, 1.0);
         // Input gradient and the Hessian-vector product ∇_x ⟨∇_x log p, u⟩ (softmax and standardisation
         // curvature) through each model.
@@ -204,4 +191,5 @@ fn frozen_model_gradients_equal_the_trainable_model_to_second_order_in_the_input
             "degenerate Hessian check"
         );
     }
+    Ok(())
 }

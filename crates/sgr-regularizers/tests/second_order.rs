@@ -14,6 +14,8 @@ use sgr_regularizers::{
 };
 use sgr_testutil::{model, rand_tensor, scalar, tiny_config};
 
+type TestResult = std::result::Result<(), Box<dyn std::error::Error>>;
+
 static FLAG: Once = Once::new();
 
 /// Every test calls this first; `Once` makes the other threads wait until the variable is written, so no
@@ -159,13 +161,14 @@ fn check_against_fd(
 }
 
 #[test]
-fn probe_sees_the_flag() {
+fn probe_sees_the_flag() -> TestResult {
     setup();
-    assert!(double_backprop_works().unwrap());
+    assert!(double_backprop_works()?);
+    Ok(())
 }
 
 #[test]
-fn exact_matches_central_differences_in_f64() {
+fn exact_matches_central_differences_in_f64() -> TestResult {
     setup();
     for (cov, uncentred, channels) in [
         (CovSpec::EmaDense, false, 1),
@@ -186,10 +189,11 @@ fn exact_matches_central_differences_in_f64() {
         let worst = check_against_fd(&r, &r, DType::F64, 1e-4, channels, false);
         eprintln!("exact, {name}: worst relative error {worst:.2e}");
     }
+    Ok(())
 }
 
 #[test]
-fn finite_difference_surrogate_matches_in_f32() {
+fn finite_difference_surrogate_matches_in_f32() -> TestResult {
     setup();
     // In f32 the surrogate's error is rounding in ℓ(x + hv) − ℓ(x − hv), amplified by 1/h (measured
     // 2026-11-30 at the default step 3e-4: 1.3e-2 in f32, 5e-8 in f64; the f32 figure moves between
@@ -197,30 +201,28 @@ fn finite_difference_surrogate_matches_in_f32() {
     // 1e-3 even in f64). One-sided differences carry an O(step) bias on top (3e-2 here).
     for (form, name, tol) in [("fd", "central", 2e-2), ("fd-forward", "one-sided", 5e-2)] {
         let exact = regularizer(CovSpec::EmaDense, SecondOrder::Exact, false, 1);
-        let mode = SecondOrder::parse(form, SecondOrder::DEFAULT_STEP).unwrap();
+        let mode = SecondOrder::parse(form, SecondOrder::DEFAULT_STEP)?;
         let fd = regularizer(CovSpec::EmaDense, mode, false, 1);
         let worst = check_against_fd(&exact, &fd, DType::F32, tol, 1, true);
         eprintln!("{name} differences, f32: worst relative error {worst:.2e}");
     }
+    Ok(())
 }
 
 #[test]
-fn omega_equals_the_logit_form_of_eq_13() {
+fn omega_equals_the_logit_form_of_eq_13() -> TestResult {
     setup();
     let config = tiny_config(1);
     let (m, _vm) = model(config, 9, DType::F64);
     let x = rand_tensor(&[6, 1, 16, 16], 5, 0.0, 1.0);
     let y = labels();
     let r = regularizer(CovSpec::EmaDense, SecondOrder::Exact, false, 1);
-    let cov = r.covariance().unwrap();
+    let cov = r.covariance()?;
     let ours = omega_at(&m, &x, &y, &r);
     // ∇_x of every logit, one backward pass per class.
-    let xv = Var::from_tensor(&x).unwrap();
-    let logits = m.forward(xv.as_tensor()).unwrap();
-    let probs = candle_nn::ops::softmax(&logits, D::Minus1)
-        .unwrap()
-        .to_vec2::<f64>()
-        .unwrap();
+    let xv = Var::from_tensor(&x)?;
+    let logits = m.forward(xv.as_tensor())?;
+    let probs = candle_nn::ops::softmax(&logits, D::Minus1)?.to_vec2::<f64>()?;
     let k = 5;
     let grad_logit: Vec<Vec<f64>> = (0..k)
         .map(|c| {
@@ -239,9 +241,9 @@ fn omega_equals_the_logit_form_of_eq_13() {
                 .unwrap()
         })
         .collect();
-    let yv = y.to_vec1::<u32>().unwrap();
+    let yv = y.to_vec1::<u32>()?;
     let d = 256;
-    let dense = sgr_testutil::flat_f64(&cov.to_dense().unwrap());
+    let dense = sgr_testutil::flat_f64(&cov.to_dense()?);
     let mut total = 0.0;
     for (i, &yi) in yv.iter().enumerate() {
         // u = ∇φ_y − Σ_k p_k ∇φ_k for example i.
@@ -263,4 +265,5 @@ fn omega_equals_the_logit_form_of_eq_13() {
         (ours - oracle).abs() <= 1e-10 * oracle.abs(),
         "Ω {ours} vs logit form {oracle}"
     );
+    Ok(())
 }

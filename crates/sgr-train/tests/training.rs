@@ -12,6 +12,8 @@ use sgr_train::{
     read_record, train,
 };
 
+type TestResult = std::result::Result<(), Box<dyn std::error::Error>>;
+
 /// A method by its command-line name.
 fn name(s: &str) -> sgr_train::MethodName {
     s.parse().unwrap()
@@ -53,24 +55,24 @@ fn model_bytes(dir: &Path) -> Vec<u8> {
 }
 
 #[test]
-fn training_is_deterministic_and_resumes_exactly() {
+fn training_is_deterministic_and_resumes_exactly() -> TestResult {
     let no = AtomicBool::new(false);
-    let straight = tempfile::tempdir().unwrap();
-    let r = train(small_args(2), straight.path(), false, &no, &mut Quiet).unwrap();
+    let straight = tempfile::tempdir()?;
+    let r = train(small_args(2), straight.path(), false, &no, &mut Quiet)?;
     assert_eq!(r.status, RunStatus::Complete);
     assert_eq!((r.epochs_done, r.steps_done, r.history.len()), (2, 10, 2));
     assert!(r.history[1].loss < r.history[0].loss, "{:?}", r.history);
 
     // Same seed, same bytes.
-    let again = tempfile::tempdir().unwrap();
-    train(small_args(2), again.path(), false, &no, &mut Quiet).unwrap();
+    let again = tempfile::tempdir()?;
+    train(small_args(2), again.path(), false, &no, &mut Quiet)?;
     assert!(
         model_bytes(straight.path()) == model_bytes(again.path()),
         "model files differ"
     );
 
     // Another seed, other bytes.
-    let other = tempfile::tempdir().unwrap();
+    let other = tempfile::tempdir()?;
     train(
         TrainArgs {
             seed: Some(4),
@@ -80,16 +82,15 @@ fn training_is_deterministic_and_resumes_exactly() {
         false,
         &no,
         &mut Quiet,
-    )
-    .unwrap();
+    )?;
     assert!(
         model_bytes(straight.path()) != model_bytes(other.path()),
         "model files should differ"
     );
 
     // One epoch, then --resume to two: identical to two straight.
-    let split = tempfile::tempdir().unwrap();
-    train(small_args(1), split.path(), false, &no, &mut Quiet).unwrap();
+    let split = tempfile::tempdir()?;
+    train(small_args(1), split.path(), false, &no, &mut Quiet)?;
     let resumed = train(
         TrainArgs {
             epochs: Some(2),
@@ -99,8 +100,7 @@ fn training_is_deterministic_and_resumes_exactly() {
         true,
         &no,
         &mut Quiet,
-    )
-    .unwrap();
+    )?;
     assert!(
         model_bytes(straight.path()) == model_bytes(split.path()),
         "model files differ"
@@ -118,9 +118,9 @@ fn training_is_deterministic_and_resumes_exactly() {
         lr_schedule: Some(LrSchedule::Cosine),
         ..small_args(2)
     };
-    let straight = tempfile::tempdir().unwrap();
-    let r = train(cosine(), straight.path(), false, &no, &mut Quiet).unwrap();
-    let interrupted = tempfile::tempdir().unwrap();
+    let straight = tempfile::tempdir()?;
+    let r = train(cosine(), straight.path(), false, &no, &mut Quiet)?;
+    let interrupted = tempfile::tempdir()?;
     let stop = AtomicBool::new(false);
     let rec = train(
         cosine(),
@@ -128,13 +128,12 @@ fn training_is_deterministic_and_resumes_exactly() {
         false,
         &stop,
         &mut StopAfterSteps::new(3, &stop),
-    )
-    .unwrap();
+    )?;
     assert_eq!(
         (rec.status, rec.steps_done, rec.partial.batches),
         (RunStatus::Interrupted, 3, 3)
     );
-    let on_disk = read_record(interrupted.path()).unwrap();
+    let on_disk = read_record(interrupted.path())?;
     assert_eq!(on_disk.status, RunStatus::Interrupted);
     assert_eq!(on_disk.steps_done, 3);
     let done = train(
@@ -143,8 +142,7 @@ fn training_is_deterministic_and_resumes_exactly() {
         true,
         &no,
         &mut Quiet,
-    )
-    .unwrap();
+    )?;
     assert_eq!(done.status, RunStatus::Complete);
     assert!(
         model_bytes(straight.path()) == model_bytes(interrupted.path()),
@@ -155,13 +153,14 @@ fn training_is_deterministic_and_resumes_exactly() {
         "epoch metrics survive the interruption"
     );
     assert_eq!(done.history[1].test_accuracy, r.history[1].test_accuracy);
+    Ok(())
 }
 
 #[test]
-fn refuses_to_overwrite_and_to_resume_with_other_settings() {
+fn refuses_to_overwrite_and_to_resume_with_other_settings() -> TestResult {
     let no = AtomicBool::new(false);
-    let dir = tempfile::tempdir().unwrap();
-    train(small_args(1), dir.path(), false, &no, &mut Quiet).unwrap();
+    let dir = tempfile::tempdir()?;
+    train(small_args(1), dir.path(), false, &no, &mut Quiet)?;
     let before = model_bytes(dir.path());
     let msg = train(small_args(1), dir.path(), false, &no, &mut Quiet)
         .unwrap_err()
@@ -203,7 +202,7 @@ fn refuses_to_overwrite_and_to_resume_with_other_settings() {
         before == model_bytes(dir.path()),
         "failed attempts leave the run untouched"
     );
-    let empty = tempfile::tempdir().unwrap();
+    let empty = tempfile::tempdir()?;
     let msg = train(TrainArgs::default(), empty.path(), true, &no, &mut Quiet)
         .unwrap_err()
         .to_string();
@@ -211,87 +210,76 @@ fn refuses_to_overwrite_and_to_resume_with_other_settings() {
     // An unknown method is refused where its name is parsed (the command line), listing the known ones.
     let msg = "magic".parse::<sgr_train::MethodName>().unwrap_err();
     assert!(msg.contains("magic") && msg.contains("clean"), "{msg}");
+    Ok(())
 }
 
 #[test]
-fn adam_matches_hand_computed_updates_and_restores_exactly() {
-    let w = Var::from_tensor(&Tensor::new(&[1.0f64, -2.0], &Device::Cpu).unwrap()).unwrap();
+fn adam_matches_hand_computed_updates_and_restores_exactly() -> TestResult {
+    let w = Var::from_tensor(&Tensor::new(&[1.0f64, -2.0], &Device::Cpu)?)?;
     let cfg = AdamConfig {
         lr: 0.1,
         beta1: 0.9,
         beta2: 0.999,
         eps: 1e-8,
     };
-    let mut adam = Adam::new(vec![("w".into(), w.clone())], cfg.clone()).unwrap();
+    let mut adam = Adam::new(vec![("w".into(), w.clone())], cfg.clone())?;
     // Loss Σ c·w with c = [3, −0.5]: constant gradient, so m̂ = g and v̂ = g² at every step and each step
     // moves w by −lr·g/(|g| + eps).
-    let c = Tensor::new(&[3.0f64, -0.5], &Device::Cpu).unwrap();
+    let c = Tensor::new(&[3.0f64, -0.5], &Device::Cpu)?;
     let loss = |w: &Var| (w.as_tensor() * &c).unwrap().sum_all().unwrap();
     for _ in 0..3 {
-        adam.step(&loss(&w).backward().unwrap()).unwrap();
+        adam.step(&loss(&w).backward()?)?;
     }
-    let got = w.as_tensor().to_vec1::<f64>().unwrap();
+    let got = w.as_tensor().to_vec1::<f64>()?;
     let step = |g: f64| 0.1 * g / (g.abs() + 1e-8);
     assert!((got[0] - (1.0 - 3.0 * step(3.0))).abs() < 1e-9, "{got:?}");
     assert!((got[1] - (-2.0 - 3.0 * step(-0.5))).abs() < 1e-9, "{got:?}");
 
     // A varying gradient, checked against the textbook recursion.
-    let w2 = Var::from_tensor(&Tensor::new(&[0.5f64], &Device::Cpu).unwrap()).unwrap();
-    let mut adam2 = Adam::new(vec![("w".into(), w2.clone())], cfg.clone()).unwrap();
+    let w2 = Var::from_tensor(&Tensor::new(&[0.5f64], &Device::Cpu)?)?;
+    let mut adam2 = Adam::new(vec![("w".into(), w2.clone())], cfg.clone())?;
     let (mut m, mut v, mut x) = (0.0f64, 0.0f64, 0.5f64);
     for t in 1..=4 {
         let g = 2.0 * x; // d/dx x²
         m = 0.9 * m + 0.1 * g;
         v = 0.999 * v + 0.001 * g * g;
         x -= 0.1 * (m / (1.0 - 0.9f64.powi(t))) / ((v / (1.0 - 0.999f64.powi(t))).sqrt() + 1e-8);
-        adam2
-            .step(
-                &w2.as_tensor()
-                    .sqr()
-                    .unwrap()
-                    .sum_all()
-                    .unwrap()
-                    .backward()
-                    .unwrap(),
-            )
-            .unwrap();
+        adam2.step(&w2.as_tensor().sqr()?.sum_all()?.backward()?)?;
     }
-    assert!((w2.as_tensor().to_vec1::<f64>().unwrap()[0] - x).abs() < 1e-12);
+    assert!((w2.as_tensor().to_vec1::<f64>()?[0] - x).abs() < 1e-12);
 
     // Save, restore into a fresh optimiser, continue: same trajectory.
-    let state: HashMap<String, Tensor> = adam.state().unwrap();
-    let w_copy = Var::from_tensor(&w.as_tensor().copy().unwrap()).unwrap();
-    let mut restored = Adam::new(vec![("w".into(), w_copy.clone())], cfg).unwrap();
-    restored.load_state(&state).unwrap();
+    let state: HashMap<String, Tensor> = adam.state()?;
+    let w_copy = Var::from_tensor(&w.as_tensor().copy()?)?;
+    let mut restored = Adam::new(vec![("w".into(), w_copy.clone())], cfg)?;
+    restored.load_state(&state)?;
     assert_eq!(restored.step_count(), 3);
-    adam.step(&loss(&w).backward().unwrap()).unwrap();
-    restored.step(&loss(&w_copy).backward().unwrap()).unwrap();
+    adam.step(&loss(&w).backward()?)?;
+    restored.step(&loss(&w_copy).backward()?)?;
     assert_eq!(
-        w.as_tensor().to_vec1::<f64>().unwrap(),
-        w_copy.as_tensor().to_vec1::<f64>().unwrap()
+        w.as_tensor().to_vec1::<f64>()?,
+        w_copy.as_tensor().to_vec1::<f64>()?
     );
 
     // A parameter without a gradient is an error, not a silent skip.
-    let orphan = Var::from_tensor(&Tensor::new(&[1.0f64], &Device::Cpu).unwrap()).unwrap();
-    let mut a3 = Adam::new(vec![("orphan".into(), orphan)], AdamConfig::default()).unwrap();
-    let msg = a3
-        .step(&loss(&w).backward().unwrap())
-        .unwrap_err()
-        .to_string();
+    let orphan = Var::from_tensor(&Tensor::new(&[1.0f64], &Device::Cpu)?)?;
+    let mut a3 = Adam::new(vec![("orphan".into(), orphan)], AdamConfig::default())?;
+    let msg = a3.step(&loss(&w).backward()?).unwrap_err().to_string();
     assert!(msg.contains("orphan"), "{msg}");
+    Ok(())
 }
 
 #[test]
-fn weight_decay_adds_half_wd_times_squared_weights() {
+fn weight_decay_adds_half_wd_times_squared_weights() -> TestResult {
     use candle_nn::{VarBuilder, VarMap};
     use sgr_models::{Cnn, CnnConfig, init_params};
     use sgr_train::{MethodContext, StepInput, build_method};
     let vm = VarMap::new();
     let cfg = CnnConfig::mnist();
-    init_params(&vm, &cfg, 1, DType::F64, &Device::Cpu).unwrap();
-    let model = Cnn::new(cfg, VarBuilder::from_varmap(&vm, DType::F64, &Device::Cpu)).unwrap();
-    let x = Tensor::rand(0f64, 1f64, (4, 1, 28, 28), &Device::Cpu).unwrap();
-    let y = Tensor::new(&[0u32, 1, 2, 3], &Device::Cpu).unwrap();
+    init_params(&vm, &cfg, 1, DType::F64, &Device::Cpu)?;
+    let model = Cnn::new(cfg, VarBuilder::from_varmap(&vm, DType::F64, &Device::Cpu))?;
+    let x = Tensor::rand(0f64, 1f64, (4, 1, 28, 28), &Device::Cpu)?;
+    let y = Tensor::new(&[0u32, 1, 2, 3], &Device::Cpu)?;
     let input = StepInput {
         model: &model,
         params: &vm,
@@ -310,23 +298,20 @@ fn weight_decay_adds_half_wd_times_squared_weights() {
         dataset: DatasetName::Cifar10,
         train: &cifar_set,
     };
-    let clean = build_method(name("clean"), &mnist, MethodOptions::default())
-        .unwrap()
-        .loss(&input)
-        .unwrap();
-    let mut wd = build_method(name("wdecay"), &mnist, MethodOptions::default()).unwrap();
+    let clean = build_method(name("clean"), &mnist, MethodOptions::default())?.loss(&input)?;
+    let mut wd = build_method(name("wdecay"), &mnist, MethodOptions::default())?;
     assert_eq!(
         wd.options().weight_decay,
         Some(2e-4),
         "paper's MNIST default"
     );
-    let cifar = build_method(name("wdecay"), &cifar, MethodOptions::default()).unwrap();
+    let cifar = build_method(name("wdecay"), &cifar, MethodOptions::default())?;
     assert_eq!(
         cifar.options().weight_decay,
         Some(5e-4),
         "paper's CIFAR-10 default"
     );
-    let out = wd.loss(&input).unwrap();
+    let out = wd.loss(&input)?;
     let sq: f64 = vm
         .data()
         .lock()
@@ -343,12 +328,13 @@ fn weight_decay_adds_half_wd_times_squared_weights() {
                 .unwrap()
         })
         .sum();
-    let expected = clean.loss.to_scalar::<f64>().unwrap() + 1e-4 * sq;
-    assert!((out.loss.to_scalar::<f64>().unwrap() - expected).abs() < 1e-12);
+    let expected = clean.loss.to_scalar::<f64>()? + 1e-4 * sq;
+    assert!((out.loss.to_scalar::<f64>()? - expected).abs() < 1e-12);
+    Ok(())
 }
 
 #[test]
-fn plain_ops_train_on_candle_layers_to_the_same_numbers() {
+fn plain_ops_train_on_candle_layers_to_the_same_numbers() -> TestResult {
     // `--plain-ops`: candle's own layers and autograd instead of the channels-last ops with explicit
     // gradients (which tests/methods.rs compares step by step). Here, that the trainer switches: in f64 the
     // trained parameters agree to rounding but not bit for bit (the gradients' sums run in another order),
@@ -363,11 +349,11 @@ fn plain_ops_train_on_candle_layers_to_the_same_numbers() {
         plain_ops,
         ..small_args(1)
     };
-    let (fast, plain) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let rf = train(args(false), fast.path(), false, &no, &mut Quiet).unwrap();
-    let rp = train(args(true), plain.path(), false, &no, &mut Quiet).unwrap();
+    let (fast, plain) = (tempfile::tempdir()?, tempfile::tempdir()?);
+    let rf = train(args(false), fast.path(), false, &no, &mut Quiet)?;
+    let rp = train(args(true), plain.path(), false, &no, &mut Quiet)?;
     assert!(!rf.plain_ops && rp.plain_ops);
-    assert!(read_record(plain.path()).unwrap().plain_ops);
+    assert!(read_record(plain.path())?.plain_ops);
     let (lf, lp) = (rf.history[0].loss, rp.history[0].loss);
     assert!((lf - lp).abs() <= 1e-10 * lf.abs(), "loss {lf} vs {lp}");
     let load = |dir: &Path| {
@@ -386,6 +372,7 @@ fn plain_ops_train_on_candle_layers_to_the_same_numbers() {
         largest > 0.0,
         "bit-identical: --plain-ops did not change the ops"
     );
+    Ok(())
 }
 
 #[test]
@@ -471,7 +458,7 @@ fn validation_split_is_held_out_and_measured_instead_of_the_test_set() -> anyhow
 }
 
 #[test]
-fn checkpoint_every_parses_steps_and_times() {
+fn checkpoint_every_parses_steps_and_times() -> TestResult {
     use sgr_train::CheckpointEvery::{Seconds, Steps};
     for (s, want) in [
         ("200", Steps(200)),
@@ -486,6 +473,7 @@ fn checkpoint_every_parses_steps_and_times() {
         assert!(err.contains("--checkpoint-every"), "{err}");
     }
     assert_eq!(sgr_train::CheckpointEvery::default(), Seconds(600.0));
+    Ok(())
 }
 
 /// run.json as sgr wrote it before the schema field (string-typed settings, no `arch`): a real record of a

@@ -8,15 +8,17 @@ use sgr_data::DatasetName;
 use sgr_regularizers::double_backprop_works;
 use sgr_train::{MethodContext, MethodOptions, StepInput, build_method};
 
+type TestResult = std::result::Result<(), Box<dyn std::error::Error>>;
+
 /// A method by its command-line name.
 fn name(s: &str) -> sgr_train::MethodName {
     s.parse().unwrap()
 }
 
 #[test]
-fn exact_sgr_runs_on_the_cpu_path_and_the_autograd_path_refuses() {
-    assert!(!double_backprop_works().unwrap());
-    let data = sgr_data::load(DatasetName::MnistSubset, None).unwrap();
+fn exact_sgr_runs_on_the_cpu_path_and_the_autograd_path_refuses() -> TestResult {
+    assert!(!double_backprop_works()?);
+    let data = sgr_data::load(DatasetName::MnistSubset, None)?;
     let ctx = MethodContext {
         dataset: DatasetName::MnistSubset,
         train: &data.train,
@@ -24,11 +26,10 @@ fn exact_sgr_runs_on_the_cpu_path_and_the_autograd_path_refuses() {
     let idx: Vec<usize> = (0..8).collect();
     let (x, y) = data
         .train
-        .batch(&idx, None, DType::F32, &candle_core::Device::Cpu)
-        .unwrap();
+        .batch(&idx, None, DType::F32, &candle_core::Device::Cpu)?;
     let (model, vm) = sgr_testutil::model(sgr_models::CnnConfig::mnist(), 1, DType::F32);
     for method_name in ["sgr-sign", "gn"] {
-        let mut method = build_method(name(method_name), &ctx, MethodOptions::default()).unwrap();
+        let mut method = build_method(name(method_name), &ctx, MethodOptions::default())?;
         assert_eq!(
             method.options().second_order.map(|c| c.name()),
             Some("exact")
@@ -41,20 +42,14 @@ fn exact_sgr_runs_on_the_cpu_path_and_the_autograd_path_refuses() {
             step: 0,
             seed: 0,
         };
-        let out = method.loss(&input(&model)).unwrap();
+        let out = method.loss(&input(&model))?;
         let grads = out
             .grads
             .as_ref()
             .expect("explicit gradients on the CPU path");
         assert_eq!(grads.len(), 14, "{method_name}");
         for (k, g) in grads {
-            let norm = g
-                .sqr()
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
+            let norm = g.sqr()?.sum_all()?.to_scalar::<f32>()?;
             assert!(norm.is_finite() && norm > 0.0, "{method_name}: {k} {norm}");
         }
         let mut plain = model.clone();
@@ -65,4 +60,5 @@ fn exact_sgr_runs_on_the_cpu_path_and_the_autograd_path_refuses() {
             "{method_name}: {err}"
         );
     }
+    Ok(())
 }
