@@ -16,7 +16,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
     let checkpoint = PathBuf::from(args.next().unwrap_or_else(|| "zoo/mnist/clean-s0".into()));
     let images: usize = args.next().map_or(Ok(200), |n| n.parse())?;
-    // The data set comes from the run's run.json; `mnist-subset` is embedded in the repository.
+    // Without `dataset` the run.json decides (full MNIST for the zoo); `mnist-subset` is embedded in the repository.
     let data = TestData {
         dataset: Some(sgr_data::DatasetName::MnistSubset),
         data_dir: None,
