@@ -1,17 +1,14 @@
 //! `cargo xtask eval-autoattack`: AutoAttack's standard suite on checkpoints, resumable, with a progress bar per
 //! attack; writes Markdown/CSV/JSON and prints the table (or one JSON object with `--json`).
 
-use std::ops::ControlFlow;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
 
-use anyhow::Context;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
-use serde::{Deserialize, Serialize};
 use sgr_attacks::{AaAttack, AutoAttack, AutoAttackState, Norm};
-use sgr_eval::{AutoAttackEval, AutoAttackRow, autoattack_row, autoattack_table, run_suite};
+use sgr_eval::experiment::{AutoAttackFolder, AutoAttackSettings, autoattack_rows};
+use sgr_eval::{AutoAttackEval, AutoAttackRow, autoattack_table};
 
 use crate::common::stderr_is_terminal;
 use crate::evalkit::{DataOpts, Setup, out_dir, setup, write, write_json};
@@ -102,21 +99,6 @@ impl AaOpts {
     }
 }
 
-/// What a run folder was started with; `--resume` must match it.
-#[derive(Debug, PartialEq, Serialize, Deserialize)]
-struct Settings {
-    checkpoints: Vec<String>,
-    dataset: String,
-    images: usize,
-    eval: AutoAttackEval,
-}
-
-const SETTINGS: &str = "settings.json";
-
-fn state_path(out: &Path, model: usize) -> PathBuf {
-    out.join("state").join(format!("model-{model}.json"))
-}
-
 /// One bar per attack: points left, robust accuracy so far, ETA.
 struct Bars {
     bar: Option<ProgressBar>,
@@ -155,49 +137,11 @@ impl Bars {
 pub fn run(cmd: AutoAttackCmd) -> anyhow::Result<()> {
     let s = setup(&cmd.checkpoints, &cmd.data)?;
     out_dir(&cmd.out)?;
-    out_dir(&cmd.out.join("state"))?;
     let cfg = cmd.aa.eval(s.eps, cmd.data.seed, cmd.data.batch_size);
-    let settings = Settings {
-        checkpoints: cmd
-            .checkpoints
-            .iter()
-            .map(|p| p.display().to_string())
-            .collect(),
-        dataset: s.dataset.as_str().to_string(),
-        images: s.x.dim(0)?,
-        eval: cfg.clone(),
-    };
-    let settings_file = cmd.out.join(SETTINGS);
-    if settings_file.exists() {
-        if !cmd.resume {
-            anyhow::bail!(
-                "{} already holds an AutoAttack run: pass --resume to continue it, or choose another --out",
-                cmd.out.display()
-            );
-        }
-        let text = std::fs::read_to_string(&settings_file)
-            .with_context(|| format!("reading {}", settings_file.display()))?;
-        let stored: Settings = serde_json::from_str(&text)
-            .with_context(|| format!("parsing {}", settings_file.display()))?;
-        if stored != settings {
-            anyhow::bail!(
-                "--resume: the run in {} was started with other checkpoints or settings ({}); \
-                 rerun with the same flags or choose another --out",
-                cmd.out.display(),
-                settings_file.display()
-            );
-        }
-    } else {
-        if cmd.resume {
-            tracing::warn!(
-                "--resume: no run in {} yet, starting one",
-                cmd.out.display()
-            );
-        }
-        write_json(&settings_file, &settings)?;
-    }
+    let settings = AutoAttackSettings::new(&cmd.checkpoints, &s, &cfg)?;
+    let folder = AutoAttackFolder::open(&cmd.out, &settings, cmd.resume)?;
     let stop = crate::train::interrupt_flag()?;
-    let rows = evaluate(&s, &cfg, Some(&cmd.out), &stop)?;
+    let rows = evaluate(&s, &cfg, Some(&folder), &stop)?;
     let Some(rows) = rows else {
         eprintln!(
             "stopped; state saved in {}: continue with the same command and --resume",
@@ -229,35 +173,17 @@ pub fn run(cmd: AutoAttackCmd) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Runs the suite on every model, resuming from and saving to `out` when given; `None` if interrupted.
+/// `sgr_eval::experiment::autoattack_rows` with a progress bar per attack; `None` if interrupted.
 pub fn evaluate(
     s: &Setup,
     cfg: &AutoAttackEval,
-    out: Option<&Path>,
-    stop: &std::sync::atomic::AtomicBool,
+    folder: Option<&AutoAttackFolder>,
+    stop: &AtomicBool,
 ) -> anyhow::Result<Option<Vec<AutoAttackRow>>> {
-    let mut rows = Vec::new();
-    for (i, m) in s.named().into_iter().enumerate() {
-        let path = out.map(|o| state_path(o, i));
-        let state: Option<AutoAttackState> = match &path {
-            Some(p) if p.exists() => Some(
-                serde_json::from_str(
-                    &std::fs::read_to_string(p)
-                        .with_context(|| format!("reading {}", p.display()))?,
-                )
-                .with_context(|| format!("parsing {}", p.display()))?,
-            ),
-            _ => None,
-        };
-        if let Some(st) = &state {
-            tracing::info!(
-                model = m.name,
-                attack = st.attack,
-                chunk = st.chunk,
-                "resuming AutoAttack"
-            );
-        }
-        let mut bars = Bars {
+    let mut bars: Vec<Bars> = s
+        .models
+        .iter()
+        .map(|m| Bars {
             bar: stderr_is_terminal().then(|| {
                 let bar = ProgressBar::new(1);
                 bar.set_style(
@@ -268,52 +194,14 @@ pub fn evaluate(
                 bar
             }),
             attack: usize::MAX,
-            classes: s.models[i].model.config().classes,
-        };
-        let st = run_suite(
-            m,
-            &s.x,
-            &s.y,
-            &cfg.suite,
-            state,
-            Duration::from_secs(30),
-            |st| {
-                if let Some(p) = &path {
-                    let text = serde_json::to_string(st)
-                        .map_err(|e| sgr_eval::EvalError::Invalid(e.to_string()))?;
-                    sgr_models::fsutil::write_atomic(p, text.as_bytes()).map_err(|e| {
-                        sgr_eval::EvalError::Io {
-                            path: p.display().to_string(),
-                            source: e,
-                        }
-                    })?;
-                }
-                Ok(())
-            },
-            |st, _| {
-                bars.update(&cfg.suite, st, m.name);
-                if stop.load(Ordering::SeqCst) {
-                    ControlFlow::Break(())
-                } else {
-                    ControlFlow::Continue(())
-                }
-            },
-        )?;
-        if let Some(bar) = &bars.bar {
-            bar.finish_and_clear();
-        }
-        if !st.done() {
-            return Ok(None);
-        }
-        let row = autoattack_row(m, &s.x, &s.y, cfg, &st)?;
-        tracing::info!(
-            model = m.name,
-            clean = row.clean,
-            aa = row.robust,
-            seconds = row.total_seconds(),
-            "AutoAttack row"
-        );
-        rows.push(row);
+            classes: m.model.config().classes,
+        })
+        .collect();
+    let rows = autoattack_rows(s, cfg, folder, stop, |i, st| {
+        bars[i].update(&cfg.suite, st, &s.models[i].name);
+    })?;
+    for b in bars.iter().filter_map(|b| b.bar.as_ref()) {
+        b.finish_and_clear();
     }
-    Ok(Some(rows))
+    Ok(rows)
 }

@@ -6,6 +6,9 @@ use std::fmt::Write as _;
 
 use sgr_train::{ExperimentPlan, MethodName, PlannedRun, Selection, Stage};
 
+pub use crate::autoattack_folder::{
+    AutoAttackFolder, AutoAttackSettings, SETTINGS_FILE, autoattack_rows,
+};
 pub use crate::checkpoints::{
     Loaded, Setup, TestData, load_checkpoints, load_set, resolve_dataset,
 };

@@ -21,6 +21,8 @@
 
 mod autoattack;
 #[cfg(feature = "experiment")]
+mod autoattack_folder;
+#[cfg(feature = "experiment")]
 mod checkpoints;
 mod checks;
 mod error;
