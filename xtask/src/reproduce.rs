@@ -13,7 +13,7 @@ use sgr_train::{ExperimentPlan, MethodName, PlannedRun, Stage};
 
 use crate::common::{parse_dataset, parse_device};
 use crate::evalkit::{DataOpts, out_dir, setup, write};
-use crate::{analyze_cov, eval_lrc, eval_transfer, eval_whitebox, figures};
+use crate::{analyze_cov, eval_lrc, eval_transfer, eval_whitebox};
 
 #[derive(Debug, Args)]
 pub struct ReproduceCmd {
@@ -264,11 +264,9 @@ pub fn run(cmd: ReproduceCmd) -> anyhow::Result<()> {
         },
         &data,
     )?;
-    budget.time("trajectories", || {
-        figures::make_trajectories(&ts, 4, 5.0, &eval_dir)
-    })?;
+    budget.time("trajectories", || Ok(ts.trajectories(4, 5.0, &eval_dir)?))?;
     let rs = setup(std::slice::from_ref(&reference), &data)?;
-    let flipped = budget.time("samples", || figures::make_samples(&rs, &[], &eval_dir))?;
+    let flipped = budget.time("samples", || Ok(rs.samples(&[], &eval_dir)?))?;
 
     // 3. Report.
     let report = ExperimentReport {

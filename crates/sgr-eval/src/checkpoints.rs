@@ -253,3 +253,71 @@ impl Setup {
         })
     }
 }
+
+impl Setup {
+    /// `k` test images, one per class in turn (the figures' picks).
+    fn pick(&self, k: usize) -> Result<(Tensor, Tensor)> {
+        let idx = crate::figures::one_per_class(&self.y, k.max(1))?;
+        let idx = Tensor::new(
+            idx.iter().map(|&i| i as u32).collect::<Vec<_>>().as_slice(),
+            self.x.device(),
+        )?;
+        Ok((self.x.index_select(&idx, 0)?, self.y.index_select(&idx, 0)?))
+    }
+
+    /// Fig. 6 for every model: softmax along `x + t·δ` for `t` in `[−extent, extent]` (101 points) on `images`
+    /// test images; draws `out/fig6_trajectories.png`.
+    pub fn trajectories(
+        &self,
+        images: usize,
+        extent: f64,
+        out: &Path,
+    ) -> Result<Vec<Vec<crate::figures::Trajectory>>> {
+        if !(extent > 0.0 && extent.is_finite()) {
+            return Err(EvalError::Invalid(format!(
+                "--extent must be positive, got {extent}"
+            )));
+        }
+        let (x, y) = self.pick(images)?;
+        let ts: Vec<f64> = (0..=100)
+            .map(|i| -extent + 2.0 * extent * i as f64 / 100.0)
+            .collect();
+        let rows = self
+            .named()
+            .into_iter()
+            .map(|m| crate::figures::trajectories(m, &x, &y, self.eps, &ts))
+            .collect::<Result<Vec<_>>>()?;
+        crate::figures::plot_trajectories(
+            &out.join("fig6_trajectories.png"),
+            self.eps,
+            &rows,
+            &self.dataset.class_names(),
+        )?;
+        Ok(rows)
+    }
+
+    /// Fig. 7 for the first model: ten test images (one per class), their PGD versions at each ε (in 1/255;
+    /// empty: ε and 2ε) and the perturbations; draws `out/fig7_samples.png`. Per ε: predictions changed.
+    pub fn samples(&self, eps_255: &[f64], out: &Path) -> Result<Vec<(f64, usize)>> {
+        let eps: Vec<f64> = if eps_255.is_empty() {
+            vec![self.eps, 2.0 * self.eps]
+        } else {
+            eps_255.iter().map(|e| e / 255.0).collect()
+        };
+        if let Some(bad) = eps.iter().find(|e| !(**e >= 0.0 && e.is_finite())) {
+            return Err(EvalError::Invalid(format!(
+                "--eps-list values must be non-negative, got {}",
+                bad * 255.0
+            )));
+        }
+        let (x, y) = self.pick(10)?;
+        crate::figures::samples(
+            &out.join("fig7_samples.png"),
+            self.named()[0],
+            &x,
+            &y,
+            &eps,
+            &self.dataset.class_names(),
+        )
+    }
+}
