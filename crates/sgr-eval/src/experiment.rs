@@ -37,7 +37,8 @@ pub struct ExperimentReport<'a> {
     /// The λ sweeps' outcomes (empty without a sweep).
     pub selections: &'a [Selection],
     pub whitebox: &'a [WhiteboxRow],
-    pub transfer: &'a TransferMatrix,
+    /// One PGD transfer matrix per budget (the first is the report's main ε).
+    pub transfers: &'a [TransferMatrix],
     pub lrc: Option<&'a LrcResults>,
     /// The model whose perturbations the covariance figures show, and the analysis.
     pub covariance: (&'a str, &'a CovAnalysis),
@@ -67,7 +68,7 @@ impl ExperimentReport<'_> {
                 .map(u64::to_string)
                 .collect::<Vec<_>>()
                 .join(", "),
-            self.transfer.images,
+            self.whitebox.first().map_or(0, |r| r.images),
             self.eps_255
         );
         md += &self.budget_markdown(&runs)?;
@@ -81,9 +82,11 @@ impl ExperimentReport<'_> {
         };
         md += &paper_whitebox_markdown(ds, self.whitebox, &method_of);
         md += "\n";
-        md += &transfer_markdown(ds, self.eps_255, self.transfer);
-        md += &paper_transfer_markdown(ds, self.transfer, &method_of);
-        md += "\n";
+        for m in self.transfers {
+            md += &transfer_markdown(ds, m.eps * 255.0, m);
+            md += &paper_transfer_markdown(ds, m, &method_of);
+            md += "\n";
+        }
         let prefix = format!("{EVAL_DIR}/");
         if let Some(r) = self.lrc {
             md += &lrc_markdown(ds, r, &prefix);

@@ -76,6 +76,47 @@ pub const MNIST_TRANSFER_EPS32: [(&str, [f64; 10]); 9] = [
     ),
 ];
 
+/// Table 4, MNIST, ε = 64/255, PGD-40 (PGD and FGSM models trained at ε = 64), same layout as
+/// [`MNIST_TRANSFER_EPS32`].
+pub const MNIST_TRANSFER_EPS64: [(&str, [f64; 10]); 9] = [
+    (
+        "clean",
+        [99.4, 0.6, 30.3, 79.6, 79.1, 31.5, 32.6, 38.1, 72.4, 65.8],
+    ),
+    (
+        "wdecay",
+        [99.4, 80.6, 0.4, 84.0, 88.4, 26.4, 27.4, 46.7, 81.3, 75.6],
+    ),
+    (
+        "pgd",
+        [99.5, 98.8, 97.7, 62.6, 90.7, 89.7, 89.7, 92.4, 97.7, 97.2],
+    ),
+    (
+        "fgsm",
+        [99.5, 98.0, 93.7, 76.8, 38.6, 81.8, 81.8, 84.0, 94.6, 92.1],
+    ),
+    (
+        "gn",
+        [99.4, 96.3, 86.5, 91.3, 96.4, 9.3, 55.0, 79.5, 93.2, 90.7],
+    ),
+    (
+        "sgr-grad",
+        [99.5, 96.1, 84.7, 90.2, 95.3, 50.1, 4.5, 68.8, 89.6, 82.9],
+    ),
+    (
+        "sgr-sign",
+        [99.5, 95.1, 83.6, 88.8, 93.4, 59.0, 52.7, 2.4, 85.3, 82.7],
+    ),
+    (
+        "fgsm-sgr",
+        [99.5, 90.8, 74.9, 85.6, 85.7, 54.0, 48.5, 48.4, 0.4, 49.1],
+    ),
+    (
+        "pgd-sgr",
+        [99.6, 92.9, 78.1, 87.8, 89.8, 50.9, 44.0, 56.1, 62.1, 0.5],
+    ),
+];
+
 /// The paper's white-box row for `method` on `dataset` (`mnist` at ε = 32, `cifar10` at ε = 4), if it has one.
 pub fn whitebox_row(dataset: &str, method: &str) -> Option<&'static WhiteboxPaperRow> {
     let table: &[WhiteboxPaperRow] = match dataset {
@@ -86,9 +127,17 @@ pub fn whitebox_row(dataset: &str, method: &str) -> Option<&'static WhiteboxPape
     table.iter().find(|r| r.0 == method)
 }
 
-/// The paper's MNIST ε = 32 transfer entry for (row model, source model).
-pub fn mnist_transfer(target: &str, source: &str) -> Option<f64> {
-    let row = MNIST_TRANSFER_EPS32.iter().find(|r| r.0 == target)?;
+/// The paper's MNIST transfer entry for (row model, source model) at ε = 32 or 64 (in 1/255); `None` at other
+/// budgets or for methods outside the table.
+pub fn mnist_transfer(eps_255: f64, target: &str, source: &str) -> Option<f64> {
+    let table = if (eps_255 - 32.0).abs() < 1e-9 {
+        &MNIST_TRANSFER_EPS32
+    } else if (eps_255 - 64.0).abs() < 1e-9 {
+        &MNIST_TRANSFER_EPS64
+    } else {
+        return None;
+    };
+    let row = table.iter().find(|r| r.0 == target)?;
     let col = MNIST_TRANSFER_ORDER.iter().position(|&s| s == source)?;
     Some(row.1[col + 1])
 }

@@ -316,23 +316,25 @@ pub fn paper_whitebox_markdown(
     md
 }
 
-/// The paper's MNIST transfer matrix (Table 4) for the models of `m`, in the same order; empty on other data
-/// sets or when no pair has a paper figure.
+/// The paper's MNIST transfer matrix (Table 4, ε = 32 or 64) for the models of `m`, in the same order; empty on
+/// other data sets or budgets, or when no pair has a paper figure.
 pub fn paper_transfer_markdown(
     dataset: &str,
     m: &TransferMatrix,
     method_of: &dyn Fn(&str) -> String,
 ) -> String {
-    if !dataset.starts_with("mnist")
-        || !m
-            .models
-            .iter()
-            .any(|x| paper::mnist_transfer(&method_of(x), &method_of(x)).is_some())
-    {
+    let eps_255 = (m.eps * 255.0 * 1e6).round() / 1e6;
+    let entry = |t: &str, s: &str| paper::mnist_transfer(eps_255, &method_of(t), &method_of(s));
+    if !dataset.starts_with("mnist") || !m.models.iter().any(|x| entry(x, x).is_some()) {
         return String::new();
     }
-    let mut md = String::from(
-        "\n### The paper's MNIST transfer matrix for the same models (Table 4, ε = 32/255, PGD-40, full test set)\n\n",
+    let mut md = format!(
+        "\n### The paper's MNIST transfer matrix for the same models (Table 4, ε = {eps_255:.0}/255, PGD-40, full test set{})\n\n",
+        if eps_255 > 32.0 {
+            "; the paper's PGD and FGSM models trained at this ε"
+        } else {
+            ""
+        }
     );
     let mut header = vec!["TRAIN. METH.".to_string()];
     header.extend(m.models.iter().cloned());
@@ -340,10 +342,7 @@ pub fn paper_transfer_markdown(
     for target in &m.models {
         let mut row = vec![target.clone()];
         for source in &m.models {
-            row.push(
-                paper::mnist_transfer(&method_of(target), &method_of(source))
-                    .map_or("–".into(), |v| format!("{v:.1}")),
-            );
+            row.push(entry(target, source).map_or("–".into(), |v| format!("{v:.1}")));
         }
         t.push(row);
     }
@@ -420,6 +419,30 @@ mod tests {
             paper_whitebox_markdown("fashion-mnist", &rows, &method_of),
             ""
         );
+    }
+
+    #[test]
+    fn the_paper_transfer_table_follows_the_budget() {
+        let m = |eps_255: f64| -> TransferMatrix {
+            serde_json::from_value(serde_json::json!({
+                "models": ["clean-s0", "sgr-sign-s0"], "images": 10, "eps": eps_255 / 255.0, "steps": 40,
+                "test": [0.99, 0.99], "accuracy": [[0.0, 0.9], [0.9, 0.5]], "checks": [],
+            }))
+            .expect("a transfer matrix")
+        };
+        let method_of = |x: &str| x.trim_end_matches("-s0").to_string();
+        // Table 4 at ε = 64: clean under its own PGD 0.6, sgr-sign under clean's 95.1, under its own 2.4.
+        let md = squeeze(&paper_transfer_markdown("mnist", &m(64.0), &method_of));
+        assert!(
+            md.contains("ε = 64/255") && md.contains("trained at this ε"),
+            "{md}"
+        );
+        assert!(md.contains("| clean-s0 | 0.6 | 38.1 |"), "{md}");
+        assert!(md.contains("| sgr-sign-s0 | 95.1 | 2.4 |"), "{md}");
+        let md = squeeze(&paper_transfer_markdown("mnist", &m(32.0), &method_of));
+        assert!(md.contains("| sgr-sign-s0 | 98.8 | 86.9 |"), "{md}");
+        assert_eq!(paper_transfer_markdown("mnist", &m(16.0), &method_of), "");
+        assert_eq!(paper_transfer_markdown("cifar10", &m(32.0), &method_of), "");
     }
 
     #[test]
