@@ -304,9 +304,14 @@ fn reproduce_writes_a_report() -> TestResult {
         assert!(report.contains(section), "missing {section}");
     }
     // Transfer matrices at the paper's ε and 2ε (Table 4's 32 and 64), each beside the paper's.
-    assert_eq!(report.matches("transfer accuracy (%)").count(), 2, "{report}");
+    assert_eq!(
+        report.matches("transfer accuracy (%)").count(),
+        2,
+        "{report}"
+    );
     assert!(report.contains("Table 4, ε = 64/255"), "{report}");
     assert!(out.join("eval/transfer-eps64.json").is_file());
+    assert!(report.contains("trained at ε = 32/255"), "{report}");
     // TEST RAND FGM FGSM PGD AA FOOL, and the AA column after PGD.
     assert_eq!(row(&report, "sgr-sign").len(), 7, "{report}");
     let header: Vec<&str> = report

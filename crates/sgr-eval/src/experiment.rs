@@ -84,6 +84,15 @@ impl ExperimentReport<'_> {
         md += "\n";
         for m in self.transfers {
             md += &transfer_markdown(ds, m.eps * 255.0, m);
+            if (m.eps * 255.0 - self.eps_255).abs() > 1e-6 {
+                let _ = writeln!(
+                    md,
+                    "\nEvery model here was trained at ε = {:.0}/255 (the adversarially trained ones included); the \
+                     paper trained its PGD and FGSM models anew for ε = {:.0}/255.",
+                    self.eps_255,
+                    m.eps * 255.0
+                );
+            }
             md += &paper_transfer_markdown(ds, m, &method_of);
             md += "\n";
         }
