@@ -3,6 +3,7 @@
 //! The PyTorch-compatibility check needs `python3` with `numpy` and `safetensors` (`.ci/run` installs them);
 //! set `SGR_PYTHON` to use another interpreter. Where torch is installed too, it also loads the checkpoint
 //! into a real `torch.nn.Module`.
+#![allow(clippy::unwrap_used)] // in closures and helpers, where `?` cannot reach; test fns use `?`
 
 use std::path::Path;
 use std::process::Command;

@@ -25,7 +25,7 @@ impl NoiseSource {
     /// Noise with covariance `cov` scaled to unit mean diagonal (so `ε` means the same per-pixel scale as for LRC).
     pub fn dense(cov: &dyn Covariance) -> Result<Self> {
         let md = cov.mean_diag();
-        if !(md > 0.0) {
+        if md <= 0.0 || md.is_nan() {
             candle_core::bail!("the noise covariance has mean variance {md}");
         }
         let dense = sgr_covariance::Dense::new(
@@ -99,7 +99,7 @@ impl WorstOfN {
                     u32::from(!broken[i] && (pred[i] != labels[i] || draw + 1 == self.n.max(1)))
                 })
                 .collect();
-            if newly.iter().any(|&m| m == 1) {
+            if newly.contains(&1) {
                 let mask =
                     Tensor::from_vec(newly.clone(), b, &Device::Cpu)?.to_device(x.device())?;
                 let mut shape = vec![b];

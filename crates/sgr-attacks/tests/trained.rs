@@ -1,5 +1,6 @@
 //! Attacks on the paper's MNIST CNN trained briefly on the embedded subset: the orderings any honest attack
 //! suite shows (gradient-masking sanity checks), and that attacks leave the model untouched.
+#![allow(clippy::unwrap_used)] // in closures and helpers, where `?` cannot reach; test fns use `?`
 
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{Optimizer, VarBuilder, VarMap};

@@ -25,7 +25,7 @@ pub fn cholesky(a: &[f64], d: usize, jitter: f64) -> Result<Vec<f64>> {
             }
             s -= (0..j).map(|k| l[i * d + k] * l[j * d + k]).sum::<f64>();
             if i == j {
-                if !(s > 0.0) {
+                if s <= 0.0 || s.is_nan() {
                     return Err(CovError::NotPsd(format!(
                         "Cholesky pivot {i} is {s:.3e} (≤ 0)"
                     )));

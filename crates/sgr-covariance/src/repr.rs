@@ -355,7 +355,7 @@ impl Scaled {
     /// Scales `inner` so that its mean diagonal equals `c` (Algorithm 1: `σ_t = c / mean diag Σ̂_t`).
     pub fn to_mean_diag(inner: Arc<dyn Covariance>, c: f64) -> Result<Self> {
         let md = inner.mean_diag();
-        if !(md > 0.0) {
+        if md <= 0.0 || md.is_nan() {
             return Err(CovError::Invalid(format!(
                 "cannot scale a covariance with mean diagonal {md} to {c}"
             )));

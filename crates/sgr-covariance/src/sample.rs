@@ -45,8 +45,8 @@ impl DenseSampler {
         for s in 0..n {
             z.iter_mut().for_each(|v| *v = r.sample(StandardNormal));
             let o = &mut out[s * d..(s + 1) * d];
-            for i in 0..d {
-                o[i] = (0..=i).map(|k| self.l[i * d + k] * z[k]).sum();
+            for (i, oi) in o.iter_mut().enumerate() {
+                *oi = (0..=i).map(|k| self.l[i * d + k] * z[k]).sum();
             }
         }
         Ok(Tensor::from_vec(out, (n, c, h, w), &Device::Cpu)?)

@@ -1,4 +1,5 @@
 //! Estimation, running averages, scaling, sampling, positive semi-definiteness and saving.
+#![allow(clippy::unwrap_used)] // in closures and helpers, where `?` cannot reach; test fns use `?`
 
 use std::sync::Arc;
 

@@ -1,5 +1,6 @@
 //! Gradients through the structured product, first and second order, against finite differences (f64).
 //! One test in this binary: it sets `CANDLE_GRAD_DO_NOT_DETACH` before the thread's first backward.
+#![allow(clippy::unwrap_used)] // in closures and helpers, where `?` cannot reach; test fns use `?`
 #![allow(unsafe_code)]
 
 use candle_core::{Tensor, Var};

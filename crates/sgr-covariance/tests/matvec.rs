@@ -1,4 +1,5 @@
 //! The structured products against the dense matrix and the conv2d reference, on many shapes and radii.
+#![allow(clippy::unwrap_used)] // in closures and helpers, where `?` cannot reach; test fns use `?`
 
 use std::sync::Arc;
 
@@ -128,9 +129,10 @@ fn to_dense_is_symmetric_with_the_curve_on_the_diagonal() -> TestResult {
     let cov = random_covfun((3, 5, 6), 3, ChannelStructure::Full, 9);
     let d = 90;
     let m = cov.to_dense()?.to_vec2::<f64>()?;
-    for i in 0..d {
-        for j in 0..d {
-            assert_eq!(m[i][j], m[j][i]);
+    assert_eq!(m.len(), d);
+    for (i, row) in m.iter().enumerate() {
+        for (j, v) in row.iter().enumerate() {
+            assert_eq!(*v, m[j][i]);
         }
     }
     // Entry ((c,p),(c',q)) = f_{cc'}(round |p − q|): pixel (1,1) of channel 0 vs pixel (3,2) of channel 2, r = round(√5) = 2.

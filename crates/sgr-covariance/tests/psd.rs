@@ -1,4 +1,5 @@
 //! The PSD projection of stationary covariances: PSD afterwards, unchanged when already PSD on the torus.
+#![allow(clippy::unwrap_used)] // in closures and helpers, where `?` cannot reach; test fns use `?`
 
 use sgr_covariance::linalg::symmetric_eigenvalues;
 use sgr_covariance::{ChannelStructure, CovFun, Covariance, Stationary};

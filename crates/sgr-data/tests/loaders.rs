@@ -1,5 +1,6 @@
 //! Loader tests: the embedded subset, the real files in `../shared/data` (where present), and every kind of
 //! bad input on fixtures made here.
+#![allow(clippy::unwrap_used)] // in closures and helpers, where `?` cannot reach; test fns use `?`
 
 use std::io::Write;
 use std::path::{Path, PathBuf};

@@ -178,10 +178,10 @@ fn transfer_matrix_matches_the_margins_and_flags_masking() -> TestResult {
         // The masked model falls to A's examples (same boundary) but not to its own.
         [0.4, 0.9, 0.9],
     ];
-    for t in 0..3 {
-        for s in 0..3 {
+    for (t, row) in expect.iter().enumerate() {
+        for (s, want) in row.iter().enumerate() {
             assert!(
-                (m.accuracy[t][s] - expect[t][s]).abs() < 1e-6,
+                (m.accuracy[t][s] - want).abs() < 1e-6,
                 "[{t}][{s}] = {} (expected {})",
                 m.accuracy[t][s],
                 expect[t][s]

@@ -10,7 +10,11 @@ fn main() -> candle_core::Result<()> {
     let config = CnnConfig::mnist();
     let vm = VarMap::new();
     init_params(&vm, &config, 0, DType::F32, &dev)?;
-    let p = |n: &str| -> Tensor { vm.data().lock().unwrap()[n].as_tensor().detach() };
+    let p = |n: &str| -> Tensor {
+        vm.data().lock().expect("the VarMap lock")[n]
+            .as_tensor()
+            .detach()
+    };
     let x = Tensor::rand(0f32, 1f32, (128, 1, 28, 28), &dev)?;
     let mut t = vec![Vec::new(); 12];
     for _ in 0..15 {

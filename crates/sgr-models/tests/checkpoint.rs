@@ -1,4 +1,5 @@
 //! Checkpoints: save/load round trips for every test network, PyTorch names and metadata, bad files named.
+#![allow(clippy::unwrap_used)] // in closures and helpers, where `?` cannot reach; test fns use `?`
 
 use candle_core::{DType, Device, Module};
 use sgr_models::{CnnConfig, load_model, save_model};

@@ -1,5 +1,6 @@
 //! Input gradients of both models against central finite differences in f64 (catches candle's max-pool
 //! backward, which scales gradients by 1/4), plus the layers' own checks.
+#![allow(clippy::unwrap_used)] // in closures and helpers, where `?` cannot reach; test fns use `?`
 
 use candle_core::{DType, Device, Module, Tensor, Var};
 use sgr_models::{CnnConfig, max_pool2x2, standardize};

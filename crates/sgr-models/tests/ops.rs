@@ -2,6 +2,7 @@
 //! pool): values, first-order gradients, and second-order gradients of every first-order gradient with
 //! respect to every input, on random shapes in f64.
 //! One test in this binary: it sets `CANDLE_GRAD_DO_NOT_DETACH` before the thread's first backward.
+#![allow(clippy::unwrap_used)] // in closures and helpers, where `?` cannot reach; test fns use `?`
 #![allow(unsafe_code)]
 
 use candle_core::{Tensor, Var};
@@ -168,7 +169,7 @@ fn fused_ops_match_candle_to_second_order() -> TestResult {
     compare(
         &|t| relu(&t[0]).unwrap(),
         &|t| t[0].relu().unwrap(),
-        &[x.clone()],
+        std::slice::from_ref(&x),
         "relu",
         12,
     );
@@ -188,7 +189,7 @@ fn fused_ops_match_candle_to_second_order() -> TestResult {
                 let p = sgr_models::max_pool2x2(&t[0].permute((0, 3, 1, 2)).unwrap()).unwrap();
                 p.permute((0, 2, 3, 1)).unwrap()
             },
-            &[x.clone()],
+            std::slice::from_ref(&x),
             &format!("max pool {shape:?}"),
             seed + 1,
         );

@@ -3,6 +3,7 @@
 //!
 //! Every test of this binary sets `CANDLE_GRAD_DO_NOT_DETACH` (once, behind a `Once` that the other
 //! threads wait on) before its first backward pass.
+#![allow(clippy::unwrap_used)] // in closures and helpers, where `?` cannot reach; test fns use `?`
 #![allow(unsafe_code)]
 
 use std::sync::Once;

@@ -1,7 +1,8 @@
 //! ∇_θ Ω by exact double backprop and by the finite-difference surrogate, against f64 central differences
 //! of Ω(θ); Ω itself against the logit form of eq. 13. One binary that sets CANDLE_GRAD_DO_NOT_DETACH
 //! before any backward pass of any of its threads.
-#![allow(unsafe_code, clippy::unwrap_used)]
+#![allow(unsafe_code)] // set_var before any thread starts
+#![allow(clippy::unwrap_used)] // in closures and helpers, where `?` cannot reach; test fns use `?`
 
 use std::sync::{Arc, Once};
 

@@ -65,7 +65,10 @@ fn main() -> anyhow::Result<()> {
             let t0 = std::time::Instant::now();
             let pass = model.explicit_pass(&x, &y, true)?;
             let t1 = std::time::Instant::now();
-            let g = pass.input_grad.clone().unwrap();
+            let g = pass
+                .input_grad
+                .clone()
+                .ok_or_else(|| candle_core::Error::Msg("no input gradient".into()))?;
             let xi = g.neg()?.sign()?;
             let t1b = std::time::Instant::now();
             reg.observe(&xi)?;

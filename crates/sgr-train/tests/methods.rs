@@ -1,7 +1,8 @@
 //! Every training method: the paper's defaults, the objectives against their formulas, exact resume of the
 //! covariance estimate, and divergence handling. Sets CANDLE_GRAD_DO_NOT_DETACH (exact double backprop)
 //! before any thread of this binary runs a backward pass.
-#![allow(unsafe_code, clippy::unwrap_used)]
+#![allow(unsafe_code)] // set_var before any thread starts
+#![allow(clippy::unwrap_used)] // in closures and helpers, where `?` cannot reach; test fns use `?`
 
 use std::sync::Once;
 use std::sync::atomic::AtomicBool;

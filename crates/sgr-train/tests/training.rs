@@ -1,5 +1,6 @@
 //! The training loop: determinism, exact resume (at epoch boundaries and mid-epoch), refusal to overwrite,
 //! the optimiser against hand-computed updates and the weight-decay objective against its formula.
+#![allow(clippy::unwrap_used)] // in closures and helpers, where `?` cannot reach; test fns use `?`
 
 use std::collections::HashMap;
 use std::path::Path;

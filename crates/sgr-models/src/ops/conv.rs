@@ -188,7 +188,8 @@ fn conv_input_grad<T: Float>(dy: &[T], wm: &[T], mask: Option<&[T]>, g: Geom) ->
                 let start = i * n * g.image();
                 let mask = &mask[start..start + dx.len()];
                 for (v, r) in dx.iter_mut().zip(mask) {
-                    if !(*r > T::default()) {
+                    // Zero where the input was not positive (NaN included).
+                    if r.partial_cmp(&T::default()) != Some(std::cmp::Ordering::Greater) {
                         *v = T::default();
                     }
                 }
