@@ -333,9 +333,18 @@ fn reproduce_writes_a_report() -> TestResult {
             assert_png(&out.join(link));
         }
     }
-    // A second invocation keeps the trained runs (no retraining) and rewrites the report.
+    // A second invocation keeps the trained runs (no retraining), reuses each model's white-box row (its cache
+    // file is not rewritten) and rewrites the report.
+    let cached = out.join("eval/cache/whitebox/sgr-sign.json");
+    let stamp = std::fs::metadata(&cached)?.modified()?;
     let md2 = ok(&xtask(&args));
     assert!(!md2.contains("| train clean |"), "retrained:\n{md2}");
+    assert_eq!(
+        std::fs::metadata(&cached)?.modified()?,
+        stamp,
+        "white-box row recomputed"
+    );
+    assert_eq!(row(&md2, "sgr-sign"), row(&report, "sgr-sign"));
     Ok(())
 }
 

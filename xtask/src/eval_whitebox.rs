@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use clap::Args;
-use sgr_eval::{WhiteboxConfig, WhiteboxRow, whitebox, whitebox_table};
+use sgr_eval::{WhiteboxConfig, WhiteboxRow, whitebox_table};
 
 use crate::evalkit::{DataOpts, Setup, out_dir, setup, write, write_json};
 
@@ -50,8 +50,9 @@ pub fn run(cmd: WhiteboxCmd) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub fn evaluate(s: &Setup, cmd: &WhiteboxCmd) -> anyhow::Result<Vec<WhiteboxRow>> {
-    let cfg = WhiteboxConfig {
+/// The settings the flags describe.
+pub fn config(s: &Setup, cmd: &WhiteboxCmd) -> WhiteboxConfig {
+    WhiteboxConfig {
         eps: s.eps,
         pgd_steps: cmd.pgd_steps,
         batch_size: cmd.data.batch_size,
@@ -65,9 +66,9 @@ pub fn evaluate(s: &Setup, cmd: &WhiteboxCmd) -> anyhow::Result<Vec<WhiteboxRow>
         }),
         autoattack_images: cmd.autoattack_images,
         ..WhiteboxConfig::default()
-    };
-    s.named()
-        .into_iter()
-        .map(|m| Ok(whitebox(m, &s.x, &s.y, &cfg)?))
-        .collect()
+    }
+}
+
+pub fn evaluate(s: &Setup, cmd: &WhiteboxCmd) -> anyhow::Result<Vec<WhiteboxRow>> {
+    Ok(s.whitebox_rows(&config(s, cmd), None)?)
 }

@@ -7,7 +7,7 @@ use std::time::Instant;
 use anyhow::Context;
 use clap::Args;
 use sgr_data::DatasetName;
-use sgr_eval::experiment::ExperimentReport;
+use sgr_eval::experiment::{ExperimentReport, ResultCache};
 use sgr_models::DeviceKind;
 use sgr_train::{ExperimentPlan, MethodName, PlannedRun, Stage};
 
@@ -190,7 +190,12 @@ pub fn run(cmd: ReproduceCmd) -> anyhow::Result<()> {
         autoattack_images: cmd.autoattack_images,
         out: eval_dir.clone(),
     };
-    let wb = budget.time("white-box table", || eval_whitebox::evaluate(&s, &wb_cmd))?;
+    // Each model's row is kept in eval/cache/whitebox: an interrupted table resumes model by model, and a rerun
+    // (e.g. --report-only after more runs finished) reuses the rows of unchanged checkpoints.
+    let wb_cache = ResultCache::new(&eval_dir.join("cache").join("whitebox"));
+    let wb = budget.time("white-box table", || {
+        Ok(s.whitebox_rows(&eval_whitebox::config(&s, &wb_cmd), Some(&wb_cache))?)
+    })?;
     crate::evalkit::write_json(&eval_dir.join("whitebox.json"), &wb)?;
     let transfer_eps = if cmd.transfer_eps.is_empty() {
         vec![s.eps_255(), 2.0 * s.eps_255()]

@@ -321,3 +321,35 @@ impl Setup {
         )
     }
 }
+
+impl Setup {
+    /// The white-box row of every model; with a `cache`, each row is stored as it is made and reused on a
+    /// later call with the same settings, test images and checkpoint bytes (an interrupted evaluation resumes
+    /// model by model).
+    pub fn whitebox_rows(
+        &self,
+        cfg: &crate::WhiteboxConfig,
+        cache: Option<&crate::cache::ResultCache>,
+    ) -> Result<Vec<crate::WhiteboxRow>> {
+        let images = self.x.dim(0)?;
+        self.named()
+            .into_iter()
+            .zip(&self.models)
+            .map(|(m, l)| {
+                let run = || crate::whitebox(m, &self.x, &self.y, cfg);
+                match cache {
+                    None => run(),
+                    Some(c) => {
+                        let key = serde_json::json!({
+                            "config": cfg,
+                            "dataset": self.dataset.as_str(),
+                            "images": images,
+                            "checkpoint": crate::cache::file_digest(&sgr_train::model_path(&l.path))?,
+                        });
+                        c.get_or_compute(m.name, &key, run)
+                    }
+                }
+            })
+            .collect()
+    }
+}

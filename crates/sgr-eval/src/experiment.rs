@@ -9,6 +9,7 @@ use sgr_train::{ExperimentPlan, MethodName, PlannedRun, Selection, Stage};
 pub use crate::autoattack_folder::{
     AutoAttackFolder, AutoAttackSettings, SETTINGS_FILE, autoattack_rows,
 };
+pub use crate::cache::{ResultCache, file_digest};
 pub use crate::checkpoints::{
     Loaded, Setup, TestData, load_checkpoints, load_set, resolve_dataset,
 };

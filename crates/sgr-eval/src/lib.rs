@@ -23,6 +23,8 @@ mod autoattack;
 #[cfg(feature = "experiment")]
 mod autoattack_folder;
 #[cfg(feature = "experiment")]
+mod cache;
+#[cfg(feature = "experiment")]
 mod checkpoints;
 mod checks;
 mod error;

@@ -1,0 +1,132 @@
+//! Per-model results kept on disk (feature `experiment`): a long evaluation over many checkpoints resumes model by
+//! model, and a rerun with the same settings and the same checkpoint file reuses each model's result.
+
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::error::{EvalError, Result};
+
+/// FNV-1a (64 bit) of a file's bytes, as hex: identifies a checkpoint's exact parameters.
+pub fn file_digest(path: &Path) -> Result<String> {
+    let bytes = std::fs::read(path).map_err(|source| EvalError::Io {
+        path: path.display().to_string(),
+        source,
+    })?;
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    Ok(format!("{h:016x}"))
+}
+
+/// A folder of results, one JSON file per model: `{"key": …, "result": …}`.
+#[derive(Debug, Clone)]
+pub struct ResultCache {
+    dir: PathBuf,
+}
+
+impl ResultCache {
+    pub fn new(dir: &Path) -> Self {
+        Self {
+            dir: dir.to_path_buf(),
+        }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        let safe: String = name
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || "-_.".contains(c) {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        self.dir.join(format!("{safe}.json"))
+    }
+
+    /// The stored result of `name` if it was made with `key` (compared as JSON), else `compute()`, stored
+    /// atomically before it is returned. A file that does not parse is recomputed, with a warning.
+    pub fn get_or_compute<K: Serialize, T: Serialize + DeserializeOwned>(
+        &self,
+        name: &str,
+        key: &K,
+        compute: impl FnOnce() -> Result<T>,
+    ) -> Result<T> {
+        let key = serde_json::to_value(key).map_err(|e| EvalError::Invalid(e.to_string()))?;
+        let path = self.path(name);
+        if let Ok(text) = std::fs::read_to_string(&path) {
+            match serde_json::from_str::<serde_json::Value>(&text) {
+                Ok(v) if v.get("key") == Some(&key) => {
+                    if let Some(r) = v
+                        .get("result")
+                        .and_then(|r| serde_json::from_value(r.clone()).ok())
+                    {
+                        tracing::info!(name, file = %path.display(), "reusing a stored result");
+                        return Ok(r);
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!("{}: {e}; computing it again", path.display()),
+            }
+        }
+        let result = compute()?;
+        std::fs::create_dir_all(&self.dir).map_err(|source| EvalError::Io {
+            path: self.dir.display().to_string(),
+            source,
+        })?;
+        let text = serde_json::to_string_pretty(&serde_json::json!({"key": key, "result": result}))
+            .map_err(|e| EvalError::Invalid(e.to_string()))?;
+        sgr_models::fsutil::write_atomic(&path, text.as_bytes()).map_err(|source| {
+            EvalError::Io {
+                path: path.display().to_string(),
+                source,
+            }
+        })?;
+        Ok(result)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn results_are_reused_only_for_the_same_key() -> Result<()> {
+        let dir = tempfile::tempdir().map_err(|e| EvalError::Invalid(e.to_string()))?;
+        let cache = ResultCache::new(&dir.path().join("c"));
+        let mut calls = 0;
+        let mut get = |key: u32, value: f64| {
+            cache.get_or_compute("model a/1", &key, || {
+                calls += 1;
+                Ok(value)
+            })
+        };
+        assert_eq!(get(1, 0.5)?, 0.5);
+        assert_eq!(get(1, 0.7)?, 0.5, "same key: the stored result");
+        assert_eq!(get(2, 0.7)?, 0.7, "another key: computed again");
+        assert_eq!(get(2, 0.9)?, 0.7);
+        assert_eq!(calls, 2);
+        // A damaged file is recomputed.
+        std::fs::write(dir.path().join("c/model_a_1.json"), "{not json")
+            .map_err(|e| EvalError::Invalid(e.to_string()))?;
+        assert_eq!(cache.get_or_compute("model a/1", &2u32, || Ok(0.3))?, 0.3);
+        Ok(())
+    }
+
+    #[test]
+    fn the_digest_follows_the_bytes() -> Result<()> {
+        let dir = tempfile::tempdir().map_err(|e| EvalError::Invalid(e.to_string()))?;
+        let p = dir.path().join("f");
+        // FNV-1a 64 of the empty input is the offset basis; of "a" a published test vector.
+        std::fs::write(&p, "").map_err(|e| EvalError::Invalid(e.to_string()))?;
+        assert_eq!(file_digest(&p)?, "cbf29ce484222325");
+        std::fs::write(&p, "a").map_err(|e| EvalError::Invalid(e.to_string()))?;
+        assert_eq!(file_digest(&p)?, "af63dc4c8601ec8c");
+        Ok(())
+    }
+}
