@@ -333,18 +333,36 @@ fn reproduce_writes_a_report() -> TestResult {
             assert_png(&out.join(link));
         }
     }
-    // A second invocation keeps the trained runs (no retraining), reuses each model's white-box row (its cache
-    // file is not rewritten) and rewrites the report.
-    let cached = out.join("eval/cache/whitebox/sgr-sign.json");
-    let stamp = std::fs::metadata(&cached)?.modified()?;
+    // A second invocation keeps the trained runs (no retraining), reuses each model's white-box row, transfer
+    // columns and noise curves (their cache files are not rewritten) and rewrites the same report.
+    let cached = [
+        "whitebox/sgr-sign.json",
+        "transfer-eps32/sgr-sign.json",
+        "transfer-eps64/clean.json",
+        "lrc/sgr-sign.json",
+    ]
+    .map(|f| out.join("eval/cache").join(f));
+    let stamps = cached
+        .iter()
+        .map(|c| std::fs::metadata(c)?.modified())
+        .collect::<std::io::Result<Vec<_>>>()?;
     let md2 = ok(&xtask(&args));
     assert!(!md2.contains("| train clean |"), "retrained:\n{md2}");
-    assert_eq!(
-        std::fs::metadata(&cached)?.modified()?,
-        stamp,
-        "white-box row recomputed"
-    );
+    for (c, stamp) in cached.iter().zip(&stamps) {
+        assert_eq!(
+            &std::fs::metadata(c)?.modified()?,
+            stamp,
+            "{} recomputed",
+            c.display()
+        );
+    }
     assert_eq!(row(&md2, "sgr-sign"), row(&report, "sgr-sign"));
+    let section = |r: &str, from: &str| r[r.find(from).unwrap_or(0)..].trim_end().to_string();
+    assert_eq!(
+        section(&md2, "transfer accuracy"),
+        section(&report, "transfer accuracy"),
+        "the transfer and noise sections from the cache differ from the computed ones"
+    );
     Ok(())
 }
 

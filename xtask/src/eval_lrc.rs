@@ -4,7 +4,8 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Args;
-use sgr_eval::{LrcResults, LrcSettings, lrc_evaluation, lrc_figures, lrc_markdown};
+use sgr_eval::experiment::ResultCache;
+use sgr_eval::{LrcResults, LrcSettings, lrc_figures, lrc_markdown};
 
 use crate::evalkit::{DataOpts, Setup, out_dir, setup, write, write_json};
 
@@ -42,7 +43,7 @@ pub struct LrcCmd {
 pub fn run(cmd: LrcCmd) -> anyhow::Result<()> {
     let s = setup(&cmd.checkpoints, &cmd.data)?;
     out_dir(&cmd.out)?;
-    let r = evaluate(&s, &cmd)?;
+    let r = evaluate(&s, &cmd, None)?;
     let md = lrc_markdown(s.dataset.as_str(), &r, "");
     write(&cmd.out.join("lrc.md"), &md)?;
     write_json(&cmd.out.join("lrc.json"), &r)?;
@@ -51,8 +52,13 @@ pub fn run(cmd: LrcCmd) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Runs the evaluation (`sgr_eval::lrc_evaluation`) and draws its figures into `--out`.
-pub fn evaluate(s: &Setup, cmd: &LrcCmd) -> anyhow::Result<LrcResults> {
+/// Runs the evaluation (with a `cache`, model by model: see `Setup::lrc_evaluation`) and draws its figures
+/// into `--out`.
+pub fn evaluate(
+    s: &Setup,
+    cmd: &LrcCmd,
+    cache: Option<&ResultCache>,
+) -> anyhow::Result<LrcResults> {
     let settings = LrcSettings {
         draws: cmd.draws,
         zetas: cmd.zetas.clone(),
@@ -61,8 +67,8 @@ pub fn evaluate(s: &Setup, cmd: &LrcCmd) -> anyhow::Result<LrcResults> {
         seed: cmd.data.seed,
         batch_size: cmd.data.batch_size,
     };
-    let data = s.train_images(cmd.data_cov_images)?;
-    let r = lrc_evaluation(&s.named(), &s.x, &s.y, &data, &settings)
+    let r = s
+        .lrc_evaluation(&settings, cmd.data_cov_images, cache)
         .context("the correlated-noise evaluation")?;
     lrc_figures(&cmd.out, &r, s.dataset.as_str())?;
     Ok(r)

@@ -3,7 +3,8 @@
 use std::path::PathBuf;
 
 use clap::Args;
-use sgr_eval::{TransferConfig, TransferMatrix, transfer_matrix};
+use sgr_eval::experiment::ResultCache;
+use sgr_eval::{TransferConfig, TransferMatrix};
 
 use crate::evalkit::{DataOpts, Setup, out_dir, setup, write, write_json};
 
@@ -25,7 +26,7 @@ pub struct TransferCmd {
 pub fn run(cmd: TransferCmd) -> anyhow::Result<()> {
     let s = setup(&cmd.checkpoints, &cmd.data)?;
     out_dir(&cmd.out)?;
-    let m = evaluate(&s, &cmd)?;
+    let m = evaluate(&s, &cmd, None)?;
     let md = sgr_eval::report::transfer_markdown(s.dataset.as_str(), s.eps_255(), &m);
     write(&cmd.out.join("transfer.md"), &md)?;
     write(&cmd.out.join("transfer.csv"), &m.plain_table().to_csv())?;
@@ -35,11 +36,16 @@ pub fn run(cmd: TransferCmd) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub fn evaluate(s: &Setup, cmd: &TransferCmd) -> anyhow::Result<TransferMatrix> {
+/// The matrix; with a `cache`, column by column (see `Setup::transfer_matrix`).
+pub fn evaluate(
+    s: &Setup,
+    cmd: &TransferCmd,
+    cache: Option<&ResultCache>,
+) -> anyhow::Result<TransferMatrix> {
     let cfg = TransferConfig {
         eps: s.eps,
         steps: cmd.pgd_steps,
         batch_size: cmd.data.batch_size,
     };
-    Ok(transfer_matrix(&s.named(), &s.x, &s.y, &cfg)?)
+    Ok(s.transfer_matrix(&cfg, cache)?)
 }

@@ -218,8 +218,10 @@ pub fn run(cmd: ReproduceCmd) -> anyhow::Result<()> {
             out: eval_dir.clone(),
         };
         let ts_setup = setup(&tr_cmd.checkpoints, &tr_cmd.data)?;
+        // Each source model's column is kept in eval/cache/transfer-eps<ε>: the matrix resumes column by column.
+        let cache = ResultCache::new(&eval_dir.join("cache").join(format!("transfer-eps{e}")));
         let tm = budget.time(&format!("transfer matrix, ε = {e}/255"), || {
-            eval_transfer::evaluate(&ts_setup, &tr_cmd)
+            eval_transfer::evaluate(&ts_setup, &tr_cmd, Some(&cache))
         })?;
         crate::evalkit::write_json(&eval_dir.join(format!("transfer-eps{e}.json")), &tm)?;
         transfers.push(tm);
@@ -248,8 +250,9 @@ pub fn run(cmd: ReproduceCmd) -> anyhow::Result<()> {
             data_cov_images: 10_000,
             out: eval_dir.clone(),
         };
+        let cache = ResultCache::new(&eval_dir.join("cache").join("lrc"));
         let r = budget.time("correlated-noise curves", || {
-            eval_lrc::evaluate(&ls, &lrc_cmd)
+            eval_lrc::evaluate(&ls, &lrc_cmd, Some(&cache))
         })?;
         crate::evalkit::write_json(&eval_dir.join("lrc.json"), &r)?;
         Some(r)

@@ -344,12 +344,91 @@ impl Setup {
                             "config": cfg,
                             "dataset": self.dataset.as_str(),
                             "images": images,
-                            "checkpoint": crate::cache::file_digest(&sgr_train::model_path(&l.path))?,
+                            "checkpoint": l.digest()?,
                         });
                         c.get_or_compute(m.name, &key, run)
                     }
                 }
             })
             .collect()
+    }
+
+    /// The PGD transfer matrix between every pair of models; with a `cache`, each source model's column is
+    /// stored as it is made and reused on a later call with the same settings, test images and checkpoint
+    /// bytes of every model (the matrix is N attack runs: an interrupted one resumes column by column).
+    pub fn transfer_matrix(
+        &self,
+        cfg: &crate::TransferConfig,
+        cache: Option<&crate::cache::ResultCache>,
+    ) -> Result<crate::TransferMatrix> {
+        let named = self.named();
+        let images = self.x.dim(0)?;
+        let targets = self
+            .models
+            .iter()
+            .map(|l| Ok(serde_json::json!([l.name, l.digest()?])))
+            .collect::<Result<Vec<_>>>()?;
+        let columns = (0..named.len())
+            .map(|s| {
+                let run = || crate::transfer_column(&named, s, &self.x, &self.y, cfg);
+                match cache {
+                    None => run(),
+                    Some(c) => {
+                        let key = serde_json::json!({
+                            "config": cfg,
+                            "dataset": self.dataset.as_str(),
+                            "images": images,
+                            "source": self.models[s].digest()?,
+                            "targets": targets,
+                        });
+                        c.get_or_compute(named[s].name, &key, run)
+                    }
+                }
+            })
+            .collect::<Result<Vec<_>>>()?;
+        crate::TransferMatrix::from_columns(&named, &self.x, &self.y, cfg, &columns)
+    }
+
+    /// The correlated-noise curves of every model (the data covariance from the first `data_cov_images`
+    /// training images); with a `cache`, each model's curves are stored as they are made and reused on a
+    /// later call with the same settings, test images and checkpoint bytes.
+    pub fn lrc_evaluation(
+        &self,
+        settings: &crate::LrcSettings,
+        data_cov_images: usize,
+        cache: Option<&crate::cache::ResultCache>,
+    ) -> Result<crate::LrcResults> {
+        let train = self.train_images(data_cov_images)?;
+        let sources = crate::LrcSources::new(&self.x, &train, settings)?;
+        let images = self.x.dim(0)?;
+        let curves = self
+            .named()
+            .into_iter()
+            .zip(&self.models)
+            .map(|(m, l)| {
+                let run = || sources.model_curves(m, &self.x, &self.y);
+                match cache {
+                    None => run(),
+                    Some(c) => {
+                        let key = serde_json::json!({
+                            "settings": settings,
+                            "data_cov_images": train.dim(0)?,
+                            "dataset": self.dataset.as_str(),
+                            "images": images,
+                            "checkpoint": l.digest()?,
+                        });
+                        c.get_or_compute(m.name, &key, run)
+                    }
+                }
+            })
+            .collect::<Result<Vec<_>>>()?;
+        crate::LrcResults::from_models(&self.x, &self.y, settings, curves)
+    }
+}
+
+impl Loaded {
+    /// The FNV digest of the checkpoint's parameter file (what a cached result of this model is keyed by).
+    pub fn digest(&self) -> Result<String> {
+        crate::cache::file_digest(&sgr_train::model_path(&self.path))
     }
 }

@@ -48,11 +48,11 @@ pub use checks::{
 };
 pub use error::{EvalError, Result};
 pub use lrc::{
-    DATA_COV_RIDGE, LrcCurve, LrcResults, LrcSettings, lrc_curve, lrc_evaluation, lrc_figures,
-    lrc_markdown, worst_of_n_accuracy,
+    DATA_COV_RIDGE, LrcCurve, LrcModelCurves, LrcResults, LrcSettings, LrcSources, lrc_curve,
+    lrc_evaluation, lrc_figures, lrc_markdown, worst_of_n_accuracy,
 };
 pub use table::{Table, fmt_pct};
-pub use transfer::{TransferConfig, TransferMatrix, transfer_matrix};
+pub use transfer::{TransferConfig, TransferMatrix, transfer_column, transfer_matrix};
 pub use whitebox::{WhiteboxConfig, WhiteboxRow, whitebox, whitebox_table};
 
 use candle_core::{DType, Tensor};

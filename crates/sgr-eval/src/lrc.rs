@@ -127,57 +127,112 @@ pub fn lrc_evaluation(
     train_images: &Tensor,
     settings: &LrcSettings,
 ) -> Result<LrcResults> {
-    let images = check_data(x, y)?;
-    for &e in settings.eps_list.iter().chain([&settings.lrc_eps]) {
-        if !(e >= 0.0 && e.is_finite()) {
-            return Err(crate::EvalError::Invalid(format!(
-                "noise scales (--eps-list, --lrc-eps) must be non-negative, got {e}"
-            )));
-        }
-    }
-    let shape = (x.dim(1)?, x.dim(2)?, x.dim(3)?);
-    let zeta_sources = settings
-        .zetas
+    let sources = LrcSources::new(x, train_images, settings)?;
+    let curves = models
         .iter()
-        .map(|&z| {
-            NoiseSource::lrc(shape, z)
-                .map_err(|e| crate::EvalError::Invalid(format!("decay length ζ = {z}: {e}")))
-        })
+        .map(|&m| sources.model_curves(m, x, y))
         .collect::<Result<Vec<_>>>()?;
-    let zeta8 = NoiseSource::lrc(shape, 8.0)?;
-    let data_cov = sgr_covariance::Dense::data_covariance(train_images)?
-        .with_relative_ridge(DATA_COV_RIDGE)?;
-    let data_source = NoiseSource::dense(&data_cov)?;
-    let by_zeta: Vec<_> = settings
-        .zetas
-        .iter()
-        .zip(&zeta_sources)
-        .map(|(&z, src)| (z, src, settings.lrc_eps))
-        .collect();
-    let by_eps8: Vec<_> = settings.eps_list.iter().map(|&e| (e, &zeta8, e)).collect();
-    let by_data: Vec<_> = settings
-        .eps_list
-        .iter()
-        .map(|&e| (e, &data_source, e))
-        .collect();
-    let (draws, seed, bs) = (settings.draws, settings.seed, settings.batch_size);
-    let mut r = LrcResults {
-        images,
-        draws,
-        lrc_eps: settings.lrc_eps,
-        by_zeta: vec![],
-        by_eps_zeta8: vec![],
-        by_eps_data_cov: vec![],
-    };
-    for &m in models {
-        r.by_zeta
-            .push(lrc_curve(m, &by_zeta, x, y, draws, seed, bs)?);
-        r.by_eps_zeta8
-            .push(lrc_curve(m, &by_eps8, x, y, draws, seed, bs)?);
-        r.by_eps_data_cov
-            .push(lrc_curve(m, &by_data, x, y, draws, seed, bs)?);
+    LrcResults::from_models(x, y, settings, curves)
+}
+
+/// One model's three curves of the correlated-noise evaluation.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LrcModelCurves {
+    pub by_zeta: LrcCurve,
+    pub by_eps_zeta8: LrcCurve,
+    pub by_eps_data_cov: LrcCurve,
+}
+
+/// The noise sources of the evaluation, made once and shared by every model: LRC noise per ζ, LRC noise with
+/// ζ = 8, and noise with the data covariance.
+pub struct LrcSources {
+    settings: LrcSettings,
+    zetas: Vec<NoiseSource>,
+    zeta8: NoiseSource,
+    data: NoiseSource,
+}
+
+impl std::fmt::Debug for LrcSources {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LrcSources")
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
     }
-    Ok(r)
+}
+
+impl LrcSources {
+    /// Validates `settings` and makes the sources for images shaped like `x`; the data covariance comes
+    /// from `train_images`.
+    pub fn new(x: &Tensor, train_images: &Tensor, settings: &LrcSettings) -> Result<Self> {
+        for &e in settings.eps_list.iter().chain([&settings.lrc_eps]) {
+            if !(e >= 0.0 && e.is_finite()) {
+                return Err(crate::EvalError::Invalid(format!(
+                    "noise scales (--eps-list, --lrc-eps) must be non-negative, got {e}"
+                )));
+            }
+        }
+        let shape = (x.dim(1)?, x.dim(2)?, x.dim(3)?);
+        let zetas = settings
+            .zetas
+            .iter()
+            .map(|&z| {
+                NoiseSource::lrc(shape, z)
+                    .map_err(|e| crate::EvalError::Invalid(format!("decay length ζ = {z}: {e}")))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let data_cov = sgr_covariance::Dense::data_covariance(train_images)?
+            .with_relative_ridge(DATA_COV_RIDGE)?;
+        Ok(Self {
+            settings: settings.clone(),
+            zetas,
+            zeta8: NoiseSource::lrc(shape, 8.0)?,
+            data: NoiseSource::dense(&data_cov)?,
+        })
+    }
+
+    /// The three curves of one model (the expensive part: `draws` forward passes per image and setting).
+    pub fn model_curves(&self, m: Named<'_>, x: &Tensor, y: &Tensor) -> Result<LrcModelCurves> {
+        let st = &self.settings;
+        let by_zeta: Vec<_> = st
+            .zetas
+            .iter()
+            .zip(&self.zetas)
+            .map(|(&z, src)| (z, src, st.lrc_eps))
+            .collect();
+        let by_eps8: Vec<_> = st.eps_list.iter().map(|&e| (e, &self.zeta8, e)).collect();
+        let by_data: Vec<_> = st.eps_list.iter().map(|&e| (e, &self.data, e)).collect();
+        let (draws, seed, bs) = (st.draws, st.seed, st.batch_size);
+        Ok(LrcModelCurves {
+            by_zeta: lrc_curve(m, &by_zeta, x, y, draws, seed, bs)?,
+            by_eps_zeta8: lrc_curve(m, &by_eps8, x, y, draws, seed, bs)?,
+            by_eps_data_cov: lrc_curve(m, &by_data, x, y, draws, seed, bs)?,
+        })
+    }
+}
+
+impl LrcResults {
+    /// The results from each model's curves, in the order given.
+    pub fn from_models(
+        x: &Tensor,
+        y: &Tensor,
+        settings: &LrcSettings,
+        curves: Vec<LrcModelCurves>,
+    ) -> Result<Self> {
+        let mut r = Self {
+            images: check_data(x, y)?,
+            draws: settings.draws,
+            lrc_eps: settings.lrc_eps,
+            by_zeta: vec![],
+            by_eps_zeta8: vec![],
+            by_eps_data_cov: vec![],
+        };
+        for c in curves {
+            r.by_zeta.push(c.by_zeta);
+            r.by_eps_zeta8.push(c.by_eps_zeta8);
+            r.by_eps_data_cov.push(c.by_eps_data_cov);
+        }
+        Ok(r)
+    }
 }
 
 /// Draws Fig. 3 (`fig3_lrc_zeta.png`) and Fig. 4 (`fig4_lrc_eps.png`, `fig4_data_cov_eps.png`) into `dir`.

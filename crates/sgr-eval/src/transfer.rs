@@ -46,59 +46,98 @@ pub fn transfer_matrix(
     y: &Tensor,
     cfg: &TransferConfig,
 ) -> Result<TransferMatrix> {
+    let columns = (0..models.len())
+        .map(|s| transfer_column(models, s, x, y, cfg))
+        .collect::<Result<Vec<_>>>()?;
+    TransferMatrix::from_columns(models, x, y, cfg, &columns)
+}
+
+/// One column of the matrix: the accuracy of every model on the PGD examples of `models[source]` (the
+/// expensive part, one attack run; [`TransferMatrix::from_columns`] assembles the columns).
+pub fn transfer_column(
+    models: &[Named<'_>],
+    source: usize,
+    x: &Tensor,
+    y: &Tensor,
+    cfg: &TransferConfig,
+) -> Result<Vec<f64>> {
     let n = check_data(x, y)?;
+    let src = models.get(source).ok_or_else(|| {
+        crate::EvalError::Invalid(format!(
+            "transfer source {source} of {} models",
+            models.len()
+        ))
+    })?;
     let bs = cfg.batch_size;
     let attack = Pgd {
         steps: cfg.steps,
         ..Pgd::whitebox()
     };
-    let test = models
+    let _span = tracing::info_span!("transfer_source", model = src.name, images = n).entered();
+    let adv = adversarial_set(x, y, bs, |_, xb, yb| attack.run(src.model, xb, yb, cfg.eps))?;
+    let column = models
         .iter()
-        .map(|m| accuracy(m.model, x, y, bs))
+        .map(|target| accuracy(target.model, &adv, y, bs))
         .collect::<Result<Vec<_>>>()?;
-    let k = models.len();
-    let mut acc = vec![vec![f64::NAN; k]; k];
-    for (s, source) in models.iter().enumerate() {
-        let _span =
-            tracing::info_span!("transfer_source", model = source.name, images = n).entered();
-        let adv = adversarial_set(x, y, bs, |_, xb, yb| {
-            attack.run(source.model, xb, yb, cfg.eps)
-        })?;
-        for (t, target) in models.iter().enumerate() {
-            acc[t][s] = accuracy(target.model, &adv, y, bs)?;
+    tracing::info!(source = src.name, "transfer set done");
+    Ok(column)
+}
+
+impl TransferMatrix {
+    /// The matrix from its columns (`columns[s][t]`: model `t` on the PGD examples of model `s`, as
+    /// [`transfer_column`] makes them), with every model's clean accuracy and the masking checks.
+    pub fn from_columns(
+        models: &[Named<'_>],
+        x: &Tensor,
+        y: &Tensor,
+        cfg: &TransferConfig,
+        columns: &[Vec<f64>],
+    ) -> Result<Self> {
+        let n = check_data(x, y)?;
+        let k = models.len();
+        if columns.len() != k || columns.iter().any(|c| c.len() != k) {
+            return Err(crate::EvalError::Invalid(format!(
+                "a transfer matrix of {k} models needs {k} columns of {k} accuracies"
+            )));
         }
-        tracing::info!(source = source.name, "transfer set done");
-    }
-    let tol = tolerance(n);
-    let checks = (0..k)
-        .map(|t| {
-            let worse: Vec<String> = (0..k)
-                .filter(|&s| s != t && acc[t][s] < acc[t][t] - tol)
-                .map(|s| format!("from {} {}", models[s].name, fmt_pct(acc[t][s])))
-                .collect();
-            Check {
-                name: format!(
-                    "transfer attacks on {} no stronger than white-box",
-                    models[t].name
-                ),
-                passed: worse.is_empty(),
-                detail: if worse.is_empty() {
-                    format!("white-box {} ≤ every transfer", fmt_pct(acc[t][t]))
-                } else {
-                    format!("white-box {} but {}", fmt_pct(acc[t][t]), worse.join(", "))
-                },
-            }
+        let test = models
+            .iter()
+            .map(|m| accuracy(m.model, x, y, cfg.batch_size))
+            .collect::<Result<Vec<_>>>()?;
+        let acc: Vec<Vec<f64>> = (0..k)
+            .map(|t| (0..k).map(|s| columns[s][t]).collect())
+            .collect();
+        let tol = tolerance(n);
+        let checks = (0..k)
+            .map(|t| {
+                let worse: Vec<String> = (0..k)
+                    .filter(|&s| s != t && acc[t][s] < acc[t][t] - tol)
+                    .map(|s| format!("from {} {}", models[s].name, fmt_pct(acc[t][s])))
+                    .collect();
+                Check {
+                    name: format!(
+                        "transfer attacks on {} no stronger than white-box",
+                        models[t].name
+                    ),
+                    passed: worse.is_empty(),
+                    detail: if worse.is_empty() {
+                        format!("white-box {} ≤ every transfer", fmt_pct(acc[t][t]))
+                    } else {
+                        format!("white-box {} but {}", fmt_pct(acc[t][t]), worse.join(", "))
+                    },
+                }
+            })
+            .collect();
+        Ok(Self {
+            models: models.iter().map(|m| m.name.to_string()).collect(),
+            images: n,
+            eps: cfg.eps,
+            steps: cfg.steps,
+            test,
+            accuracy: acc,
+            checks,
         })
-        .collect();
-    Ok(TransferMatrix {
-        models: models.iter().map(|m| m.name.to_string()).collect(),
-        images: n,
-        eps: cfg.eps,
-        steps: cfg.steps,
-        test,
-        accuracy: acc,
-        checks,
-    })
+    }
 }
 
 impl TransferMatrix {

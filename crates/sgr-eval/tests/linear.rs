@@ -5,8 +5,8 @@
 use candle_core::{DType, Device, Module, Result, Tensor};
 use sgr_attacks::NoiseSource;
 use sgr_eval::{
-    Named, TransferConfig, WhiteboxConfig, transfer_matrix, whitebox, whitebox_table,
-    worst_of_n_accuracy,
+    Named, TransferConfig, TransferMatrix, WhiteboxConfig, transfer_column, transfer_matrix,
+    whitebox, whitebox_table, worst_of_n_accuracy,
 };
 
 type TestResult = std::result::Result<(), Box<dyn std::error::Error>>;
@@ -199,6 +199,24 @@ fn transfer_matrix_matches_the_margins_and_flags_masking() -> TestResult {
     assert_eq!(verdicts, [true, true, false], "{:#?}", m.checks);
     let md = m.table().to_markdown();
     assert!(md.contains("**40.0** (!)"), "{md}");
+    // Column by column (what a cached evaluation stores): column s holds every model on s's examples.
+    let columns = (0..3)
+        .map(|s| transfer_column(&models, s, &x32, &y32, &cfg))
+        .collect::<sgr_eval::Result<Vec<_>>>()?;
+    for (s, col) in columns.iter().enumerate() {
+        for (t, &a) in col.iter().enumerate() {
+            assert!(
+                (a - expect[t][s]).abs() < 1e-6,
+                "column {s}, model {t}: {a}"
+            );
+        }
+    }
+    assert_eq!(
+        TransferMatrix::from_columns(&models, &x32, &y32, &cfg, &columns)?,
+        m
+    );
+    assert!(TransferMatrix::from_columns(&models, &x32, &y32, &cfg, &columns[..2]).is_err());
+    assert!(transfer_column(&models, 3, &x32, &y32, &cfg).is_err());
     Ok(())
 }
 
