@@ -310,6 +310,10 @@ fn reproduce_writes_a_report() -> TestResult {
         "{report}"
     );
     assert!(report.contains("Table 4, ε = 64/255"), "{report}");
+    // AutoAttack's section, its state beside each run (where `eval-autoattack --out RUN/autoattack` puts it).
+    assert!(report.contains("## AutoAttack robust accuracy"), "{report}");
+    assert!(out.join("runs/sgr-sign/autoattack/settings.json").is_file());
+    assert!(out.join("eval/autoattack.json").is_file());
     assert!(out.join("eval/transfer-eps64.json").is_file());
     assert!(report.contains("trained at ε = 32/255"), "{report}");
     // TEST RAND FGM FGSM PGD AA FOOL, and the AA column after PGD.
@@ -340,6 +344,7 @@ fn reproduce_writes_a_report() -> TestResult {
         "transfer-eps32/sgr-sign.json",
         "transfer-eps64/clean.json",
         "lrc/sgr-sign.json",
+        "autoattack/sgr-sign.json",
     ]
     .map(|f| out.join("eval/cache").join(f));
     let stamps = cached

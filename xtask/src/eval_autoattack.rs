@@ -7,7 +7,9 @@ use std::sync::atomic::AtomicBool;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use sgr_attacks::{AaAttack, AutoAttack, AutoAttackState, Norm};
-use sgr_eval::experiment::{AutoAttackFolder, AutoAttackSettings, autoattack_rows};
+use sgr_eval::experiment::{
+    AutoAttackFolder, AutoAttackSettings, ResultCache, autoattack_beside_runs, autoattack_rows,
+};
 use sgr_eval::{AutoAttackEval, AutoAttackRow, autoattack_table};
 
 use crate::common::stderr_is_terminal;
@@ -180,8 +182,33 @@ pub fn evaluate(
     folder: Option<&AutoAttackFolder>,
     stop: &AtomicBool,
 ) -> anyhow::Result<Option<Vec<AutoAttackRow>>> {
-    let mut bars: Vec<Bars> = s
-        .models
+    let mut bars = bars(s);
+    let rows = autoattack_rows(s, cfg, folder, stop, |i, st| {
+        bars[i].update(&cfg.suite, st, &s.models[i].name);
+    })?;
+    finish(&bars);
+    Ok(rows)
+}
+
+/// `sgr_eval::experiment::autoattack_beside_runs` (each model's state in its run folder, finished rows in
+/// `cache`) with a progress bar per attack; `None` if interrupted.
+pub fn evaluate_beside_runs(
+    s: &Setup,
+    images: usize,
+    cfg: &AutoAttackEval,
+    cache: &ResultCache,
+    stop: &AtomicBool,
+) -> anyhow::Result<Option<Vec<AutoAttackRow>>> {
+    let mut bars = bars(s);
+    let rows = autoattack_beside_runs(s, images, cfg, Some(cache), stop, |i, st| {
+        bars[i].update(&cfg.suite, st, &s.models[i].name);
+    })?;
+    finish(&bars);
+    Ok(rows)
+}
+
+fn bars(s: &Setup) -> Vec<Bars> {
+    s.models
         .iter()
         .map(|m| Bars {
             bar: stderr_is_terminal().then(|| {
@@ -196,12 +223,11 @@ pub fn evaluate(
             attack: usize::MAX,
             classes: m.model.config().classes,
         })
-        .collect();
-    let rows = autoattack_rows(s, cfg, folder, stop, |i, st| {
-        bars[i].update(&cfg.suite, st, &s.models[i].name);
-    })?;
+        .collect()
+}
+
+fn finish(bars: &[Bars]) {
     for b in bars.iter().filter_map(|b| b.bar.as_ref()) {
         b.finish_and_clear();
     }
-    Ok(rows)
 }

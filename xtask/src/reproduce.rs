@@ -186,16 +186,57 @@ pub fn run(cmd: ReproduceCmd) -> anyhow::Result<()> {
         pgd_steps: 10,
         deepfool_images: cmd.deepfool_images,
         masking_images: cmd.deepfool_images,
-        autoattack: cmd.autoattack_images > 0,
-        autoattack_images: cmd.autoattack_images,
+        // AutoAttack runs below, resumable per model, beside each run folder.
+        autoattack: false,
+        autoattack_images: 0,
         out: eval_dir.clone(),
     };
     // Each model's row is kept in eval/cache/whitebox: an interrupted table resumes model by model, and a rerun
     // (e.g. --report-only after more runs finished) reuses the rows of unchanged checkpoints.
     let wb_cache = ResultCache::new(&eval_dir.join("cache").join("whitebox"));
-    let wb = budget.time("white-box table", || {
+    let mut wb = budget.time("white-box table", || {
         Ok(s.whitebox_rows(&eval_whitebox::config(&s, &wb_cmd), Some(&wb_cache))?)
     })?;
+    // AutoAttack (the AA column): each model's run resumes in RUN/autoattack, the folder `eval-autoattack
+    // --out RUN/autoattack` writes, so a run evaluated that way before is reused; finished rows are kept in
+    // eval/cache/autoattack.
+    let aa_cfg = sgr_eval::AutoAttackEval {
+        suite: sgr_attacks::AutoAttack {
+            eps: s.eps,
+            seed: cmd.seed,
+            batch_size: cmd.batch_size,
+            ..sgr_attacks::AutoAttack::default()
+        },
+        ..sgr_eval::AutoAttackEval::default()
+    };
+    let aa = if cmd.autoattack_images > 0 {
+        let cache = ResultCache::new(&eval_dir.join("cache").join("autoattack"));
+        let rows = budget.time("AutoAttack", || {
+            crate::eval_autoattack::evaluate_beside_runs(
+                &s,
+                cmd.autoattack_images,
+                &aa_cfg,
+                &cache,
+                &stop,
+            )
+        })?;
+        let Some(rows) = rows else {
+            anyhow::bail!(
+                "interrupted; AutoAttack's state is saved: run the same command again to continue"
+            );
+        };
+        for (w, a) in wb.iter_mut().zip(&rows) {
+            w.aa = Some(a.robust);
+            w.aa_images = a.images;
+        }
+        crate::evalkit::write_json(
+            &eval_dir.join("autoattack.json"),
+            &sgr_eval::report::autoattack_json(s.dataset.as_str(), s.eps, &aa_cfg, &rows),
+        )?;
+        Some(rows)
+    } else {
+        None
+    };
     crate::evalkit::write_json(&eval_dir.join("whitebox.json"), &wb)?;
     let transfer_eps = if cmd.transfer_eps.is_empty() {
         vec![s.eps_255(), 2.0 * s.eps_255()]
@@ -299,6 +340,7 @@ pub fn run(cmd: ReproduceCmd) -> anyhow::Result<()> {
         eps_255: s.eps_255(),
         selections: &selections,
         whitebox: &wb,
+        autoattack: aa.as_deref().map(|rows| (&aa_cfg, rows)),
         transfers: &transfers,
         lrc: lrc.as_ref(),
         covariance: (&cs.models[0].name, &cov),

@@ -10,13 +10,17 @@ use serde::{Deserialize, Serialize};
 use sgr_attacks::AutoAttackState;
 
 use crate::autoattack::{AutoAttackEval, AutoAttackRow, autoattack_row, run_suite};
-use crate::checkpoints::Setup;
+use crate::cache::ResultCache;
+use crate::checkpoints::{Loaded, Setup};
 use crate::error::{EvalError, Result};
 
-/// What a folder was started with; resuming requires the same.
+/// What a folder was started with; resuming requires the same (see [`AutoAttackSettings::same_run`]).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct AutoAttackSettings {
     pub checkpoints: Vec<String>,
+    /// FNV digests of the checkpoints' parameter files (folders written before digests were recorded have none).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub digests: Vec<String>,
     pub dataset: String,
     pub images: usize,
     pub eval: AutoAttackEval,
@@ -30,10 +34,34 @@ impl AutoAttackSettings {
                 .iter()
                 .map(|p| p.display().to_string())
                 .collect(),
+            digests: s.models.iter().map(Loaded::digest).collect::<Result<_>>()?,
             dataset: s.dataset.as_str().to_string(),
             images: s.x.dim(0)?,
             eval: eval.clone(),
         })
+    }
+
+    /// Whether a run started with `self` may be continued with `other`: the same data, images and suite, and
+    /// the same checkpoints — by digest where both recorded them (a folder reached by another path or a link
+    /// is the same run), else by path (compared after resolving links).
+    pub fn same_run(&self, other: &Self) -> bool {
+        let canonical = |p: &str| std::fs::canonicalize(p).unwrap_or_else(|_| PathBuf::from(p));
+        let same_models = if self.digests.len() == self.checkpoints.len()
+            && other.digests.len() == other.checkpoints.len()
+        {
+            self.digests == other.digests
+        } else {
+            self.checkpoints.len() == other.checkpoints.len()
+                && self
+                    .checkpoints
+                    .iter()
+                    .zip(&other.checkpoints)
+                    .all(|(a, b)| canonical(a) == canonical(b))
+        };
+        same_models
+            && self.dataset == other.dataset
+            && self.images == other.images
+            && self.eval == other.eval
     }
 }
 
@@ -76,7 +104,7 @@ impl AutoAttackFolder {
             let text = std::fs::read_to_string(&file).map_err(|e| io(&file, e))?;
             let stored: AutoAttackSettings = serde_json::from_str(&text)
                 .map_err(|e| EvalError::Invalid(format!("parsing {}: {e}", file.display())))?;
-            if &stored != settings {
+            if !stored.same_run(settings) {
                 return Err(EvalError::Invalid(format!(
                     "--resume: the run in {} was started with other checkpoints or settings ({}); \
                      rerun with the same flags or choose another --out",
@@ -129,47 +157,141 @@ pub fn autoattack_rows(
 ) -> Result<Option<Vec<AutoAttackRow>>> {
     let mut rows = Vec::new();
     for (i, m) in s.named().into_iter().enumerate() {
-        let state = match folder {
-            Some(f) => f.load_state(i)?,
-            None => None,
-        };
-        if let Some(st) = &state {
-            tracing::info!(
-                model = m.name,
-                attack = st.attack,
-                chunk = st.chunk,
-                "resuming AutoAttack"
-            );
-        }
-        let st = run_suite(
+        let Some(row) = autoattack_model(
             m,
             &s.x,
             &s.y,
-            &cfg.suite,
-            state,
-            Duration::from_secs(30),
-            |st| folder.map_or(Ok(()), |f| f.save_state(i, st)),
-            |st, _| {
-                progress(i, st);
-                if stop.load(Ordering::SeqCst) {
-                    ControlFlow::Break(())
-                } else {
-                    ControlFlow::Continue(())
-                }
-            },
-        )?;
-        if !st.done() {
+            cfg,
+            folder.map(|f| (f, i)),
+            stop,
+            &mut |st| progress(i, st),
+        )?
+        else {
             return Ok(None);
-        }
-        let row = autoattack_row(m, &s.x, &s.y, cfg, &st)?;
-        tracing::info!(
-            model = m.name,
-            clean = row.clean,
-            aa = row.robust,
-            seconds = row.total_seconds(),
-            "AutoAttack row"
-        );
+        };
         rows.push(row);
     }
     Ok(Some(rows))
+}
+
+/// The folder in which [`autoattack_beside_runs`] keeps a run folder's AutoAttack state.
+pub const RUN_AUTOATTACK_DIR: &str = "autoattack";
+
+/// AutoAttack on the first `images` test images (0: all) of every model of `s`, each run resumable in its
+/// own folder beside the model: `<run folder>/autoattack`, the layout of `eval-autoattack --checkpoints RUN
+/// --out RUN/autoattack`, so a run evaluated that way (e.g. a zoo model) is reused, not repeated; a bare
+/// `.safetensors` checkpoint runs without saved state. With a `cache`, each finished row is also kept there
+/// (keyed by the settings and the checkpoint's digest) and reused without recomputing the PGD column and the
+/// masking checks. `progress(model index, state)`; `Ok(None)` if `stop` was set (the state is saved).
+pub fn autoattack_beside_runs(
+    s: &Setup,
+    images: usize,
+    cfg: &AutoAttackEval,
+    cache: Option<&ResultCache>,
+    stop: &AtomicBool,
+    mut progress: impl FnMut(usize, &AutoAttackState),
+) -> Result<Option<Vec<AutoAttackRow>>> {
+    let n = s.x.dim(0)?;
+    let n = if images == 0 { n } else { images.min(n) };
+    let (x, y) = (s.x.narrow(0, 0, n)?, s.y.narrow(0, 0, n)?);
+    let mut rows = Vec::new();
+    for (i, (m, l)) in s.named().into_iter().zip(&s.models).enumerate() {
+        let settings = AutoAttackSettings {
+            checkpoints: vec![l.path.display().to_string()],
+            digests: vec![l.digest()?],
+            dataset: s.dataset.as_str().to_string(),
+            images: n,
+            eval: cfg.clone(),
+        };
+        // The row's key leaves the path out: a moved output folder keeps its rows.
+        let key = serde_json::json!({
+            "checkpoint": settings.digests,
+            "dataset": settings.dataset,
+            "images": n,
+            "eval": cfg,
+        });
+        if let Some(row) = cache.and_then(|c| c.get::<_, AutoAttackRow>(m.name, &key)) {
+            rows.push(row);
+            continue;
+        }
+        let folder = if l.path.is_dir() {
+            Some(AutoAttackFolder::open(
+                &l.path.join(RUN_AUTOATTACK_DIR),
+                &settings,
+                true,
+            )?)
+        } else {
+            None
+        };
+        let Some(row) = autoattack_model(
+            m,
+            &x,
+            &y,
+            cfg,
+            folder.as_ref().map(|f| (f, 0)),
+            stop,
+            &mut |st| progress(i, st),
+        )?
+        else {
+            return Ok(None);
+        };
+        if let Some(c) = cache {
+            c.put(m.name, &key, &row)?;
+        }
+        rows.push(row);
+    }
+    Ok(Some(rows))
+}
+
+/// One model's suite, resuming from and saving to `(folder, index)`; `None` if `stop` was set.
+fn autoattack_model(
+    m: crate::Named<'_>,
+    x: &candle_core::Tensor,
+    y: &candle_core::Tensor,
+    cfg: &AutoAttackEval,
+    folder: Option<(&AutoAttackFolder, usize)>,
+    stop: &AtomicBool,
+    progress: &mut dyn FnMut(&AutoAttackState),
+) -> Result<Option<AutoAttackRow>> {
+    let state = match folder {
+        Some((f, i)) => f.load_state(i)?,
+        None => None,
+    };
+    if let Some(st) = &state {
+        tracing::info!(
+            model = m.name,
+            attack = st.attack,
+            chunk = st.chunk,
+            "resuming AutoAttack"
+        );
+    }
+    let st = run_suite(
+        m,
+        x,
+        y,
+        &cfg.suite,
+        state,
+        Duration::from_secs(30),
+        |st| folder.map_or(Ok(()), |(f, i)| f.save_state(i, st)),
+        |st, _| {
+            progress(st);
+            if stop.load(Ordering::SeqCst) {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
+        },
+    )?;
+    if !st.done() {
+        return Ok(None);
+    }
+    let row = autoattack_row(m, x, y, cfg, &st)?;
+    tracing::info!(
+        model = m.name,
+        clean = row.clean,
+        aa = row.robust,
+        seconds = row.total_seconds(),
+        "AutoAttack row"
+    );
+    Ok(Some(row))
 }

@@ -57,37 +57,52 @@ impl ResultCache {
         key: &K,
         compute: impl FnOnce() -> Result<T>,
     ) -> Result<T> {
-        let key = serde_json::to_value(key).map_err(|e| EvalError::Invalid(e.to_string()))?;
-        let path = self.path(name);
-        if let Ok(text) = std::fs::read_to_string(&path) {
-            match serde_json::from_str::<serde_json::Value>(&text) {
-                Ok(v) if v.get("key") == Some(&key) => {
-                    if let Some(r) = v
-                        .get("result")
-                        .and_then(|r| serde_json::from_value(r.clone()).ok())
-                    {
-                        tracing::info!(name, file = %path.display(), "reusing a stored result");
-                        return Ok(r);
-                    }
-                }
-                Ok(_) => {}
-                Err(e) => tracing::warn!("{}: {e}; computing it again", path.display()),
-            }
+        if let Some(r) = self.get(name, key) {
+            return Ok(r);
         }
         let result = compute()?;
+        self.put(name, key, &result)?;
+        Ok(result)
+    }
+
+    /// The stored result of `name` if it was made with `key` (compared as JSON); a file that does not parse
+    /// counts as missing, with a warning.
+    pub fn get<K: Serialize, T: DeserializeOwned>(&self, name: &str, key: &K) -> Option<T> {
+        let key = serde_json::to_value(key).ok()?;
+        let path = self.path(name);
+        let text = std::fs::read_to_string(&path).ok()?;
+        match serde_json::from_str::<serde_json::Value>(&text) {
+            Ok(v) if v.get("key") == Some(&key) => {
+                let r = v
+                    .get("result")
+                    .and_then(|r| serde_json::from_value(r.clone()).ok());
+                if r.is_some() {
+                    tracing::info!(name, file = %path.display(), "reusing a stored result");
+                }
+                r
+            }
+            Ok(_) => None,
+            Err(e) => {
+                tracing::warn!("{}: {e}; computing it again", path.display());
+                None
+            }
+        }
+    }
+
+    /// Stores `result` of `name` under `key`, atomically.
+    pub fn put<K: Serialize, T: Serialize>(&self, name: &str, key: &K, result: &T) -> Result<()> {
+        let key = serde_json::to_value(key).map_err(|e| EvalError::Invalid(e.to_string()))?;
+        let path = self.path(name);
         std::fs::create_dir_all(&self.dir).map_err(|source| EvalError::Io {
             path: self.dir.display().to_string(),
             source,
         })?;
         let text = serde_json::to_string_pretty(&serde_json::json!({"key": key, "result": result}))
             .map_err(|e| EvalError::Invalid(e.to_string()))?;
-        sgr_models::fsutil::write_atomic(&path, text.as_bytes()).map_err(|source| {
-            EvalError::Io {
-                path: path.display().to_string(),
-                source,
-            }
-        })?;
-        Ok(result)
+        sgr_models::fsutil::write_atomic(&path, text.as_bytes()).map_err(|source| EvalError::Io {
+            path: path.display().to_string(),
+            source,
+        })
     }
 }
 

@@ -7,7 +7,8 @@ use std::fmt::Write as _;
 use sgr_train::{ExperimentPlan, MethodName, PlannedRun, Selection, Stage};
 
 pub use crate::autoattack_folder::{
-    AutoAttackFolder, AutoAttackSettings, SETTINGS_FILE, autoattack_rows,
+    AutoAttackFolder, AutoAttackSettings, RUN_AUTOATTACK_DIR, SETTINGS_FILE,
+    autoattack_beside_runs, autoattack_rows,
 };
 pub use crate::cache::{ResultCache, file_digest};
 pub use crate::checkpoints::{
@@ -38,6 +39,8 @@ pub struct ExperimentReport<'a> {
     /// The λ sweeps' outcomes (empty without a sweep).
     pub selections: &'a [Selection],
     pub whitebox: &'a [WhiteboxRow],
+    /// AutoAttack's rows (their AA column is also in the white-box rows) and its settings, where run.
+    pub autoattack: Option<(&'a crate::AutoAttackEval, &'a [crate::AutoAttackRow])>,
     /// One PGD transfer matrix per budget (the first is the report's main ε).
     pub transfers: &'a [TransferMatrix],
     pub lrc: Option<&'a LrcResults>,
@@ -83,6 +86,10 @@ impl ExperimentReport<'_> {
         };
         md += &paper_whitebox_markdown(ds, self.whitebox, &method_of);
         md += "\n";
+        if let Some((cfg, rows)) = self.autoattack {
+            md += &crate::report::autoattack_markdown(ds, self.eps_255 / 255.0, cfg, rows);
+            md += "\n";
+        }
         for m in self.transfers {
             md += &transfer_markdown(ds, m.eps * 255.0, m);
             if (m.eps * 255.0 - self.eps_255).abs() > 1e-6 {
