@@ -323,6 +323,38 @@ impl Setup {
 }
 
 impl Setup {
+    /// `run()`; with a `cache`, the result stored for `name` under `key` (a JSON object, to which the data set
+    /// and the number of test images are added), else `run()`'s, stored before it is returned.
+    fn cached<T: serde::Serialize + serde::de::DeserializeOwned>(
+        &self,
+        cache: Option<&crate::cache::ResultCache>,
+        name: &str,
+        key: impl FnOnce() -> Result<serde_json::Value>,
+        run: impl FnOnce() -> Result<T>,
+    ) -> Result<T> {
+        let Some(c) = cache else { return run() };
+        let mut key = key()?;
+        if let Some(k) = key.as_object_mut() {
+            k.insert("dataset".into(), self.dataset.as_str().into());
+            k.insert("images".into(), self.x.dim(0)?.into());
+        }
+        c.get_or_compute(name, &key, run)
+    }
+
+    /// `run(model)` for every model, each through [`Self::cached`] under its name and `key(model)`.
+    fn each_model_cached<T: serde::Serialize + serde::de::DeserializeOwned>(
+        &self,
+        cache: Option<&crate::cache::ResultCache>,
+        key: impl Fn(&Loaded) -> Result<serde_json::Value>,
+        run: impl Fn(crate::Named<'_>) -> Result<T>,
+    ) -> Result<Vec<T>> {
+        self.named()
+            .into_iter()
+            .zip(&self.models)
+            .map(|(m, l)| self.cached(cache, m.name, || key(l), || run(m)))
+            .collect()
+    }
+
     /// The white-box row of every model; with a `cache`, each row is stored as it is made and reused on a
     /// later call with the same settings, test images and checkpoint bytes (an interrupted evaluation resumes
     /// model by model).
@@ -331,26 +363,11 @@ impl Setup {
         cfg: &crate::WhiteboxConfig,
         cache: Option<&crate::cache::ResultCache>,
     ) -> Result<Vec<crate::WhiteboxRow>> {
-        let images = self.x.dim(0)?;
-        self.named()
-            .into_iter()
-            .zip(&self.models)
-            .map(|(m, l)| {
-                let run = || crate::whitebox(m, &self.x, &self.y, cfg);
-                match cache {
-                    None => run(),
-                    Some(c) => {
-                        let key = serde_json::json!({
-                            "config": cfg,
-                            "dataset": self.dataset.as_str(),
-                            "images": images,
-                            "checkpoint": l.digest()?,
-                        });
-                        c.get_or_compute(m.name, &key, run)
-                    }
-                }
-            })
-            .collect()
+        self.each_model_cached(
+            cache,
+            |l| Ok(serde_json::json!({"config": cfg, "checkpoint": l.digest()?})),
+            |m| crate::whitebox(m, &self.x, &self.y, cfg),
+        )
     }
 
     /// The PGD transfer matrix between every pair of models; with a `cache`, each source model's column is
@@ -362,7 +379,6 @@ impl Setup {
         cache: Option<&crate::cache::ResultCache>,
     ) -> Result<crate::TransferMatrix> {
         let named = self.named();
-        let images = self.x.dim(0)?;
         let targets = self
             .models
             .iter()
@@ -370,20 +386,18 @@ impl Setup {
             .collect::<Result<Vec<_>>>()?;
         let columns = (0..named.len())
             .map(|s| {
-                let run = || crate::transfer_column(&named, s, &self.x, &self.y, cfg);
-                match cache {
-                    None => run(),
-                    Some(c) => {
-                        let key = serde_json::json!({
+                self.cached(
+                    cache,
+                    named[s].name,
+                    || {
+                        Ok(serde_json::json!({
                             "config": cfg,
-                            "dataset": self.dataset.as_str(),
-                            "images": images,
                             "source": self.models[s].digest()?,
                             "targets": targets,
-                        });
-                        c.get_or_compute(named[s].name, &key, run)
-                    }
-                }
+                        }))
+                    },
+                    || crate::transfer_column(&named, s, &self.x, &self.y, cfg),
+                )
             })
             .collect::<Result<Vec<_>>>()?;
         crate::TransferMatrix::from_columns(&named, &self.x, &self.y, cfg, &columns)
@@ -400,28 +414,17 @@ impl Setup {
     ) -> Result<crate::LrcResults> {
         let train = self.train_images(data_cov_images)?;
         let sources = crate::LrcSources::new(&self.x, &train, settings)?;
-        let images = self.x.dim(0)?;
-        let curves = self
-            .named()
-            .into_iter()
-            .zip(&self.models)
-            .map(|(m, l)| {
-                let run = || sources.model_curves(m, &self.x, &self.y);
-                match cache {
-                    None => run(),
-                    Some(c) => {
-                        let key = serde_json::json!({
-                            "settings": settings,
-                            "data_cov_images": train.dim(0)?,
-                            "dataset": self.dataset.as_str(),
-                            "images": images,
-                            "checkpoint": l.digest()?,
-                        });
-                        c.get_or_compute(m.name, &key, run)
-                    }
-                }
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let curves = self.each_model_cached(
+            cache,
+            |l| {
+                Ok(serde_json::json!({
+                    "settings": settings,
+                    "data_cov_images": train.dim(0)?,
+                    "checkpoint": l.digest()?,
+                }))
+            },
+            |m| sources.model_curves(m, &self.x, &self.y),
+        )?;
         crate::LrcResults::from_models(&self.x, &self.y, settings, curves)
     }
 }
