@@ -177,6 +177,48 @@ fn eval_commands_on_the_mnist_subset() -> TestResult {
         serde_json::from_str(&std::fs::read_to_string(out.join("transfer.json"))?)?;
     assert_eq!(json["images"], 50);
     assert_eq!(json["accuracy"].as_array().unwrap().len(), 2);
+    // --resume keeps each source's column in OUT/cache/transfer and reuses it: a stored column that was edited
+    // shows up in the matrix (so it was not recomputed); without --resume the matrix is computed afresh.
+    let tr_args = [
+        "eval-transfer",
+        "--checkpoints",
+        s(&a),
+        s(&b),
+        "--test-limit",
+        "50",
+        "--pgd-steps",
+        "5",
+        "--resume",
+        "--out",
+        s(&out),
+    ];
+    ok(&xtask(&tr_args));
+    let column = out.join("cache/transfer/b.json");
+    let mut stored: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&column)?)?;
+    assert_eq!(
+        stored["result"],
+        serde_json::json!([json["accuracy"][0][1], json["accuracy"][1][1]])
+    );
+    stored["result"][0] = serde_json::json!(0.125);
+    std::fs::write(&column, stored.to_string())?;
+    ok(&xtask(&tr_args));
+    let reused: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("transfer.json"))?)?;
+    assert_eq!(
+        reused["accuracy"][0][1], 0.125,
+        "the stored column was not reused"
+    );
+    assert_eq!(reused["accuracy"][0][0], json["accuracy"][0][0]);
+    ok(&xtask(
+        &tr_args[..tr_args.len() - 3]
+            .iter()
+            .chain(&["--out", s(&out)])
+            .copied()
+            .collect::<Vec<_>>(),
+    ));
+    let fresh: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("transfer.json"))?)?;
+    assert_eq!(fresh["accuracy"], json["accuracy"]);
 
     let out = dir.path().join("lrc");
     let md = ok(&xtask(&[

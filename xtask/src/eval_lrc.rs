@@ -7,7 +7,7 @@ use clap::Args;
 use sgr_eval::experiment::ResultCache;
 use sgr_eval::{LrcResults, LrcSettings, lrc_figures, lrc_markdown};
 
-use crate::evalkit::{DataOpts, Setup, out_dir, setup, write, write_json};
+use crate::evalkit::{DataOpts, Setup, out_dir, result_cache, setup, write, write_json};
 
 #[derive(Debug, Args)]
 pub struct LrcCmd {
@@ -38,12 +38,18 @@ pub struct LrcCmd {
     /// Output folder: lrc.md, lrc.json, fig3_lrc_zeta.png, fig4_lrc_eps.png, fig4_data_cov_eps.png.
     #[arg(long, default_value = "eval/lrc")]
     pub out: PathBuf,
+    /// Keep each model's curves in OUT/cache/lrc and reuse what an earlier invocation
+    /// stored there with the same settings, test images and checkpoint bytes: an interrupted evaluation
+    /// continues model by model.
+    #[arg(long)]
+    pub resume: bool,
 }
 
 pub fn run(cmd: LrcCmd) -> anyhow::Result<()> {
     let s = setup(&cmd.checkpoints, &cmd.data)?;
     out_dir(&cmd.out)?;
-    let r = evaluate(&s, &cmd, None)?;
+    let cache = cmd.resume.then(|| result_cache(&cmd.out, "lrc"));
+    let r = evaluate(&s, &cmd, cache.as_ref())?;
     let md = lrc_markdown(s.dataset.as_str(), &r, "");
     write(&cmd.out.join("lrc.md"), &md)?;
     write_json(&cmd.out.join("lrc.json"), &r)?;

@@ -6,7 +6,7 @@ use clap::Args;
 use sgr_eval::experiment::ResultCache;
 use sgr_eval::{TransferConfig, TransferMatrix};
 
-use crate::evalkit::{DataOpts, Setup, out_dir, setup, write, write_json};
+use crate::evalkit::{DataOpts, Setup, out_dir, result_cache, setup, write, write_json};
 
 #[derive(Debug, Args)]
 pub struct TransferCmd {
@@ -21,12 +21,18 @@ pub struct TransferCmd {
     /// Output folder: transfer.md, transfer.csv, transfer.json.
     #[arg(long, default_value = "eval/transfer")]
     pub out: PathBuf,
+    /// Keep each source model's column in OUT/cache/transfer and reuse what an earlier invocation
+    /// stored there with the same settings, test images and checkpoint bytes: an interrupted evaluation
+    /// continues model by model.
+    #[arg(long)]
+    pub resume: bool,
 }
 
 pub fn run(cmd: TransferCmd) -> anyhow::Result<()> {
     let s = setup(&cmd.checkpoints, &cmd.data)?;
     out_dir(&cmd.out)?;
-    let m = evaluate(&s, &cmd, None)?;
+    let cache = cmd.resume.then(|| result_cache(&cmd.out, "transfer"));
+    let m = evaluate(&s, &cmd, cache.as_ref())?;
     let md = sgr_eval::report::transfer_markdown(s.dataset.as_str(), s.eps_255(), &m);
     write(&cmd.out.join("transfer.md"), &md)?;
     write(&cmd.out.join("transfer.csv"), &m.plain_table().to_csv())?;

@@ -3,9 +3,9 @@
 use std::path::PathBuf;
 
 use clap::Args;
-use sgr_eval::{WhiteboxConfig, WhiteboxRow, whitebox_table};
+use sgr_eval::{WhiteboxConfig, whitebox_table};
 
-use crate::evalkit::{DataOpts, Setup, out_dir, setup, write, write_json};
+use crate::evalkit::{DataOpts, Setup, out_dir, result_cache, setup, write, write_json};
 
 #[derive(Debug, Args)]
 pub struct WhiteboxCmd {
@@ -32,12 +32,18 @@ pub struct WhiteboxCmd {
     /// Output folder: whitebox.md, whitebox.csv, whitebox.json.
     #[arg(long, default_value = "eval/whitebox")]
     pub out: PathBuf,
+    /// Keep each model's result in OUT/cache/whitebox and reuse what an earlier invocation
+    /// stored there with the same settings, test images and checkpoint bytes: an interrupted evaluation
+    /// continues model by model.
+    #[arg(long)]
+    pub resume: bool,
 }
 
 pub fn run(cmd: WhiteboxCmd) -> anyhow::Result<()> {
     let s = setup(&cmd.checkpoints, &cmd.data)?;
     out_dir(&cmd.out)?;
-    let rows = evaluate(&s, &cmd)?;
+    let cache = cmd.resume.then(|| result_cache(&cmd.out, "whitebox"));
+    let rows = s.whitebox_rows(&config(&s, &cmd), cache.as_ref())?;
     let md = sgr_eval::report::whitebox_markdown(s.dataset.as_str(), s.eps_255(), &rows);
     write(&cmd.out.join("whitebox.md"), &md)?;
     write(
@@ -67,8 +73,4 @@ pub fn config(s: &Setup, cmd: &WhiteboxCmd) -> WhiteboxConfig {
         autoattack_images: cmd.autoattack_images,
         ..WhiteboxConfig::default()
     }
-}
-
-pub fn evaluate(s: &Setup, cmd: &WhiteboxCmd) -> anyhow::Result<Vec<WhiteboxRow>> {
-    Ok(s.whitebox_rows(&config(s, cmd), None)?)
 }

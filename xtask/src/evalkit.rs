@@ -68,3 +68,8 @@ pub fn write(path: &Path, text: &str) -> anyhow::Result<()> {
 pub fn write_json(path: &Path, value: &impl serde::Serialize) -> anyhow::Result<()> {
     write(path, &(serde_json::to_string_pretty(value)? + "\n"))
 }
+
+/// The result cache of an evaluation command's `--resume`: `OUT/cache/KIND`.
+pub fn result_cache(out: &Path, kind: &str) -> sgr_eval::experiment::ResultCache {
+    sgr_eval::experiment::ResultCache::new(&out.join("cache").join(kind))
+}

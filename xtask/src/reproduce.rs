@@ -190,6 +190,7 @@ pub fn run(cmd: ReproduceCmd) -> anyhow::Result<()> {
         autoattack: false,
         autoattack_images: 0,
         out: eval_dir.clone(),
+        resume: true,
     };
     // Each model's row is kept in eval/cache/whitebox: an interrupted table resumes model by model, and a rerun
     // (e.g. --report-only after more runs finished) reuses the rows of unchanged checkpoints.
@@ -257,6 +258,7 @@ pub fn run(cmd: ReproduceCmd) -> anyhow::Result<()> {
             },
             pgd_steps: 40,
             out: eval_dir.clone(),
+            resume: true,
         };
         let ts_setup = setup(&tr_cmd.checkpoints, &tr_cmd.data)?;
         // Each source model's column is kept in eval/cache/transfer-eps<ε>: the matrix resumes column by column.
@@ -290,6 +292,7 @@ pub fn run(cmd: ReproduceCmd) -> anyhow::Result<()> {
             eps_list: vec![0.05, 0.1, 0.2, 0.3, 0.5, 0.7],
             data_cov_images: 10_000,
             out: eval_dir.clone(),
+            resume: true,
         };
         let cache = ResultCache::new(&eval_dir.join("cache").join("lrc"));
         let r = budget.time("correlated-noise curves", || {
