@@ -74,10 +74,11 @@ pub struct ReproduceCmd {
     /// for --sweep-epochs on the training set minus its last --validation images, beside a clean run; the
     /// highest PGD-10 accuracy on the held-out images among the λ within 0.1 points of the clean model's
     /// accuracy wins. sgr-grad, fgsm-sgr and pgd-sgr without a grid of their own take sgr-sign's choice scaled by
-    /// their paper ratio.
+    /// their paper ratio. `METHOD@EPOCHS=…` trains that grid (and a clean reference beside it) for EPOCHS instead
+    /// of --sweep-epochs, e.g. `--lambda-sweep sgr-sign@20=0.25,0.5,1,2,4`.
     #[arg(long)]
     lambda_sweep: Vec<sgr_train::LambdaGrid>,
-    /// Epochs of each sweep run.
+    /// Epochs of each sweep run (of grids without their own `@EPOCHS`).
     #[arg(long, default_value_t = 5)]
     sweep_epochs: usize,
     /// The sweep's accuracy tolerance in percentage points (the paper's rule: 0.1).

@@ -192,8 +192,8 @@ impl ExperimentReport<'_> {
             .iter()
             .any(|p| p.lambda == sgr_train::LambdaFrom::SgrSignSweep);
         let mut md = format!(
-            "## λ sweep (validation split)\n\nEach λ trained for {} epochs on the training set without its last {} \
-             images, measured on those: accuracy and PGD-10 at ε = {:.0}/255. Rule: the highest PGD accuracy among \
+            "## λ sweep (validation split)\n\nEach λ trained (for the epochs named per method below; default {}) on the \
+             training set without its last {} images, measured on those: accuracy and PGD-10 at ε = {:.0}/255. Rule: the highest PGD accuracy among \
              the λ within {} points of the clean model's validation accuracy (ties: higher accuracy, then smaller λ); \
              the final runs use the chosen λ{}.\n\n",
             plan.sweep_epochs,
@@ -208,9 +208,15 @@ impl ExperimentReport<'_> {
         );
         let mut series = Vec::new();
         for sel in self.selections {
+            let epochs = plan
+                .lambda_sweep
+                .iter()
+                .find(|g| g.method == sel.method)
+                .and_then(|g| g.epochs)
+                .unwrap_or(plan.sweep_epochs);
             let _ = writeln!(
                 md,
-                "**{}** (clean model: {:.2} %; paper's λ {}): chosen λ = **{}**\n",
+                "**{}** ({epochs} epochs; clean model at the same budget: {:.2} %; paper's λ {}): chosen λ = **{}**\n",
                 sel.method,
                 100.0 * sel.clean_accuracy,
                 sgr_train::default_lambda(sel.method, plan.dataset),

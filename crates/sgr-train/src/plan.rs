@@ -45,12 +45,15 @@ pub enum LambdaFrom {
 #[derive(Clone, Debug, PartialEq)]
 pub struct PlannedRun {
     /// Unique and stable: `sweep/<method>-l<λ>-s<seed>`, `sweep/clean-s<seed>`, `<method>` (one seed) or
-    /// `<method>-s<seed>`.
+    /// `<method>-s<seed>`; a grid with its own epochs E (`METHOD@E=…`) names its runs `…-l<λ>-e<E>-s<seed>`
+    /// beside a clean reference `sweep/clean-e<E>-s<seed>`.
     pub name: String,
     pub stage: Stage,
     pub method: MethodName,
     pub seed: u64,
     pub lambda: LambdaFrom,
+    /// Epochs to train (`None`: the train command's default for the method and data set).
+    pub epochs: Option<usize>,
     /// `OUT/sweep/<tag>` or `OUT/runs/<name>`.
     pub dir: PathBuf,
 }
@@ -91,6 +94,14 @@ impl ExperimentPlan {
                 "--methods: give at least one method".into(),
             ));
         }
+        for (i, g) in self.lambda_sweep.iter().enumerate() {
+            if self.lambda_sweep[..i].iter().any(|h| h.method == g.method) {
+                return Err(TrainError::Config(format!(
+                    "--lambda-sweep: {} has two grids; give one",
+                    g.method
+                )));
+            }
+        }
         Ok(())
     }
 
@@ -107,25 +118,38 @@ impl ExperimentPlan {
         let s0 = self.first_seed();
         let mut v = Vec::new();
         if !self.lambda_sweep.is_empty() {
-            let sweep = |method, lambda, tag: String| PlannedRun {
+            let sweep = |method, lambda, epochs: Option<usize>, tag: String| PlannedRun {
                 dir: self.out.join("sweep").join(&tag),
                 name: format!("sweep/{tag}"),
                 stage: Stage::Sweep,
                 method,
                 seed: s0,
                 lambda,
+                epochs: Some(epochs.unwrap_or(self.sweep_epochs)),
             };
-            v.push(sweep(
-                MethodName::Clean,
-                LambdaFrom::Default,
-                format!("clean-s{s0}"),
-            ));
+            let e_tag = |e: Option<usize>| e.map_or(String::new(), |e| format!("-e{e}"));
+            // One clean reference per budget the grids train for.
+            let mut budgets: Vec<Option<usize>> = Vec::new();
+            for g in &self.lambda_sweep {
+                if !budgets.contains(&g.epochs) {
+                    budgets.push(g.epochs);
+                }
+            }
+            for &e in &budgets {
+                v.push(sweep(
+                    MethodName::Clean,
+                    LambdaFrom::Default,
+                    e,
+                    format!("clean{}-s{s0}", e_tag(e)),
+                ));
+            }
             for g in &self.lambda_sweep {
                 for &l in &g.lambdas {
                     v.push(sweep(
                         g.method,
                         LambdaFrom::Fixed(l),
-                        format!("{}-l{l}-s{s0}", g.method),
+                        g.epochs,
+                        format!("{}-l{l}{}-s{s0}", g.method, e_tag(g.epochs)),
                     ));
                 }
             }
@@ -160,6 +184,7 @@ impl ExperimentPlan {
                     method,
                     seed,
                     lambda,
+                    epochs: self.epochs,
                 });
             }
         }
@@ -208,12 +233,8 @@ impl ExperimentPlan {
     /// Whether `r`, the record in `p`'s folder, is the finished run `p` asks for: complete, at least the
     /// planned epochs, and for sweep runs with the PGD check on the validation split.
     pub fn is_finished(&self, p: &PlannedRun, r: &RunRecord) -> bool {
-        let epochs = match p.stage {
-            Stage::Sweep => Some(self.sweep_epochs),
-            Stage::Final => self.epochs,
-        };
         r.status == RunStatus::Complete
-            && epochs.is_none_or(|e| r.epochs_done >= e)
+            && p.epochs.is_none_or(|e| r.epochs_done >= e)
             && (p.stage == Stage::Final || r.final_eval.is_some())
     }
 
@@ -233,9 +254,18 @@ impl ExperimentPlan {
     /// The sweep's choice of λ for `method`, from its finished sweep runs and the clean one beside them.
     pub fn select(&self, method: MethodName) -> Result<Selection> {
         let runs = self.runs();
+        let grid = self
+            .lambda_sweep
+            .iter()
+            .find(|g| g.method == method)
+            .ok_or_else(|| TrainError::Config(format!("no λ sweep planned for {method}")))?;
+        let epochs = Some(grid.epochs.unwrap_or(self.sweep_epochs));
+        // The clean reference trained for the same epochs as the grid.
         let clean = runs
             .iter()
-            .find(|p| p.stage == Stage::Sweep && p.method == MethodName::Clean)
+            .find(|p| {
+                p.stage == Stage::Sweep && p.method == MethodName::Clean && p.epochs == epochs
+            })
             .ok_or_else(|| TrainError::Config("no λ sweep planned (--lambda-sweep)".into()))?;
         let not_ready = |p: &PlannedRun, e: TrainError| TrainError::SweepNotReady {
             run: p.name.clone(),
@@ -292,11 +322,7 @@ impl ExperimentPlan {
             },
             dataset: Some(self.dataset),
             data_dir: self.data_dir.clone(),
-            epochs: if sweep {
-                Some(self.sweep_epochs)
-            } else {
-                self.epochs
-            },
+            epochs: p.epochs,
             train_limit: self.train_limit,
             seed: Some(p.seed),
             augment: self.augment.clone(),
@@ -442,6 +468,55 @@ mod tests {
             Some(MethodName::Gn)
         );
         assert_eq!(plan().unfinished().len(), plan().runs().len());
+    }
+
+    #[test]
+    fn a_grid_with_its_own_epochs_has_its_own_clean_reference() -> Result<()> {
+        let p = ExperimentPlan {
+            lambda_sweep: vec![
+                "sgr-sign@20=0.5,1".parse().expect("grid"),
+                "gn=1,2".parse().expect("grid"),
+            ],
+            ..plan()
+        };
+        p.validate()?;
+        let runs = p.runs();
+        let sweep: Vec<(&str, Option<usize>)> = runs
+            .iter()
+            .filter(|r| r.stage == Stage::Sweep)
+            .map(|r| (r.name.as_str(), r.epochs))
+            .collect();
+        assert_eq!(
+            sweep,
+            [
+                ("sweep/clean-e20-s3", Some(20)),
+                ("sweep/clean-s3", Some(5)),
+                ("sweep/sgr-sign-l0.5-e20-s3", Some(20)),
+                ("sweep/sgr-sign-l1-e20-s3", Some(20)),
+                ("sweep/gn-l1-s3", Some(5)),
+                ("sweep/gn-l2-s3", Some(5)),
+            ]
+        );
+        assert_eq!(p.train_args(&runs[0])?.epochs, Some(20));
+        assert_eq!(p.train_args(&runs[2])?.epochs, Some(20));
+        assert_eq!(p.train_args(&runs[4])?.epochs, Some(5));
+        // Each method is judged against the clean run of its own budget (here: not trained yet, so named).
+        let sgr = p
+            .select(MethodName::SgrSign)
+            .expect_err("no runs")
+            .to_string();
+        assert!(sgr.contains("sweep/clean-e20-s3"), "{sgr}");
+        let gn = p.select(MethodName::Gn).expect_err("no runs").to_string();
+        assert!(gn.contains("sweep/clean-s3"), "{gn}");
+        let twice = ExperimentPlan {
+            lambda_sweep: vec![
+                "gn=1,2".parse().expect("grid"),
+                "gn@9=3,4".parse().expect("grid"),
+            ],
+            ..plan()
+        };
+        assert!(twice.validate().is_err());
+        Ok(())
     }
 
     #[test]

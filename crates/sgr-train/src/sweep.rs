@@ -13,19 +13,31 @@ use crate::sgr::default_lambda;
 /// are eligible.
 pub const ACCURACY_TOLERANCE_POINTS: f64 = 0.1;
 
-/// A method and the λ values to try for it: `sgr-sign=0.25,0.5,1,2,4,8`.
+/// A method and the λ values to try for it: `sgr-sign=0.25,0.5,1,2,4,8`; `sgr-sign@20=…` trains this grid's runs
+/// (and a clean reference beside them) for 20 epochs instead of the sweep's default.
 #[derive(Clone, Debug, PartialEq)]
 pub struct LambdaGrid {
     pub method: MethodName,
     pub lambdas: Vec<f64>,
+    /// Epochs of this grid's runs (`None`: the sweep's default).
+    pub epochs: Option<usize>,
 }
 
 impl std::str::FromStr for LambdaGrid {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
         let (m, list) = s.split_once('=').ok_or_else(|| {
-            format!("'{s}': expected METHOD=λ1,λ2,… (e.g. sgr-sign=0.25,0.5,1,2,4,8)")
+            format!(
+                "'{s}': expected METHOD=λ1,λ2,… or METHOD@EPOCHS=λ1,λ2,… (e.g. sgr-sign=0.25,0.5,1,2,4,8)"
+            )
         })?;
+        let (m, epochs) = match m.split_once('@') {
+            None => (m, None),
+            Some((m, e)) => match e.trim().parse::<usize>() {
+                Ok(e) if e > 0 => (m, Some(e)),
+                _ => return Err(format!("'{s}': '{e}' is not a positive number of epochs")),
+            },
+        };
         let method: MethodName = m.trim().parse().map_err(|e| format!("'{s}': {e}"))?;
         if !method.is_regularized() {
             return Err(format!(
@@ -42,14 +54,21 @@ impl std::str::FromStr for LambdaGrid {
         if lambdas.len() < 2 {
             return Err(format!("'{s}': a sweep needs at least two values"));
         }
-        Ok(Self { method, lambdas })
+        Ok(Self {
+            method,
+            lambdas,
+            epochs,
+        })
     }
 }
 
 impl fmt::Display for LambdaGrid {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let l: Vec<String> = self.lambdas.iter().map(|x| x.to_string()).collect();
-        write!(f, "{}={}", self.method, l.join(","))
+        match self.epochs {
+            Some(e) => write!(f, "{}@{e}={}", self.method, l.join(",")),
+            None => write!(f, "{}={}", self.method, l.join(",")),
+        }
     }
 }
 
@@ -176,8 +195,16 @@ mod tests {
             (MethodName::SgrSign, vec![0.25, 0.5, 1.0])
         );
         assert_eq!(g.to_string(), "sgr-sign=0.25,0.5,1");
+        assert_eq!(g.epochs, None);
+        let g: LambdaGrid = "sgr-sign@20=1,2".parse().expect("valid");
+        assert_eq!(
+            (g.epochs, g.to_string().as_str()),
+            (Some(20), "sgr-sign@20=1,2")
+        );
         for (bad, says) in [
             ("sgr-sign", "METHOD="),
+            ("sgr-sign@0=1,2", "'0'"),
+            ("sgr-sign@x=1,2", "'x'"),
             ("clean=1,2", "no λ"),
             ("gn=1,-2", "'-2'"),
             ("gn=3", "at least two"),
