@@ -7,12 +7,12 @@ use std::time::Instant;
 use anyhow::Context;
 use clap::Args;
 use sgr_data::DatasetName;
-use sgr_eval::experiment::{ExperimentReport, ResultCache};
+use sgr_eval::experiment::ExperimentReport;
 use sgr_models::DeviceKind;
 use sgr_train::{ExperimentPlan, MethodName, PlannedRun, Stage};
 
 use crate::common::{parse_dataset, parse_device};
-use crate::evalkit::{DataOpts, out_dir, setup, write};
+use crate::evalkit::{DataOpts, out_dir, result_cache, setup, write};
 use crate::{analyze_cov, eval_lrc, eval_transfer, eval_whitebox};
 
 #[derive(Debug, Args)]
@@ -191,11 +191,12 @@ pub fn run(cmd: ReproduceCmd) -> anyhow::Result<()> {
         autoattack: false,
         autoattack_images: 0,
         out: eval_dir.clone(),
+        // (the commands' own flag; reproduce passes its caches, under eval/cache, itself)
         resume: true,
     };
     // Each model's row is kept in eval/cache/whitebox: an interrupted table resumes model by model, and a rerun
     // (e.g. --report-only after more runs finished) reuses the rows of unchanged checkpoints.
-    let wb_cache = ResultCache::new(&eval_dir.join("cache").join("whitebox"));
+    let wb_cache = result_cache(&eval_dir, "whitebox");
     let mut wb = budget.time("white-box table", || {
         Ok(s.whitebox_rows(&eval_whitebox::config(&s, &wb_cmd), Some(&wb_cache))?)
     })?;
@@ -212,7 +213,7 @@ pub fn run(cmd: ReproduceCmd) -> anyhow::Result<()> {
         ..sgr_eval::AutoAttackEval::default()
     };
     let aa = if cmd.autoattack_images > 0 {
-        let cache = ResultCache::new(&eval_dir.join("cache").join("autoattack"));
+        let cache = result_cache(&eval_dir, "autoattack");
         let rows = budget.time("AutoAttack", || {
             crate::eval_autoattack::evaluate_beside_runs(
                 &s,
@@ -263,7 +264,7 @@ pub fn run(cmd: ReproduceCmd) -> anyhow::Result<()> {
         };
         let ts_setup = setup(&tr_cmd.checkpoints, &tr_cmd.data)?;
         // Each source model's column is kept in eval/cache/transfer-eps<ε>: the matrix resumes column by column.
-        let cache = ResultCache::new(&eval_dir.join("cache").join(format!("transfer-eps{e}")));
+        let cache = result_cache(&eval_dir, &format!("transfer-eps{e}"));
         let tm = budget.time(&format!("transfer matrix, ε = {e}/255"), || {
             eval_transfer::evaluate(&ts_setup, &tr_cmd, Some(&cache))
         })?;
@@ -295,7 +296,7 @@ pub fn run(cmd: ReproduceCmd) -> anyhow::Result<()> {
             out: eval_dir.clone(),
             resume: true,
         };
-        let cache = ResultCache::new(&eval_dir.join("cache").join("lrc"));
+        let cache = result_cache(&eval_dir, "lrc");
         let r = budget.time("correlated-noise curves", || {
             eval_lrc::evaluate(&ls, &lrc_cmd, Some(&cache))
         })?;

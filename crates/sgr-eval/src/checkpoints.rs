@@ -379,11 +379,17 @@ impl Setup {
         cache: Option<&crate::cache::ResultCache>,
     ) -> Result<crate::TransferMatrix> {
         let named = self.named();
-        let targets = self
+        let digests = self
             .models
             .iter()
-            .map(|l| Ok(serde_json::json!([l.name, l.digest()?])))
+            .map(Loaded::digest)
             .collect::<Result<Vec<_>>>()?;
+        let targets: Vec<_> = self
+            .models
+            .iter()
+            .zip(&digests)
+            .map(|(l, d)| serde_json::json!([l.name, d]))
+            .collect();
         let columns = (0..named.len())
             .map(|s| {
                 self.cached(
@@ -392,7 +398,7 @@ impl Setup {
                     || {
                         Ok(serde_json::json!({
                             "config": cfg,
-                            "source": self.models[s].digest()?,
+                            "source": digests[s],
                             "targets": targets,
                         }))
                     },

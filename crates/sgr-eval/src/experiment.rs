@@ -212,8 +212,7 @@ impl ExperimentReport<'_> {
                 .lambda_sweep
                 .iter()
                 .find(|g| g.method == sel.method)
-                .and_then(|g| g.epochs)
-                .unwrap_or(plan.sweep_epochs);
+                .map_or(plan.sweep_epochs, |g| plan.grid_epochs(g));
             let _ = writeln!(
                 md,
                 "**{}** ({epochs} epochs; clean model at the same budget: {:.2} %; paper's λ {}): chosen λ = **{}**\n",

@@ -109,6 +109,11 @@ impl ExperimentPlan {
         self.seeds.first().copied().unwrap_or_default()
     }
 
+    /// Epochs of `grid`'s runs and of the clean reference beside them.
+    pub fn grid_epochs(&self, grid: &LambdaGrid) -> usize {
+        grid.epochs.unwrap_or(self.sweep_epochs)
+    }
+
     fn swept(&self, m: MethodName) -> bool {
         self.lambda_sweep.iter().any(|g| g.method == m)
     }
@@ -259,7 +264,7 @@ impl ExperimentPlan {
             .iter()
             .find(|g| g.method == method)
             .ok_or_else(|| TrainError::Config(format!("no λ sweep planned for {method}")))?;
-        let epochs = Some(grid.epochs.unwrap_or(self.sweep_epochs));
+        let epochs = Some(self.grid_epochs(grid));
         // The clean reference trained for the same epochs as the grid.
         let clean = runs
             .iter()
