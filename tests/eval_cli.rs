@@ -295,7 +295,7 @@ fn reproduce_writes_a_report() -> TestResult {
     let args = [
         "reproduce",
         "--methods",
-        "clean,sgr-sign",
+        "clean,sgr-sign,fgsm",
         "--lrc-methods",
         "clean,sgr-sign",
         "--train-limit",
@@ -342,7 +342,28 @@ fn reproduce_writes_a_report() -> TestResult {
     assert!(out.join("runs/sgr-sign/autoattack/settings.json").is_file());
     assert!(out.join("eval/autoattack.json").is_file());
     assert!(out.join("eval/transfer-eps64.json").is_file());
-    assert!(report.contains("trained at ε = 32/255"), "{report}");
+    // The paper trained its FGSM and PGD models anew for ε = 64: so does reproduce (by default at every
+    // --transfer-eps), and the matrix at 64 uses that model in place of the one trained at 32.
+    let fgsm64 = sgr_train::read_record(&out.join("runs/fgsm-eps64"))?;
+    assert_eq!(fgsm64.method_options.eps, Some(64.0));
+    let tm64: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(
+        out.join("eval/transfer-eps64.json"),
+    )?)?;
+    let tm32: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(
+        out.join("eval/transfer-eps32.json"),
+    )?)?;
+    assert_eq!(
+        tm64["models"],
+        serde_json::json!(["clean", "sgr-sign", "fgsm-eps64"])
+    );
+    assert_eq!(
+        tm32["models"],
+        serde_json::json!(["clean", "sgr-sign", "fgsm"])
+    );
+    assert!(
+        report.contains("trained at ε = 64/255 (runs `…-eps64`)"),
+        "{report}"
+    );
     // TEST RAND FGM FGSM PGD AA FOOL, and the AA column after PGD.
     assert_eq!(row(&report, "sgr-sign").len(), 7, "{report}");
     let header: Vec<&str> = report
@@ -395,6 +416,49 @@ fn reproduce_writes_a_report() -> TestResult {
         section(&report, "transfer accuracy"),
         "the transfer and noise sections from the cache differ from the computed ones"
     );
+    Ok(())
+}
+
+/// `--list-runs` plans pgd and fgsm once more per further --transfer-eps (the paper's Table 4), and
+/// `--adversarial-eps` with the data set's own ε alone plans them once.
+#[test]
+fn reproduce_plans_adversarial_runs_per_transfer_eps() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let out = dir.path().join("repro");
+    let names = |extra: &[&str]| -> Vec<String> {
+        let mut args = vec![
+            "reproduce",
+            "--methods",
+            "clean,pgd,fgsm",
+            "--transfer-eps",
+            "32,64",
+            "--out",
+            s(&out),
+            "--list-runs",
+        ];
+        args.extend_from_slice(extra);
+        ok(&xtask(&args))
+            .lines()
+            .filter_map(|l| l.split(" --run ").nth(1).map(str::to_string))
+            .collect()
+    };
+    assert_eq!(
+        names(&[]),
+        ["clean", "pgd", "pgd-eps64", "fgsm", "fgsm-eps64"]
+    );
+    assert_eq!(
+        names(&["--adversarial-eps", "32"]),
+        ["clean", "pgd", "fgsm"]
+    );
+    let e = err(&xtask(&[
+        "reproduce",
+        "--adversarial-eps",
+        "0",
+        "--out",
+        s(&out),
+        "--list-runs",
+    ]));
+    assert!(e.contains("--adversarial-eps"), "{e}");
     Ok(())
 }
 

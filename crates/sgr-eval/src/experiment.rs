@@ -42,7 +42,9 @@ pub struct ExperimentReport<'a> {
     /// AutoAttack's rows (their AA column is also in the white-box rows) and its settings, where run.
     pub autoattack: Option<(&'a crate::AutoAttackEval, &'a [crate::AutoAttackRow])>,
     /// One PGD transfer matrix per budget (the first is the report's main ε).
-    pub transfers: &'a [TransferMatrix],
+    /// Each matrix, and whether the plan's adversarially trained methods were trained at its ε
+    /// ([`ExperimentPlan::retrained_at`]).
+    pub transfers: &'a [(TransferMatrix, bool)],
     pub lrc: Option<&'a LrcResults>,
     /// The model whose perturbations the covariance figures show, and the analysis.
     pub covariance: (&'a str, &'a CovAnalysis),
@@ -90,15 +92,27 @@ impl ExperimentReport<'_> {
             md += &crate::report::autoattack_markdown(ds, self.eps_255 / 255.0, cfg, rows);
             md += "\n";
         }
-        for m in self.transfers {
+        for (m, retrained) in self.transfers {
             md += &transfer_markdown(ds, m.eps * 255.0, m);
+            let e = (m.eps * 255.0 * 1e6).round() / 1e6;
             if (m.eps * 255.0 - self.eps_255).abs() > 1e-6 {
                 let _ = writeln!(
                     md,
-                    "\nEvery model here was trained at ε = {:.0}/255 (the adversarially trained ones included); the \
-                     paper trained its PGD and FGSM models anew for ε = {:.0}/255.",
-                    self.eps_255,
-                    m.eps * 255.0
+                    "\n{}",
+                    if *retrained {
+                        format!(
+                            "The PGD and FGSM models here were trained at ε = {e:.0}/255 (runs `…-eps{e}`), as the \
+                             paper's were; every other model at ε = {:.0}/255.",
+                            self.eps_255
+                        )
+                    } else {
+                        format!(
+                            "Every model here was trained at ε = {:.0}/255 (the adversarially trained ones included); \
+                             the paper trained its PGD and FGSM models anew for ε = {:.0}/255.",
+                            self.eps_255,
+                            m.eps * 255.0
+                        )
+                    }
                 );
             }
             md += &paper_transfer_markdown(ds, m, &method_of);

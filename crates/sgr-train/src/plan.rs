@@ -56,7 +56,14 @@ pub struct PlannedRun {
     pub epochs: Option<usize>,
     /// `OUT/sweep/<tag>` or `OUT/runs/<name>`.
     pub dir: PathBuf,
+    /// Training ε in 1/255 where it is not the data set's: a [`RETRAINED_PER_EPS`] method trained again for a
+    /// transfer matrix at that ε (`<method>-eps<ε>`, first seed only).
+    pub eps_255: Option<f64>,
 }
+
+/// The methods the paper trains anew for each ε of its transfer tables (Table 4: "the PGD & FGSM models were
+/// trained separately for each ε").
+pub const RETRAINED_PER_EPS: [MethodName; 2] = [MethodName::Pgd, MethodName::Fgsm];
 
 /// The settings of an experiment (`cargo xtask reproduce`'s flags).
 #[derive(Clone, Debug)]
@@ -79,6 +86,9 @@ pub struct ExperimentPlan {
     pub validation: usize,
     pub augment: Option<String>,
     pub device: DeviceKind,
+    /// Further training budgets ε (1/255) for the [`RETRAINED_PER_EPS`] methods, one run each with the first
+    /// seed, for the transfer matrices at those ε; the data set's own ε is always trained and ignored here.
+    pub adversarial_eps: Vec<f64>,
 }
 
 const SWEEP_HINT: &str = "run the sweep first (stage 1 of --list-runs)";
@@ -101,6 +111,15 @@ impl ExperimentPlan {
                     g.method
                 )));
             }
+        }
+        if let Some(e) = self
+            .adversarial_eps
+            .iter()
+            .find(|e| !(e.is_finite() && **e > 0.0 && **e <= 255.0))
+        {
+            return Err(TrainError::Config(format!(
+                "--adversarial-eps {e}: give budgets in (0, 255], in units of 1/255"
+            )));
         }
         Ok(())
     }
@@ -131,6 +150,7 @@ impl ExperimentPlan {
                 seed: s0,
                 lambda,
                 epochs: Some(epochs.unwrap_or(self.sweep_epochs)),
+                eps_255: None,
             };
             let e_tag = |e: Option<usize>| e.map_or(String::new(), |e| format!("-e{e}"));
             // One clean reference per budget the grids train for.
@@ -176,13 +196,17 @@ impl ExperimentPlan {
             } else {
                 vec![s0]
             };
-            for seed in seeds {
-                let name = if self.seeds.len() == 1 {
-                    method.to_string()
-                } else {
-                    format!("{method}-s{seed}")
+            let final_run = |seed: u64, eps_255: Option<f64>| {
+                let base = match eps_255 {
+                    Some(e) => format!("{method}-eps{e}"),
+                    None => method.to_string(),
                 };
-                v.push(PlannedRun {
+                let name = if self.seeds.len() == 1 {
+                    base
+                } else {
+                    format!("{base}-s{seed}")
+                };
+                PlannedRun {
                     dir: self.out.join("runs").join(&name),
                     name,
                     stage: Stage::Final,
@@ -190,18 +214,66 @@ impl ExperimentPlan {
                     seed,
                     lambda,
                     epochs: self.epochs,
-                });
+                    eps_255,
+                }
+            };
+            for seed in seeds {
+                v.push(final_run(seed, None));
+            }
+            if RETRAINED_PER_EPS.contains(&method) {
+                for e in self.extra_eps() {
+                    v.push(final_run(s0, Some(e)));
+                }
             }
         }
         v
     }
 
-    /// The final runs (one per method and seed).
+    /// [`Self::adversarial_eps`] without the data set's ε and repeats, in the order given.
+    fn extra_eps(&self) -> Vec<f64> {
+        let own = crate::adversarial::default_eps_255(self.dataset);
+        let mut v: Vec<f64> = Vec::new();
+        for &e in &self.adversarial_eps {
+            if (e - own).abs() > 1e-9 && !v.iter().any(|x| (x - e).abs() <= 1e-9) {
+                v.push(e);
+            }
+        }
+        v
+    }
+
+    /// The final runs at the data set's ε (one per method and seed): the white-box table's models.
     pub fn finals(&self) -> Vec<PlannedRun> {
         self.runs()
             .into_iter()
-            .filter(|p| p.stage == Stage::Final)
+            .filter(|p| p.stage == Stage::Final && p.eps_255.is_none())
             .collect()
+    }
+
+    /// The models of the transfer matrix at `eps_255`: [`Self::first_seed_finals`], each
+    /// [`RETRAINED_PER_EPS`] method replaced by its run trained at that ε where the plan has one.
+    pub fn transfer_models(&self, eps_255: f64) -> Vec<PlannedRun> {
+        let runs = self.runs();
+        self.first_seed_finals()
+            .into_iter()
+            .map(|p| {
+                runs.iter()
+                    .find(|q| {
+                        q.method == p.method
+                            && q.seed == p.seed
+                            && q.eps_255.is_some_and(|e| (e - eps_255).abs() <= 1e-9)
+                    })
+                    .cloned()
+                    .unwrap_or(p)
+            })
+            .collect()
+    }
+
+    /// Whether the plan trains its [`RETRAINED_PER_EPS`] methods again at `eps_255` (an ε other than the data
+    /// set's): what the transfer matrix at that ε uses for them.
+    pub fn retrained_at(&self, eps_255: f64) -> bool {
+        self.runs()
+            .iter()
+            .any(|p| p.eps_255.is_some_and(|e| (e - eps_255).abs() <= 1e-9))
     }
 
     /// The final runs of the first seed, one per method: what comparisons between methods (transfer,
@@ -323,6 +395,7 @@ impl ExperimentPlan {
             method: Some(p.method),
             method_options: MethodOptions {
                 lambda: self.lambda_of(p)?,
+                eps: p.eps_255,
                 ..Default::default()
             },
             dataset: Some(self.dataset),
@@ -381,7 +454,79 @@ mod tests {
             validation: 5000,
             augment: Some("crop".into()),
             device: DeviceKind::Cpu,
+            adversarial_eps: vec![],
         }
+    }
+
+    #[test]
+    fn pgd_and_fgsm_are_trained_again_per_transfer_eps_and_replace_their_first_seed_there()
+    -> Result<()> {
+        let p = ExperimentPlan {
+            methods: vec![MethodName::Clean, MethodName::Pgd, MethodName::Fgsm],
+            seeded_methods: vec![MethodName::Clean, MethodName::Pgd],
+            // 32 is MNIST's own ε (ignored), 64 is given twice (one run).
+            adversarial_eps: vec![32.0, 64.0, 64.0],
+            lambda_sweep: vec![],
+            ..plan()
+        };
+        p.validate()?;
+        let runs = p.runs();
+        let names: Vec<&str> = runs.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "clean-s3",
+                "clean-s4",
+                "pgd-s3",
+                "pgd-s4",
+                "pgd-eps64-s3",
+                "fgsm-s3",
+                "fgsm-eps64-s3"
+            ]
+        );
+        let extra = runs
+            .iter()
+            .find(|r| r.name == "fgsm-eps64-s3")
+            .expect("run");
+        assert_eq!(extra.eps_255, Some(64.0));
+        assert_eq!(
+            extra.dir,
+            PathBuf::from("/nonexistent/out/runs/fgsm-eps64-s3")
+        );
+        assert_eq!(p.train_args(extra)?.method_options.eps, Some(64.0));
+        assert_eq!(p.train_args(&runs[2])?.method_options.eps, None);
+        // The white-box table keeps the runs at the data set's ε.
+        let finals: Vec<String> = p.finals().into_iter().map(|r| r.name).collect();
+        assert_eq!(
+            finals,
+            ["clean-s3", "clean-s4", "pgd-s3", "pgd-s4", "fgsm-s3"]
+        );
+        let at =
+            |e: f64| -> Vec<String> { p.transfer_models(e).into_iter().map(|r| r.name).collect() };
+        assert_eq!(at(32.0), ["clean-s3", "pgd-s3", "fgsm-s3"]);
+        assert_eq!(at(64.0), ["clean-s3", "pgd-eps64-s3", "fgsm-eps64-s3"]);
+        assert_eq!(at(16.0), ["clean-s3", "pgd-s3", "fgsm-s3"]);
+        assert!(p.retrained_at(64.0) && !p.retrained_at(32.0) && !p.retrained_at(16.0));
+        // Without pgd or fgsm nothing is trained again.
+        let none = ExperimentPlan {
+            methods: vec![MethodName::Clean],
+            ..p.clone()
+        };
+        assert!(!none.retrained_at(64.0) && none.runs().len() == 2);
+        // One seed: the name drops the seed, as the others do.
+        let one = ExperimentPlan {
+            seeds: vec![7],
+            ..p.clone()
+        };
+        assert!(one.runs().iter().any(|r| r.name == "pgd-eps64"));
+        // Nonsense budgets are refused, naming the flag.
+        let bad = ExperimentPlan {
+            adversarial_eps: vec![0.0],
+            ..p
+        };
+        let err = bad.validate().expect_err("ε 0 refused").to_string();
+        assert!(err.contains("--adversarial-eps"), "{err}");
+        Ok(())
     }
 
     #[test]
