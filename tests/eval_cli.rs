@@ -302,6 +302,8 @@ fn reproduce_writes_a_report() -> TestResult {
         "300",
         "--epochs",
         "1",
+        "--method-epochs",
+        "fgsm=2",
         "--test-limit",
         "20",
         "--deepfool-images",
@@ -346,6 +348,20 @@ fn reproduce_writes_a_report() -> TestResult {
     // --transfer-eps), and the matrix at 64 uses that model in place of the one trained at 32.
     let fgsm64 = sgr_train::read_record(&out.join("runs/fgsm-eps64"))?;
     assert_eq!(fgsm64.method_options.eps, Some(64.0));
+    // --method-epochs: fgsm's runs train 2 epochs, and each table that shows one says so.
+    assert_eq!(fgsm64.epochs_done, 2);
+    assert_eq!(
+        sgr_train::read_record(&out.join("runs/fgsm"))?.epochs_done,
+        2
+    );
+    for note in [
+        "Trained for another number of epochs than the other models (1): fgsm (2).",
+        "Trained for another number of epochs than the other models (1): fgsm-eps64 (2).",
+    ] {
+        // fgsm: below the white-box, AutoAttack and ε-32 transfer tables; fgsm-eps64: below ε 64's.
+        let times = if note.contains("eps64") { 1 } else { 3 };
+        assert_eq!(report.matches(note).count(), times, "{note}\n{report}");
+    }
     let tm64: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(
         out.join("eval/transfer-eps64.json"),
     )?)?;

@@ -26,6 +26,10 @@ pub struct ReproduceCmd {
     /// Epochs per method (default: the train command's default per method and data set).
     #[arg(long)]
     epochs: Option<usize>,
+    /// Methods whose final runs train for other epochs than --epochs, e.g. `pgd=10,pgd-sgr=10` where PGD
+    /// training's cost does not fit the budget; the report says so beside every table that shows them.
+    #[arg(long, value_delimiter = ',')]
+    method_epochs: Vec<sgr_train::MethodEpochs>,
     /// Train on the first K training images only.
     #[arg(long)]
     train_limit: Option<usize>,
@@ -388,6 +392,7 @@ impl ReproduceCmd {
             validation: self.validation,
             augment: self.augment.clone(),
             device: self.device,
+            method_epochs: self.method_epochs.clone(),
             adversarial_eps: if self.adversarial_eps.is_empty() {
                 self.transfer_eps()
             } else {

@@ -87,9 +87,11 @@ impl ExperimentReport<'_> {
                 .map_or(row.to_string(), |p| p.method.to_string())
         };
         md += &paper_whitebox_markdown(ds, self.whitebox, &method_of);
+        md += &self.budget_note(self.whitebox.iter().map(|r| r.model.as_str()));
         md += "\n";
         if let Some((cfg, rows)) = self.autoattack {
             md += &crate::report::autoattack_markdown(ds, self.eps_255 / 255.0, cfg, rows);
+            md += &self.budget_note(rows.iter().map(|r| r.model.as_str()));
             md += "\n";
         }
         for (m, retrained) in self.transfers {
@@ -116,6 +118,7 @@ impl ExperimentReport<'_> {
                 );
             }
             md += &paper_transfer_markdown(ds, m, &method_of);
+            md += &self.budget_note(m.models.iter().map(String::as_str));
             md += "\n";
         }
         let prefix = format!("{EVAL_DIR}/");
@@ -137,6 +140,29 @@ impl ExperimentReport<'_> {
                 .join("; ")
         );
         Ok(md)
+    }
+
+    /// A line naming the models in `shown` whose runs trained for another number of epochs than the plan's
+    /// (`--method-epochs`), or nothing.
+    fn budget_note<'s>(&self, shown: impl Iterator<Item = &'s str>) -> String {
+        let shown: Vec<&str> = shown.collect();
+        let odd: Vec<String> = self
+            .plan
+            .shortened_finals()
+            .into_iter()
+            .filter(|(p, _)| shown.contains(&p.name.as_str()))
+            .map(|(p, e)| format!("{} ({e})", p.name))
+            .collect();
+        if odd.is_empty() {
+            return String::new();
+        }
+        format!(
+            "\nTrained for another number of epochs than the other models{}: {}.\n",
+            self.plan
+                .epochs
+                .map_or(String::new(), |e| format!(" ({e})")),
+            odd.join(", ")
+        )
     }
 
     /// Per run: settings, images, epochs, training time, last accuracy; then the evaluation stages' times.

@@ -30,7 +30,7 @@ pub use method::{
     Clean, Method, MethodContext, MethodError, MethodOptions, StepInput, StepOutput, WeightDecay,
     build_method, cross_entropy,
 };
-pub use plan::{ExperimentPlan, LambdaFrom, PlannedRun, Stage};
+pub use plan::{ExperimentPlan, LambdaFrom, MethodEpochs, PlannedRun, RETRAINED_PER_EPS, Stage};
 pub use run::{
     CheckpointEvery, EpochRecord, FinalEval, MODEL_FILE, PartialEpoch, RUN_FILE, RUN_SCHEMA,
     RunRecord, RunStatus, STATE_FILE, model_path, read_record, recover,

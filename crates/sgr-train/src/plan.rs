@@ -61,6 +61,28 @@ pub struct PlannedRun {
     pub eps_255: Option<f64>,
 }
 
+/// `METHOD=EPOCHS`: a method whose final runs train for fewer (or more) epochs than the others, e.g. `pgd=10` where
+/// PGD training's ~9× cost does not fit the budget; reports state it beside every table that shows those runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MethodEpochs {
+    pub method: MethodName,
+    pub epochs: usize,
+}
+
+impl std::str::FromStr for MethodEpochs {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        let (m, e) = s
+            .split_once('=')
+            .ok_or_else(|| format!("'{s}': expected METHOD=EPOCHS (e.g. pgd=10)"))?;
+        let method: MethodName = m.trim().parse().map_err(|e| format!("'{s}': {e}"))?;
+        match e.trim().parse::<usize>() {
+            Ok(epochs) if epochs > 0 => Ok(Self { method, epochs }),
+            _ => Err(format!("'{s}': '{e}' is not a positive number of epochs")),
+        }
+    }
+}
+
 /// The methods the paper trains anew for each ε of its transfer tables (Table 4: "the PGD & FGSM models were
 /// trained separately for each ε").
 pub const RETRAINED_PER_EPS: [MethodName; 2] = [MethodName::Pgd, MethodName::Fgsm];
@@ -86,6 +108,8 @@ pub struct ExperimentPlan {
     pub validation: usize,
     pub augment: Option<String>,
     pub device: DeviceKind,
+    /// Epochs of a method's final runs where they differ from [`Self::epochs`].
+    pub method_epochs: Vec<MethodEpochs>,
     /// Further training budgets ε (1/255) for the [`RETRAINED_PER_EPS`] methods, one run each with the first
     /// seed, for the transfer matrices at those ε; the data set's own ε is always trained and ignored here.
     pub adversarial_eps: Vec<f64>,
@@ -109,6 +133,14 @@ impl ExperimentPlan {
                 return Err(TrainError::Config(format!(
                     "--lambda-sweep: {} has two grids; give one",
                     g.method
+                )));
+            }
+        }
+        for (i, m) in self.method_epochs.iter().enumerate() {
+            if self.method_epochs[..i].iter().any(|n| n.method == m.method) {
+                return Err(TrainError::Config(format!(
+                    "--method-epochs: {} is given twice; give it once",
+                    m.method
                 )));
             }
         }
@@ -213,7 +245,7 @@ impl ExperimentPlan {
                     method,
                     seed,
                     lambda,
-                    epochs: self.epochs,
+                    epochs: self.final_epochs(method),
                     eps_255,
                 }
             };
@@ -227,6 +259,24 @@ impl ExperimentPlan {
             }
         }
         v
+    }
+
+    /// Epochs of `method`'s final runs: its [`Self::method_epochs`] entry, else [`Self::epochs`].
+    pub fn final_epochs(&self, method: MethodName) -> Option<usize> {
+        self.method_epochs
+            .iter()
+            .find(|m| m.method == method)
+            .map_or(self.epochs, |m| Some(m.epochs))
+    }
+
+    /// The final runs whose budget differs from [`Self::epochs`], with their epochs (what a report must say
+    /// beside the tables that show them).
+    pub fn shortened_finals(&self) -> Vec<(PlannedRun, usize)> {
+        self.runs()
+            .into_iter()
+            .filter(|p| p.stage == Stage::Final && p.epochs != self.epochs)
+            .filter_map(|p| p.epochs.map(|e| (p, e)))
+            .collect()
     }
 
     /// [`Self::adversarial_eps`] without the data set's ε and repeats, in the order given.
@@ -455,7 +505,65 @@ mod tests {
             augment: Some("crop".into()),
             device: DeviceKind::Cpu,
             adversarial_eps: vec![],
+            method_epochs: vec![],
         }
+    }
+
+    #[test]
+    fn a_method_may_train_fewer_epochs_and_the_plan_says_which_runs_did() -> Result<()> {
+        let p = ExperimentPlan {
+            methods: vec![MethodName::Clean, MethodName::Pgd],
+            adversarial_eps: vec![64.0],
+            method_epochs: vec!["pgd=10".parse().map_err(TrainError::Config)?],
+            lambda_sweep: vec![],
+            ..plan()
+        };
+        p.validate()?;
+        let epochs: Vec<(String, Option<usize>)> =
+            p.runs().into_iter().map(|r| (r.name, r.epochs)).collect();
+        assert_eq!(
+            epochs,
+            [
+                ("clean-s3".to_string(), Some(50)),
+                ("clean-s4".to_string(), Some(50)),
+                ("pgd-s3".to_string(), Some(10)),
+                ("pgd-eps64-s3".to_string(), Some(10)),
+            ]
+        );
+        let short: Vec<(String, usize)> = p
+            .shortened_finals()
+            .into_iter()
+            .map(|(r, e)| (r.name, e))
+            .collect();
+        assert_eq!(
+            short,
+            [("pgd-s3".to_string(), 10), ("pgd-eps64-s3".to_string(), 10)]
+        );
+        assert_eq!(p.train_args(&p.run("pgd-s3")?)?.epochs, Some(10));
+        for bad in ["pgd", "pgd=0", "pgd=x", "nope=3"] {
+            assert!(bad.parse::<MethodEpochs>().is_err(), "{bad}");
+        }
+        let twice = ExperimentPlan {
+            method_epochs: vec![
+                MethodEpochs {
+                    method: MethodName::Pgd,
+                    epochs: 10,
+                },
+                MethodEpochs {
+                    method: MethodName::Pgd,
+                    epochs: 20,
+                },
+            ],
+            ..p
+        };
+        assert!(
+            twice
+                .validate()
+                .expect_err("twice")
+                .to_string()
+                .contains("--method-epochs")
+        );
+        Ok(())
     }
 
     #[test]
