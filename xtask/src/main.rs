@@ -58,7 +58,7 @@ enum Command {
     /// Originals, PGD adversarials and rescaled perturbations, one per class (paper Fig. 7, 8).
     Samples(figures::SamplesCmd),
     /// Train every method and run every evaluation into one folder with report.md.
-    Reproduce(reproduce::ReproduceCmd),
+    Reproduce(Box<reproduce::ReproduceCmd>),
     /// Time training steps of both models (batch 128) and compare with PyTorch where available.
     Bench(bench::BenchCmd),
     /// Install nvcc and the CUDA headers from PyPI wheels into a cache folder; print the `export` lines to use.
@@ -93,7 +93,7 @@ fn main() -> std::process::ExitCode {
         Command::AnalyzeCov(cmd) => analyze_cov::run(cmd),
         Command::Trajectories(cmd) => figures::run_trajectories(cmd),
         Command::Samples(cmd) => figures::run_samples(cmd),
-        Command::Reproduce(cmd) => reproduce::run(cmd),
+        Command::Reproduce(cmd) => reproduce::run(*cmd),
         Command::CudaToolkit(cmd) => cuda_toolkit::run(cmd),
         Command::GpuCheck(cmd) => gpu_check::run(cmd),
         Command::GpuSelftest(cmd) => gpu_selftest::run(cmd),
