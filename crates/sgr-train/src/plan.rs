@@ -185,11 +185,12 @@ impl ExperimentPlan {
                 eps_255: None,
             };
             let e_tag = |e: Option<usize>| e.map_or(String::new(), |e| format!("-e{e}"));
-            // One clean reference per budget the grids train for.
+            // One clean reference per budget the grids train for (`@E` with E = --sweep-epochs is that budget).
             let mut budgets: Vec<Option<usize>> = Vec::new();
             for g in &self.lambda_sweep {
-                if !budgets.contains(&g.epochs) {
-                    budgets.push(g.epochs);
+                let e = g.epochs.filter(|&e| e != self.sweep_epochs);
+                if !budgets.contains(&e) {
+                    budgets.push(e);
                 }
             }
             for &e in &budgets {
@@ -766,6 +767,25 @@ mod tests {
         assert!(sgr.contains("sweep/clean-e20-s3"), "{sgr}");
         let gn = p.select(MethodName::Gn).expect_err("no runs").to_string();
         assert!(gn.contains("sweep/clean-s3"), "{gn}");
+        // `@5` beside --sweep-epochs 5 is the same budget: one clean reference, which both grids are judged by.
+        let same = ExperimentPlan {
+            lambda_sweep: vec![
+                "sgr-sign@5=0.5,1".parse().expect("grid"),
+                "gn=1,2".parse().expect("grid"),
+            ],
+            ..plan()
+        };
+        let cleans: Vec<String> = same
+            .runs()
+            .into_iter()
+            .filter(|r| r.stage == Stage::Sweep && r.method == MethodName::Clean)
+            .map(|r| r.name)
+            .collect();
+        assert_eq!(cleans, ["sweep/clean-s3"]);
+        for m in [MethodName::SgrSign, MethodName::Gn] {
+            let e = same.select(m).expect_err("no runs").to_string();
+            assert!(e.contains("sweep/clean-s3"), "{e}");
+        }
         let twice = ExperimentPlan {
             lambda_sweep: vec![
                 "gn=1,2".parse().expect("grid"),
