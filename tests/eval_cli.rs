@@ -181,16 +181,21 @@ fn eval_commands_on_the_mnist_subset() -> TestResult {
         serde_json::from_str(&std::fs::read_to_string(out.join("transfer.json"))?)?;
     assert_eq!(json["images"], 50);
     assert_eq!(json["accuracy"].as_array().unwrap().len(), 2);
-    // --resume keeps each source's column in OUT/cache/transfer and reuses it: a stored column that was edited
+    // --resume keeps each source's column in OUT/cache/transfer (and its PGD examples in OUT/cache/transfer/adv)
+    // and reuses it: a stored column that was edited
     // shows up in the matrix (so it was not recomputed); without --resume the matrix is computed afresh.
     ok(&xtask(&tr_args));
     let column = out.join("cache/transfer/b.json");
     let mut stored: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&column)?)?;
+    // One cell per target checkpoint: b's examples fed to a, then to b.
     assert_eq!(
-        stored["result"],
-        serde_json::json!([json["accuracy"][0][1], json["accuracy"][1][1]])
+        [
+            &stored["result"][0]["accuracy"],
+            &stored["result"][1]["accuracy"]
+        ],
+        [&json["accuracy"][0][1], &json["accuracy"][1][1]]
     );
-    stored["result"][0] = serde_json::json!(0.125);
+    stored["result"][0]["accuracy"] = serde_json::json!(0.125);
     std::fs::write(&column, stored.to_string())?;
     ok(&xtask(&tr_args));
     let reused: serde_json::Value =

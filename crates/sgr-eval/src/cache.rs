@@ -22,6 +22,16 @@ pub fn file_digest(path: &Path) -> Result<String> {
     Ok(format!("{h:016x}"))
 }
 
+/// FNV-1a (64 bit) of a text, as hex.
+pub fn text_digest(text: &str) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in text.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    format!("{h:016x}")
+}
+
 /// A folder of results, one JSON file per model: `{"key": …, "result": …}`.
 #[derive(Debug, Clone)]
 pub struct ResultCache {
@@ -36,8 +46,12 @@ impl ResultCache {
     }
 
     fn path(&self, name: &str) -> PathBuf {
-        let safe: String = name
-            .chars()
+        self.dir.join(format!("{}.json", Self::file_stem(name)))
+    }
+
+    /// `name` with every character outside `[A-Za-z0-9._-]` replaced by `_`.
+    fn file_stem(name: &str) -> String {
+        name.chars()
             .map(|c| {
                 if c.is_ascii_alphanumeric() || "-_.".contains(c) {
                     c
@@ -45,8 +59,52 @@ impl ResultCache {
                     '_'
                 }
             })
-            .collect();
-        self.dir.join(format!("{safe}.json"))
+            .collect()
+    }
+
+    /// Where a large result beside `name`'s JSON file goes: `DIR/<sub>/<name>-<digest of key>.<ext>` (a new
+    /// key gets a new file; [`Self::remove_stale`] drops the old ones).
+    pub fn side_path<K: Serialize>(
+        &self,
+        sub: &str,
+        name: &str,
+        key: &K,
+        ext: &str,
+    ) -> Result<PathBuf> {
+        let key = serde_json::to_string(key).map_err(|e| EvalError::Invalid(e.to_string()))?;
+        Ok(self.dir.join(sub).join(format!(
+            "{}-{}.{ext}",
+            Self::file_stem(name),
+            text_digest(&key)
+        )))
+    }
+
+    /// Removes the files of `name` in `DIR/<sub>` other than `keep` (made under earlier keys).
+    pub fn remove_stale(&self, sub: &str, name: &str, keep: &Path) {
+        let prefix = format!("{}-", Self::file_stem(name));
+        let Ok(entries) = std::fs::read_dir(self.dir.join(sub)) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let p = e.path();
+            let stale = p != keep
+                && p.file_name().and_then(|f| f.to_str()).is_some_and(|f| {
+                    f.strip_prefix(&prefix)
+                        .is_some_and(|rest| !rest.contains('-'))
+                });
+            if stale {
+                if let Err(err) = std::fs::remove_file(&p) {
+                    tracing::warn!("{}: {err}", p.display());
+                }
+            }
+        }
+    }
+
+    /// The stored `{"key", "result"}` of `name` whatever its key (to read results of an older layout).
+    pub fn stored(&self, name: &str) -> Option<(serde_json::Value, serde_json::Value)> {
+        let text = std::fs::read_to_string(self.path(name)).ok()?;
+        let mut v: serde_json::Value = serde_json::from_str(&text).ok()?;
+        Some((v.get_mut("key")?.take(), v.get_mut("result")?.take()))
     }
 
     /// The stored result of `name` if it was made with `key` (compared as JSON), else `compute()`, stored

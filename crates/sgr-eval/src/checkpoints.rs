@@ -371,42 +371,124 @@ impl Setup {
     }
 
     /// The PGD transfer matrix between every pair of models; with a `cache`, each source model's column is
-    /// stored as it is made and reused on a later call with the same settings, test images and checkpoint
-    /// bytes of every model (the matrix is N attack runs: an interrupted one resumes column by column).
+    /// stored as it is made, one accuracy per target checkpoint, and reused on a later call with the same
+    /// settings, test images and source checkpoint: a target added or retrained since costs one evaluation on
+    /// the source's stored PGD examples (`CACHE/adv/`), not a new attack (the matrix is N attack runs: an
+    /// interrupted one resumes column by column).
     pub fn transfer_matrix(
         &self,
         cfg: &crate::TransferConfig,
         cache: Option<&crate::cache::ResultCache>,
     ) -> Result<crate::TransferMatrix> {
         let named = self.named();
-        let digests = self
-            .models
-            .iter()
-            .map(Loaded::digest)
-            .collect::<Result<Vec<_>>>()?;
-        let targets: Vec<_> = self
-            .models
-            .iter()
-            .zip(&digests)
-            .map(|(l, d)| serde_json::json!([l.name, d]))
-            .collect();
-        let columns = (0..named.len())
-            .map(|s| {
-                self.cached(
-                    cache,
-                    named[s].name,
-                    || {
-                        Ok(serde_json::json!({
-                            "config": cfg,
-                            "source": digests[s],
-                            "targets": targets,
-                        }))
-                    },
-                    || crate::transfer_column(&named, s, &self.x, &self.y, cfg),
-                )
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let columns = match cache {
+            None => (0..named.len())
+                .map(|s| crate::transfer_column(&named, s, &self.x, &self.y, cfg))
+                .collect::<Result<Vec<_>>>()?,
+            Some(c) => {
+                let digests = self
+                    .models
+                    .iter()
+                    .map(Loaded::digest)
+                    .collect::<Result<Vec<_>>>()?;
+                (0..named.len())
+                    .map(|s| self.stored_transfer_column(c, &named, &digests, s, cfg))
+                    .collect::<Result<Vec<_>>>()?
+            }
+        };
         crate::TransferMatrix::from_columns(&named, &self.x, &self.y, cfg, &columns)
+    }
+
+    /// Column `s` of the transfer matrix from `cache`: the stored accuracy of each target (by checkpoint
+    /// digest) under the key of the settings, test images and source checkpoint; targets without one are
+    /// evaluated on the source's PGD examples, read from `CACHE/adv/` or made (and stored there) when missing.
+    fn stored_transfer_column(
+        &self,
+        cache: &crate::cache::ResultCache,
+        named: &[crate::Named<'_>],
+        digests: &[String],
+        s: usize,
+        cfg: &crate::TransferConfig,
+    ) -> Result<Vec<f64>> {
+        let name = named[s].name;
+        let mut key = serde_json::json!({"config": cfg, "source": digests[s]});
+        if let Some(k) = key.as_object_mut() {
+            k.insert("dataset".into(), self.dataset.as_str().into());
+            k.insert("images".into(), self.x.dim(0)?.into());
+        }
+        let mut cells: Vec<TransferCell> = cache
+            .get(name, &key)
+            .or_else(|| legacy_transfer_cells(cache, name, &key))
+            .unwrap_or_default();
+        let missing: Vec<usize> = (0..named.len())
+            .filter(|&t| !cells.iter().any(|c| c.target == digests[t]))
+            .collect();
+        if !missing.is_empty() {
+            let adv = self.stored_examples(cache, name, &key, || {
+                crate::transfer_examples(named[s], &self.x, &self.y, cfg)
+            })?;
+            for t in missing {
+                if cells.iter().any(|c| c.target == digests[t]) {
+                    continue; // the same checkpoint twice
+                }
+                cells.push(TransferCell {
+                    target: digests[t].clone(),
+                    accuracy: crate::accuracy(named[t].model, &adv, &self.y, cfg.batch_size)?,
+                });
+            }
+            cache.put(name, &key, &cells)?;
+        }
+        digests
+            .iter()
+            .map(|d| {
+                cells
+                    .iter()
+                    .find(|c| &c.target == d)
+                    .map(|c| c.accuracy)
+                    .ok_or_else(|| {
+                        EvalError::Invalid(format!("transfer column {name}: no cell for {d}"))
+                    })
+            })
+            .collect()
+    }
+
+    /// The source's PGD examples stored under `key` in `CACHE/adv/`, else `make()`'s, stored there (older
+    /// keys' files of the same source are removed).
+    fn stored_examples(
+        &self,
+        cache: &crate::cache::ResultCache,
+        name: &str,
+        key: &serde_json::Value,
+        make: impl FnOnce() -> Result<Tensor>,
+    ) -> Result<Tensor> {
+        let path = cache.side_path("adv", name, key, "safetensors")?;
+        let io = |source| EvalError::Io {
+            path: path.display().to_string(),
+            source,
+        };
+        if path.is_file() {
+            match candle_core::safetensors::load(&path, self.x.device()) {
+                Ok(mut t) => match t.remove("adv") {
+                    Some(adv) if adv.dims() == self.x.dims() => {
+                        tracing::info!(name, file = %path.display(), "reusing stored PGD examples");
+                        return Ok(adv);
+                    }
+                    _ => tracing::warn!(
+                        "{}: not this source's examples; making them again",
+                        path.display()
+                    ),
+                },
+                Err(e) => tracing::warn!("{}: {e}; making the examples again", path.display()),
+            }
+        }
+        let adv = make()?;
+        let dir = path.parent().unwrap_or(&path).to_path_buf();
+        std::fs::create_dir_all(&dir).map_err(io)?;
+        let tmp = path.with_extension("safetensors.tmp");
+        adv.save_safetensors("adv", &tmp)?;
+        std::fs::rename(&tmp, &path).map_err(io)?;
+        cache.remove_stale("adv", name, &path);
+        Ok(adv)
     }
 
     /// The correlated-noise curves of every model (the data covariance from the first `data_cov_images`
@@ -440,4 +522,34 @@ impl Loaded {
     pub fn digest(&self) -> Result<String> {
         crate::cache::file_digest(&sgr_train::model_path(&self.path))
     }
+}
+
+/// One stored transfer accuracy: a target checkpoint (by digest) on a source's PGD examples.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+struct TransferCell {
+    target: String,
+    accuracy: f64,
+}
+
+/// The cells of a column stored in the earlier layout (the key named every target, the result was one
+/// accuracy per target), if that key is `key` plus its targets.
+fn legacy_transfer_cells(
+    cache: &crate::cache::ResultCache,
+    name: &str,
+    key: &serde_json::Value,
+) -> Option<Vec<TransferCell>> {
+    let (mut old_key, result) = cache.stored(name)?;
+    let targets = old_key.as_object_mut()?.remove("targets")?;
+    if &old_key != key {
+        return None;
+    }
+    let accs: Vec<f64> = serde_json::from_value(result).ok()?;
+    let targets: Vec<(String, String)> = serde_json::from_value(targets).ok()?;
+    (targets.len() == accs.len()).then(|| {
+        targets
+            .into_iter()
+            .zip(accs)
+            .map(|((_, target), accuracy)| TransferCell { target, accuracy })
+            .collect()
+    })
 }

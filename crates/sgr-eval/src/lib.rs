@@ -52,7 +52,9 @@ pub use lrc::{
     lrc_evaluation, lrc_figures, lrc_markdown, worst_of_n_accuracy,
 };
 pub use table::{Table, fmt_pct};
-pub use transfer::{TransferConfig, TransferMatrix, transfer_column, transfer_matrix};
+pub use transfer::{
+    TransferConfig, TransferMatrix, transfer_column, transfer_examples, transfer_matrix,
+};
 pub use whitebox::{WhiteboxConfig, WhiteboxRow, whitebox, whitebox_table};
 
 use candle_core::{DType, Tensor};

@@ -61,26 +61,38 @@ pub fn transfer_column(
     y: &Tensor,
     cfg: &TransferConfig,
 ) -> Result<Vec<f64>> {
-    let n = check_data(x, y)?;
     let src = models.get(source).ok_or_else(|| {
         crate::EvalError::Invalid(format!(
             "transfer source {source} of {} models",
             models.len()
         ))
     })?;
-    let bs = cfg.batch_size;
+    let adv = transfer_examples(*src, x, y, cfg)?;
+    models
+        .iter()
+        .map(|target| accuracy(target.model, &adv, y, cfg.batch_size))
+        .collect()
+}
+
+/// The PGD examples of `source` that its column feeds to every model (`cfg.steps` steps of ε/5, no random
+/// start): the expensive part of a column.
+pub fn transfer_examples(
+    source: Named<'_>,
+    x: &Tensor,
+    y: &Tensor,
+    cfg: &TransferConfig,
+) -> Result<Tensor> {
+    let n = check_data(x, y)?;
     let attack = Pgd {
         steps: cfg.steps,
         ..Pgd::whitebox()
     };
-    let _span = tracing::info_span!("transfer_source", model = src.name, images = n).entered();
-    let adv = adversarial_set(x, y, bs, |_, xb, yb| attack.run(src.model, xb, yb, cfg.eps))?;
-    let column = models
-        .iter()
-        .map(|target| accuracy(target.model, &adv, y, bs))
-        .collect::<Result<Vec<_>>>()?;
-    tracing::info!(source = src.name, "transfer set done");
-    Ok(column)
+    let _span = tracing::info_span!("transfer_source", model = source.name, images = n).entered();
+    let adv = adversarial_set(x, y, cfg.batch_size, |_, xb, yb| {
+        attack.run(source.model, xb, yb, cfg.eps)
+    })?;
+    tracing::info!(source = source.name, "transfer set done");
+    Ok(adv)
 }
 
 impl TransferMatrix {

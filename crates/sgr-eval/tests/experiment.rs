@@ -1,6 +1,7 @@
-//! AutoAttack beside run folders (feature `experiment`): a run evaluated with `eval-autoattack --out
-//! RUN/autoattack` is reused — reached through a link, from a folder that predates recorded digests — and a
-//! folder started with other settings is refused, never silently reused.
+//! Results kept across runs (feature `experiment`): AutoAttack beside run folders — a run evaluated with
+//! `eval-autoattack --out RUN/autoattack` is reused, reached through a link, from a folder that predates recorded
+//! digests, and a folder started with other settings is refused, never silently reused — and the transfer
+//! matrix's stored columns, reused cell by cell when models are added or retrained.
 #![cfg(feature = "experiment")]
 
 use std::path::Path;
@@ -29,8 +30,12 @@ fn run_folder(dir: &Path, seed: u64) -> TestResult {
 }
 
 fn open(dir: &Path) -> sgr_eval::Result<Setup> {
+    open_all(&[dir.to_path_buf()])
+}
+
+fn open_all(dirs: &[std::path::PathBuf]) -> sgr_eval::Result<Setup> {
     Setup::open(
-        &[dir.to_path_buf()],
+        dirs,
         &TestData {
             dataset: Some(DatasetName::MnistSubset),
             data_dir: None,
@@ -124,5 +129,123 @@ fn a_run_evaluated_beside_its_model_is_reused() -> TestResult {
         units.get() > 0,
         "a changed checkpoint reused a stored result"
     );
+    Ok(())
+}
+
+#[test]
+fn transfer_columns_are_kept_per_target_and_a_new_model_costs_no_attack_on_the_others() -> TestResult
+{
+    let tmp = tempfile::tempdir()?;
+    let [a, b, c] = ["a", "b", "c"].map(|n| tmp.path().join(n));
+    for (dir, seed) in [(&a, 1), (&b, 2), (&c, 3)] {
+        run_folder(dir, seed)?;
+    }
+    let cache = ResultCache::new(&tmp.path().join("cache"));
+    let cfg = sgr_eval::TransferConfig {
+        eps: 32.0 / 255.0,
+        steps: 3,
+        batch_size: 16,
+    };
+    let two = open_all(&[a.clone(), b.clone()])?;
+    let first = two.transfer_matrix(&cfg, Some(&cache))?;
+    assert_eq!(first, two.transfer_matrix(&cfg, None)?);
+    let adv_files = |dir: &Path| -> std::io::Result<Vec<std::path::PathBuf>> {
+        let mut v: Vec<_> = std::fs::read_dir(dir.join("adv"))?
+            .map(|e| e.map(|e| e.path()))
+            .collect::<std::io::Result<_>>()?;
+        v.sort();
+        Ok(v)
+    };
+    let before = adv_files(&tmp.path().join("cache"))?;
+    assert_eq!(before.len(), 2, "{before:?}");
+    let stamps = before
+        .iter()
+        .map(|p| std::fs::metadata(p)?.modified())
+        .collect::<std::io::Result<Vec<_>>>()?;
+
+    // Edit a's stored cell for target b: a later matrix shows the edit (the cell was reused, not recomputed).
+    let column = tmp.path().join("cache/a.json");
+    let mut stored: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&column)?)?;
+    let cells = stored["result"].as_array_mut().ok_or("cells")?;
+    assert_eq!(cells.len(), 2);
+    cells[1]["accuracy"] = serde_json::json!(0.125);
+    std::fs::write(&column, stored.to_string())?;
+
+    // A third model: its column is one attack; a's and b's columns gain c's cell from their stored examples.
+    let three = open_all(&[a.clone(), b.clone(), c.clone()])?;
+    let cached = three.transfer_matrix(&cfg, Some(&cache))?;
+    let fresh = three.transfer_matrix(&cfg, None)?;
+    assert_eq!(
+        cached.accuracy[1][0], 0.125,
+        "the stored cell was not reused"
+    );
+    for t in 0..3 {
+        for s in 0..3 {
+            if (t, s) != (1, 0) {
+                assert_eq!(cached.accuracy[t][s], fresh.accuracy[t][s], "cell {t} {s}");
+            }
+        }
+    }
+    let after = adv_files(&tmp.path().join("cache"))?;
+    assert_eq!(after.len(), 3);
+    for (p, stamp) in before.iter().zip(&stamps) {
+        assert_eq!(
+            &std::fs::metadata(p)?.modified()?,
+            stamp,
+            "{} made again",
+            p.display()
+        );
+    }
+
+    // b retrained (another checkpoint): its column is attacked again (its old examples removed), and the
+    // other columns evaluate the new b on their stored examples.
+    run_folder(&b, 9)?;
+    let retrained = open_all(&[a.clone(), b.clone(), c.clone()])?;
+    let m = retrained.transfer_matrix(&cfg, Some(&cache))?;
+    assert_eq!(m.accuracy, retrained.transfer_matrix(&cfg, None)?.accuracy);
+    assert_eq!(adv_files(&tmp.path().join("cache"))?.len(), 3);
+    assert!(
+        !before[1].exists(),
+        "b's examples under its old checkpoint are left behind"
+    );
+    assert_eq!(
+        std::fs::metadata(&before[0])?.modified()?,
+        stamps[0],
+        "a's examples made again"
+    );
+    Ok(())
+}
+
+/// Columns stored by the earlier layout (a key naming every target, one accuracy per target) are still read.
+#[test]
+fn transfer_columns_of_the_earlier_layout_are_reused() -> TestResult {
+    let tmp = tempfile::tempdir()?;
+    let [a, b] = ["a", "b"].map(|n| tmp.path().join(n));
+    run_folder(&a, 1)?;
+    run_folder(&b, 2)?;
+    let cfg = sgr_eval::TransferConfig {
+        eps: 32.0 / 255.0,
+        steps: 2,
+        batch_size: 16,
+    };
+    let s = open_all(&[a.clone(), b.clone()])?;
+    let digest = |d: &Path| sgr_eval::experiment::file_digest(&d.join("model.safetensors"));
+    let (da, db) = (digest(&a)?, digest(&b)?);
+    let cache_dir = tmp.path().join("cache");
+    std::fs::create_dir_all(&cache_dir)?;
+    for (name, source, accs) in [("a", &da, [0.25, 0.5]), ("b", &db, [0.75, 0.875])] {
+        let old = serde_json::json!({
+            "key": {
+                "config": cfg, "source": source, "targets": [["a", da], ["b", db]],
+                "dataset": "mnist-subset", "images": 40,
+            },
+            "result": accs,
+        });
+        std::fs::write(cache_dir.join(format!("{name}.json")), old.to_string())?;
+    }
+    let m = s.transfer_matrix(&cfg, Some(&ResultCache::new(&cache_dir)))?;
+    // accuracy[target][source]
+    assert_eq!(m.accuracy, vec![vec![0.25, 0.75], vec![0.5, 0.875]]);
+    assert!(!cache_dir.join("adv").exists(), "an attack ran");
     Ok(())
 }
