@@ -431,6 +431,26 @@ fn reproduce_writes_a_report() -> TestResult {
         );
     }
     assert_eq!(row(&md2, "sgr-sign"), row(&report, "sgr-sign"));
+    // The budget table keeps what the reused results cost when they were computed.
+    let stage = |md: &str, what: &str| {
+        md.lines()
+            .find(|l| l.starts_with(&format!("| {what} |")))
+            .map(|l| l.split('|').map(str::trim).nth(3).unwrap_or("").to_string())
+    };
+    for what in [
+        "white-box table",
+        "AutoAttack",
+        "transfer matrix, ε = 32/255",
+        "correlated-noise curves",
+    ] {
+        assert_eq!(
+            stage(&report, what).as_deref(),
+            Some("–"),
+            "{what}: nothing reused the first time"
+        );
+        let reused = stage(&md2, what).unwrap_or_default();
+        assert!(reused.ends_with(" min"), "{what}: {reused}\n{md2}");
+    }
     let section = |r: &str, from: &str| r[r.find(from).unwrap_or(0)..].trim_end().to_string();
     assert_eq!(
         section(&md2, "transfer accuracy"),

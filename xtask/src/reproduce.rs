@@ -7,7 +7,7 @@ use std::time::Instant;
 use anyhow::Context;
 use clap::Args;
 use sgr_data::DatasetName;
-use sgr_eval::experiment::ExperimentReport;
+use sgr_eval::experiment::{ExperimentReport, ResultCache, StageTime};
 use sgr_models::DeviceKind;
 use sgr_train::{ExperimentPlan, MethodName, PlannedRun, Stage};
 
@@ -120,16 +120,30 @@ pub struct ReproduceCmd {
 }
 
 struct Budget {
-    lines: Vec<(String, f64)>,
+    lines: Vec<StageTime>,
 }
 
 impl Budget {
     fn time<T>(&mut self, what: &str, f: impl FnOnce() -> anyhow::Result<T>) -> anyhow::Result<T> {
+        self.time_cached(what, None, f)
+    }
+
+    /// [`Self::time`] of a stage that reuses results from `cache`, recording their computing time too.
+    fn time_cached<T>(
+        &mut self,
+        what: &str,
+        cache: Option<&ResultCache>,
+        f: impl FnOnce() -> anyhow::Result<T>,
+    ) -> anyhow::Result<T> {
         let t = Instant::now();
+        let before = cache.map_or(0.0, ResultCache::reused_seconds);
         tracing::info!("reproduce: {what}");
         let r = f()?;
-        self.lines
-            .push((what.to_string(), t.elapsed().as_secs_f64()));
+        self.lines.push(StageTime {
+            what: what.to_string(),
+            seconds: t.elapsed().as_secs_f64(),
+            reused_seconds: cache.map_or(0.0, ResultCache::reused_seconds) - before,
+        });
         Ok(r)
     }
 }
@@ -206,7 +220,7 @@ pub fn run(cmd: ReproduceCmd) -> anyhow::Result<()> {
     // Each model's row is kept in eval/cache/whitebox: an interrupted table resumes model by model, and a rerun
     // (e.g. --report-only after more runs finished) reuses the rows of unchanged checkpoints.
     let wb_cache = result_cache(&eval_dir, "whitebox");
-    let mut wb = budget.time("white-box table", || {
+    let mut wb = budget.time_cached("white-box table", Some(&wb_cache), || {
         Ok(s.whitebox_rows(&eval_whitebox::config(&s, &wb_cmd), Some(&wb_cache))?)
     })?;
     // AutoAttack (the AA column): each model's run resumes in RUN/autoattack, the folder `eval-autoattack
@@ -223,7 +237,7 @@ pub fn run(cmd: ReproduceCmd) -> anyhow::Result<()> {
     };
     let aa = if cmd.autoattack_images > 0 {
         let cache = result_cache(&eval_dir, "autoattack");
-        let rows = budget.time("AutoAttack", || {
+        let rows = budget.time_cached("AutoAttack", Some(&cache), || {
             crate::eval_autoattack::evaluate_beside_runs(
                 &s,
                 cmd.autoattack_images,
@@ -265,9 +279,11 @@ pub fn run(cmd: ReproduceCmd) -> anyhow::Result<()> {
         let ts_setup = setup(&tr_cmd.checkpoints, &tr_cmd.data)?;
         // Each source model's column is kept in eval/cache/transfer-eps<ε>: the matrix resumes column by column.
         let cache = result_cache(&eval_dir, &format!("transfer-eps{e}"));
-        let tm = budget.time(&format!("transfer matrix, ε = {e}/255"), || {
-            eval_transfer::evaluate(&ts_setup, &tr_cmd, Some(&cache))
-        })?;
+        let tm = budget.time_cached(
+            &format!("transfer matrix, ε = {e}/255"),
+            Some(&cache),
+            || eval_transfer::evaluate(&ts_setup, &tr_cmd, Some(&cache)),
+        )?;
         crate::evalkit::write_json(&eval_dir.join(format!("transfer-eps{e}.json")), &tm)?;
         transfers.push((tm, plan.retrained_at(e)));
     }
@@ -297,7 +313,7 @@ pub fn run(cmd: ReproduceCmd) -> anyhow::Result<()> {
             resume: true,
         };
         let cache = result_cache(&eval_dir, "lrc");
-        let r = budget.time("correlated-noise curves", || {
+        let r = budget.time_cached("correlated-noise curves", Some(&cache), || {
             eval_lrc::evaluate(&ls, &lrc_cmd, Some(&cache))
         })?;
         crate::evalkit::write_json(&eval_dir.join("lrc.json"), &r)?;

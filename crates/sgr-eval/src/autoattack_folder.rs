@@ -157,6 +157,7 @@ pub fn autoattack_rows(
 ) -> Result<Option<Vec<AutoAttackRow>>> {
     let mut rows = Vec::new();
     for (i, m) in s.named().into_iter().enumerate() {
+        let started = std::time::Instant::now();
         let Some(row) = autoattack_model(
             m,
             &s.x,
@@ -223,6 +224,7 @@ pub fn autoattack_beside_runs(
         } else {
             None
         };
+        let started = std::time::Instant::now();
         let Some(row) = autoattack_model(
             m,
             &x,
@@ -236,7 +238,10 @@ pub fn autoattack_beside_runs(
             return Ok(None);
         };
         if let Some(c) = cache {
-            c.put(m.name, &key, &row)?;
+            // The suite's own time, summed over every resumed part of it; what was spent before this call (a
+            // folder finished or begun earlier) counts as reused.
+            c.count_reused(row.total_seconds() - started.elapsed().as_secs_f64());
+            c.put(m.name, &key, &row, row.total_seconds())?;
         }
         rows.push(row);
     }

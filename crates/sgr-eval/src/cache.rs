@@ -32,17 +32,35 @@ pub fn text_digest(text: &str) -> String {
     format!("{h:016x}")
 }
 
-/// A folder of results, one JSON file per model: `{"key": …, "result": …}`.
+/// A folder of results, one JSON file per model: `{"key": …, "result": …, "seconds": …}` (`seconds`: what
+/// computing it took, so that a report made from stored results can still say what they cost).
 #[derive(Debug, Clone)]
 pub struct ResultCache {
     dir: PathBuf,
+    /// Milliseconds of computation behind the results reused so far (shared by clones).
+    reused_ms: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl ResultCache {
     pub fn new(dir: &Path) -> Self {
         Self {
             dir: dir.to_path_buf(),
+            reused_ms: std::sync::Arc::default(),
         }
+    }
+
+    /// The computing time recorded with every result this cache handed out instead of computing it (results
+    /// stored without a time count 0).
+    pub fn reused_seconds(&self) -> f64 {
+        self.reused_ms.load(std::sync::atomic::Ordering::Relaxed) as f64 / 1000.0
+    }
+
+    /// Counts `seconds` of stored computation as reused.
+    pub fn count_reused(&self, seconds: f64) {
+        self.reused_ms.fetch_add(
+            (seconds.max(0.0) * 1000.0).round() as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
     }
 
     fn path(&self, name: &str) -> PathBuf {
@@ -118,14 +136,26 @@ impl ResultCache {
         if let Some(r) = self.get(name, key) {
             return Ok(r);
         }
+        let t = std::time::Instant::now();
         let result = compute()?;
-        self.put(name, key, &result)?;
+        self.put(name, key, &result, t.elapsed().as_secs_f64())?;
         Ok(result)
     }
 
-    /// The stored result of `name` if it was made with `key` (compared as JSON); a file that does not parse
-    /// counts as missing, with a warning.
+    /// The stored result of `name` if it was made with `key` (compared as JSON), its computing time counted
+    /// as reused; a file that does not parse counts as missing, with a warning.
     pub fn get<K: Serialize, T: DeserializeOwned>(&self, name: &str, key: &K) -> Option<T> {
+        let (r, seconds) = self.get_timed(name, key)?;
+        self.count_reused(seconds);
+        Some(r)
+    }
+
+    /// [`Self::get`] with the stored computing time (0 if none was stored), counting nothing.
+    pub fn get_timed<K: Serialize, T: DeserializeOwned>(
+        &self,
+        name: &str,
+        key: &K,
+    ) -> Option<(T, f64)> {
         let key = serde_json::to_value(key).ok()?;
         let path = self.path(name);
         let text = std::fs::read_to_string(&path).ok()?;
@@ -137,7 +167,8 @@ impl ResultCache {
                 if r.is_some() {
                     tracing::info!(name, file = %path.display(), "reusing a stored result");
                 }
-                r
+                let seconds = v.get("seconds").and_then(serde_json::Value::as_f64);
+                r.map(|r| (r, seconds.unwrap_or(0.0)))
             }
             Ok(_) => None,
             Err(e) => {
@@ -147,16 +178,24 @@ impl ResultCache {
         }
     }
 
-    /// Stores `result` of `name` under `key`, atomically.
-    pub fn put<K: Serialize, T: Serialize>(&self, name: &str, key: &K, result: &T) -> Result<()> {
+    /// Stores `result` of `name` under `key` with the `seconds` computing it took, atomically.
+    pub fn put<K: Serialize, T: Serialize>(
+        &self,
+        name: &str,
+        key: &K,
+        result: &T,
+        seconds: f64,
+    ) -> Result<()> {
         let key = serde_json::to_value(key).map_err(|e| EvalError::Invalid(e.to_string()))?;
         let path = self.path(name);
         std::fs::create_dir_all(&self.dir).map_err(|source| EvalError::Io {
             path: self.dir.display().to_string(),
             source,
         })?;
-        let text = serde_json::to_string_pretty(&serde_json::json!({"key": key, "result": result}))
-            .map_err(|e| EvalError::Invalid(e.to_string()))?;
+        let text = serde_json::to_string_pretty(
+            &serde_json::json!({"key": key, "result": result, "seconds": seconds}),
+        )
+        .map_err(|e| EvalError::Invalid(e.to_string()))?;
         sgr_models::fsutil::write_atomic(&path, text.as_bytes()).map_err(|source| EvalError::Io {
             path: path.display().to_string(),
             source,
@@ -188,6 +227,46 @@ mod tests {
         std::fs::write(dir.path().join("c/model_a_1.json"), "{not json")
             .map_err(|e| EvalError::Invalid(e.to_string()))?;
         assert_eq!(cache.get_or_compute("model a/1", &2u32, || Ok(0.3))?, 0.3);
+        Ok(())
+    }
+
+    #[test]
+    fn a_reused_result_counts_the_time_it_took_to_compute() -> Result<()> {
+        let dir = tempfile::tempdir().map_err(|e| EvalError::Invalid(e.to_string()))?;
+        let cache = ResultCache::new(dir.path());
+        cache.put("m", &1u32, &0.5f64, 12.25)?;
+        assert_eq!(cache.reused_seconds(), 0.0, "storing is not reusing");
+        assert_eq!(cache.get::<_, f64>("m", &2u32), None);
+        assert_eq!(cache.reused_seconds(), 0.0, "a miss reuses nothing");
+        assert_eq!(cache.get_timed::<_, f64>("m", &1u32), Some((0.5, 12.25)));
+        assert_eq!(cache.reused_seconds(), 0.0, "get_timed counts nothing");
+        let shared = cache.clone();
+        assert_eq!(shared.get::<_, f64>("m", &1u32), Some(0.5));
+        assert_eq!(cache.get_or_compute("m", &1u32, || Ok(0.9))?, 0.5);
+        assert_eq!(cache.reused_seconds(), 24.5, "clones share the count");
+        // A result stored without a time (an older file) counts 0.
+        std::fs::write(dir.path().join("old.json"), r#"{"key": 1, "result": 0.25}"#)
+            .map_err(|e| EvalError::Invalid(e.to_string()))?;
+        assert_eq!(cache.get::<_, f64>("old", &1u32), Some(0.25));
+        assert_eq!(cache.reused_seconds(), 24.5);
+        Ok(())
+    }
+
+    #[test]
+    fn stale_side_files_of_a_name_are_removed_and_other_names_kept() -> Result<()> {
+        let dir = tempfile::tempdir().map_err(|e| EvalError::Invalid(e.to_string()))?;
+        let cache = ResultCache::new(dir.path());
+        let old = cache.side_path("adv", "pgd", &1u32, "bin")?;
+        let new = cache.side_path("adv", "pgd", &2u32, "bin")?;
+        let other = cache.side_path("adv", "pgd-eps64", &1u32, "bin")?;
+        assert_ne!(old, new);
+        std::fs::create_dir_all(dir.path().join("adv"))
+            .map_err(|e| EvalError::Invalid(e.to_string()))?;
+        for p in [&old, &new, &other] {
+            std::fs::write(p, "x").map_err(|e| EvalError::Invalid(e.to_string()))?;
+        }
+        cache.remove_stale("adv", "pgd", &new);
+        assert!(!old.exists() && new.exists() && other.exists());
         Ok(())
     }
 

@@ -416,14 +416,17 @@ impl Setup {
             k.insert("dataset".into(), self.dataset.as_str().into());
             k.insert("images".into(), self.x.dim(0)?.into());
         }
-        let mut cells: Vec<TransferCell> = cache
-            .get(name, &key)
-            .or_else(|| legacy_transfer_cells(cache, name, &key))
+        let (mut cells, stored_seconds): (Vec<TransferCell>, f64) = cache
+            .get_timed(name, &key)
+            .or_else(|| legacy_transfer_cells(cache, name, &key).map(|c| (c, 0.0)))
             .unwrap_or_default();
         let missing: Vec<usize> = (0..named.len())
             .filter(|&t| !cells.iter().any(|c| c.target == digests[t]))
             .collect();
-        if !missing.is_empty() {
+        if missing.is_empty() {
+            cache.count_reused(stored_seconds);
+        } else {
+            let t0 = std::time::Instant::now();
             let adv = self.stored_examples(cache, name, &key, || {
                 crate::transfer_examples(named[s], &self.x, &self.y, cfg)
             })?;
@@ -436,7 +439,12 @@ impl Setup {
                     accuracy: crate::accuracy(named[t].model, &adv, &self.y, cfg.batch_size)?,
                 });
             }
-            cache.put(name, &key, &cells)?;
+            cache.put(
+                name,
+                &key,
+                &cells,
+                stored_seconds + t0.elapsed().as_secs_f64(),
+            )?;
         }
         digests
             .iter()

@@ -51,8 +51,17 @@ pub struct ExperimentReport<'a> {
     /// Fig. 7: per ε, how many of the 10 sample predictions PGD changed.
     pub flipped: &'a [(f64, usize)],
     /// Seconds per evaluation stage of this invocation, and in total.
-    pub stages: &'a [(String, f64)],
+    pub stages: &'a [StageTime],
     pub total_seconds: f64,
+}
+
+/// The time of one stage of `reproduce`: spent in this invocation, and recorded with the stored results it
+/// reused instead of computing them ([`ResultCache::reused_seconds`]; 0 for results stored without a time).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct StageTime {
+    pub what: String,
+    pub seconds: f64,
+    pub reused_seconds: f64,
 }
 
 impl ExperimentReport<'_> {
@@ -209,14 +218,28 @@ impl ExperimentReport<'_> {
                 ))
             );
         }
-        md += "\n| evaluation stage | time |\n|:--|--:|\n";
-        for (what, secs) in self.stages {
-            let _ = writeln!(md, "| {what} | {:.1} min |", secs / 60.0);
+        md += "\n| evaluation stage | this invocation | results reused from earlier invocations (their computing time) |\n\
+                |:--|--:|--:|\n";
+        let mut reused = 0.0;
+        for st in self.stages {
+            reused += st.reused_seconds;
+            let _ = writeln!(
+                md,
+                "| {} | {:.1} min | {} |",
+                st.what,
+                st.seconds / 60.0,
+                if st.reused_seconds > 0.0 {
+                    format!("{:.1} min", st.reused_seconds / 60.0)
+                } else {
+                    "–".into()
+                }
+            );
         }
         let _ = writeln!(
             md,
-            "| total (this invocation) | {:.1} min |\n",
-            self.total_seconds / 60.0
+            "| total | {:.1} min | {:.1} min |\n",
+            self.total_seconds / 60.0,
+            reused / 60.0
         );
         Ok(md)
     }
