@@ -157,7 +157,6 @@ pub fn autoattack_rows(
 ) -> Result<Option<Vec<AutoAttackRow>>> {
     let mut rows = Vec::new();
     for (i, m) in s.named().into_iter().enumerate() {
-        let started = std::time::Instant::now();
         let Some(row) = autoattack_model(
             m,
             &s.x,
