@@ -1,5 +1,5 @@
 //! λ selection on a validation split: the rule on hand-made records (eligibility, ties, refusals) and on the
-//! repository's own MNIST sweep, whose choice was worked out by hand in docs/results/mnist-reproduction.md.
+//! repository's own MNIST sweep, whose choice was worked out by hand in docs/results/mnist.md.
 
 use std::path::Path;
 
