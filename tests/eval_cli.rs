@@ -612,6 +612,12 @@ fn reproduce_splits_into_runs_with_seeds_and_a_lambda_sweep() -> anyhow::Result<
     );
     ok(&run(&["--report-only"]));
     let report = std::fs::read_to_string(out.join("report.md"))?;
+    // Each λ's accuracy gap to the clean model, with its noise on the 500 held-out images.
+    assert!(
+        report.contains("vs clean (± 1 SE)")
+            && report.contains("difference of two accuracies on 500 images each"),
+        "{report}"
+    );
     let chosen: f64 = report
         .split("chosen λ = **")
         .nth(1)
