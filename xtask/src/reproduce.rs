@@ -285,7 +285,7 @@ pub fn run(cmd: ReproduceCmd) -> anyhow::Result<()> {
             || eval_transfer::evaluate(&ts_setup, &tr_cmd, Some(&cache)),
         )?;
         crate::evalkit::write_json(&eval_dir.join(format!("transfer-eps{e}.json")), &tm)?;
-        transfers.push((tm, plan.retrained_at(e)));
+        transfers.push(tm);
     }
 
     let lrc_runs: Vec<PathBuf> = cmd

@@ -14,18 +14,18 @@ pub fn file_digest(path: &Path) -> Result<String> {
         path: path.display().to_string(),
         source,
     })?;
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in bytes {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    Ok(format!("{h:016x}"))
+    Ok(fnv1a_hex(&bytes))
 }
 
 /// FNV-1a (64 bit) of a text, as hex.
 pub fn text_digest(text: &str) -> String {
+    fnv1a_hex(text.as_bytes())
+}
+
+/// FNV-1a (64 bit) of `bytes`, as 16 hex digits.
+fn fnv1a_hex(bytes: &[u8]) -> String {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in text.bytes() {
+    for &b in bytes {
         h ^= u64::from(b);
         h = h.wrapping_mul(0x0000_0100_0000_01b3);
     }

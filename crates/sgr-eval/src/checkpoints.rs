@@ -333,12 +333,17 @@ impl Setup {
         run: impl FnOnce() -> Result<T>,
     ) -> Result<T> {
         let Some(c) = cache else { return run() };
-        let mut key = key()?;
+        c.get_or_compute(name, &self.data_key(key()?)?, run)
+    }
+
+    /// `key` (a JSON object) with the data set and the number of test images added: what every stored result
+    /// of this setup is keyed by besides its own settings.
+    fn data_key(&self, mut key: serde_json::Value) -> Result<serde_json::Value> {
         if let Some(k) = key.as_object_mut() {
             k.insert("dataset".into(), self.dataset.as_str().into());
             k.insert("images".into(), self.x.dim(0)?.into());
         }
-        c.get_or_compute(name, &key, run)
+        Ok(key)
     }
 
     /// `run(model)` for every model, each through [`Self::cached`] under its name and `key(model)`.
@@ -411,11 +416,7 @@ impl Setup {
         cfg: &crate::TransferConfig,
     ) -> Result<Vec<f64>> {
         let name = named[s].name;
-        let mut key = serde_json::json!({"config": cfg, "source": digests[s]});
-        if let Some(k) = key.as_object_mut() {
-            k.insert("dataset".into(), self.dataset.as_str().into());
-            k.insert("images".into(), self.x.dim(0)?.into());
-        }
+        let key = self.data_key(serde_json::json!({"config": cfg, "source": digests[s]}))?;
         let (mut cells, stored_seconds): (Vec<TransferCell>, f64) = cache
             .get_timed(name, &key)
             .or_else(|| legacy_transfer_cells(cache, name, &key).map(|c| (c, 0.0)))
@@ -490,11 +491,12 @@ impl Setup {
             }
         }
         let adv = make()?;
-        let dir = path.parent().unwrap_or(&path).to_path_buf();
-        std::fs::create_dir_all(&dir).map_err(io)?;
-        let tmp = path.with_extension("safetensors.tmp");
-        adv.save_safetensors("adv", &tmp)?;
-        std::fs::rename(&tmp, &path).map_err(io)?;
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(io)?;
+        }
+        let bytes = safetensors::serialize([("adv", &adv)], None)
+            .map_err(|e| EvalError::Invalid(format!("{}: {e}", path.display())))?;
+        sgr_models::fsutil::write_atomic(&path, &bytes).map_err(io)?;
         cache.remove_stale("adv", name, &path);
         Ok(adv)
     }

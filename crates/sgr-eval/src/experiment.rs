@@ -42,9 +42,7 @@ pub struct ExperimentReport<'a> {
     /// AutoAttack's rows (their AA column is also in the white-box rows) and its settings, where run.
     pub autoattack: Option<(&'a crate::AutoAttackEval, &'a [crate::AutoAttackRow])>,
     /// One PGD transfer matrix per budget (the first is the report's main ε).
-    /// Each matrix, and whether the plan's adversarially trained methods were trained at its ε
-    /// ([`ExperimentPlan::retrained_at`]).
-    pub transfers: &'a [(TransferMatrix, bool)],
+    pub transfers: &'a [TransferMatrix],
     pub lrc: Option<&'a LrcResults>,
     /// The model whose perturbations the covariance figures show, and the analysis.
     pub covariance: (&'a str, &'a CovAnalysis),
@@ -103,14 +101,14 @@ impl ExperimentReport<'_> {
             md += &self.budget_note(rows.iter().map(|r| r.model.as_str()));
             md += "\n";
         }
-        for (m, retrained) in self.transfers {
+        for m in self.transfers {
             md += &transfer_markdown(ds, m.eps * 255.0, m);
-            let e = (m.eps * 255.0 * 1e6).round() / 1e6;
+            let e = m.eps_255();
             if (m.eps * 255.0 - self.eps_255).abs() > 1e-6 {
                 let _ = writeln!(
                     md,
                     "\n{}",
-                    if *retrained {
+                    if plan.retrained_at(e) {
                         format!(
                             "The PGD and FGSM models here were trained at ε = {e:.0}/255 (runs `…-eps{e}`), as the \
                              paper's were; every other model at ε = {:.0}/255.",
@@ -272,9 +270,7 @@ impl ExperimentReport<'_> {
         let mut series = Vec::new();
         for sel in self.selections {
             let epochs = plan
-                .lambda_sweep
-                .iter()
-                .find(|g| g.method == sel.method)
+                .grid(sel.method)
                 .map_or(plan.sweep_epochs, |g| plan.grid_epochs(g));
             let _ = writeln!(
                 md,

@@ -323,7 +323,7 @@ pub fn paper_transfer_markdown(
     m: &TransferMatrix,
     method_of: &dyn Fn(&str) -> String,
 ) -> String {
-    let eps_255 = (m.eps * 255.0 * 1e6).round() / 1e6;
+    let eps_255 = m.eps_255();
     let entry = |t: &str, s: &str| paper::mnist_transfer(eps_255, &method_of(t), &method_of(s));
     if !dataset.starts_with("mnist") || !m.models.iter().any(|x| entry(x, x).is_some()) {
         return String::new();

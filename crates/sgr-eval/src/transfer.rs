@@ -96,6 +96,12 @@ pub fn transfer_examples(
 }
 
 impl TransferMatrix {
+    /// ε in units of 1/255, rounded to 6 decimals (so that 64/255·255 reads 64, as the paper's tables and
+    /// run names write it).
+    pub fn eps_255(&self) -> f64 {
+        (self.eps * 255.0 * 1e6).round() / 1e6
+    }
+
     /// The matrix from its columns (`columns[s][t]`: model `t` on the PGD examples of model `s`, as
     /// [`transfer_column`] makes them), with every model's clean accuracy and the masking checks.
     pub fn from_columns(

@@ -128,21 +128,15 @@ impl ExperimentPlan {
                 "--methods: give at least one method".into(),
             ));
         }
-        for (i, g) in self.lambda_sweep.iter().enumerate() {
-            if self.lambda_sweep[..i].iter().any(|h| h.method == g.method) {
-                return Err(TrainError::Config(format!(
-                    "--lambda-sweep: {} has two grids; give one",
-                    g.method
-                )));
-            }
+        if let Some(m) = first_repeat(self.lambda_sweep.iter().map(|g| g.method)) {
+            return Err(TrainError::Config(format!(
+                "--lambda-sweep: {m} has two grids; give one"
+            )));
         }
-        for (i, m) in self.method_epochs.iter().enumerate() {
-            if self.method_epochs[..i].iter().any(|n| n.method == m.method) {
-                return Err(TrainError::Config(format!(
-                    "--method-epochs: {} is given twice; give it once",
-                    m.method
-                )));
-            }
+        if let Some(m) = first_repeat(self.method_epochs.iter().map(|m| m.method)) {
+            return Err(TrainError::Config(format!(
+                "--method-epochs: {m} is given twice; give it once"
+            )));
         }
         if let Some(e) = self
             .adversarial_eps
@@ -165,8 +159,13 @@ impl ExperimentPlan {
         grid.epochs.unwrap_or(self.sweep_epochs)
     }
 
+    /// `method`'s λ grid, if the plan sweeps it.
+    pub fn grid(&self, method: MethodName) -> Option<&LambdaGrid> {
+        self.lambda_sweep.iter().find(|g| g.method == method)
+    }
+
     fn swept(&self, m: MethodName) -> bool {
-        self.lambda_sweep.iter().any(|g| g.method == m)
+        self.grid(m).is_some()
     }
 
     /// Every training run, sweep runs first.
@@ -285,7 +284,7 @@ impl ExperimentPlan {
         let own = crate::adversarial::default_eps_255(self.dataset);
         let mut v: Vec<f64> = Vec::new();
         for &e in &self.adversarial_eps {
-            if (e - own).abs() > 1e-9 && !v.iter().any(|x| (x - e).abs() <= 1e-9) {
+            if !same_eps(e, own) && !v.iter().any(|&x| same_eps(x, e)) {
                 v.push(e);
             }
         }
@@ -311,7 +310,7 @@ impl ExperimentPlan {
                     .find(|q| {
                         q.method == p.method
                             && q.seed == p.seed
-                            && q.eps_255.is_some_and(|e| (e - eps_255).abs() <= 1e-9)
+                            && q.eps_255.is_some_and(|e| same_eps(e, eps_255))
                     })
                     .cloned()
                     .unwrap_or(p)
@@ -324,7 +323,7 @@ impl ExperimentPlan {
     pub fn retrained_at(&self, eps_255: f64) -> bool {
         self.runs()
             .iter()
-            .any(|p| p.eps_255.is_some_and(|e| (e - eps_255).abs() <= 1e-9))
+            .any(|p| p.eps_255.is_some_and(|e| same_eps(e, eps_255)))
     }
 
     /// The final runs of the first seed, one per method: what comparisons between methods (transfer,
@@ -383,9 +382,7 @@ impl ExperimentPlan {
     pub fn select(&self, method: MethodName) -> Result<Selection> {
         let runs = self.runs();
         let grid = self
-            .lambda_sweep
-            .iter()
-            .find(|g| g.method == method)
+            .grid(method)
             .ok_or_else(|| TrainError::Config(format!("no λ sweep planned for {method}")))?;
         let epochs = Some(self.grid_epochs(grid));
         // The clean reference trained for the same epochs as the grid.
@@ -477,6 +474,23 @@ impl ExperimentPlan {
         let _span = tracing::info_span!("planned run", name = %p.name).entered();
         train(self.train_args(p)?, &p.dir, existing.is_some(), stop, obs).map(Some)
     }
+}
+
+/// Whether two budgets in 1/255 are the same (up to rounding).
+fn same_eps(a: f64, b: f64) -> bool {
+    (a - b).abs() <= 1e-9
+}
+
+/// The first method that `methods` names a second time.
+fn first_repeat(methods: impl Iterator<Item = MethodName>) -> Option<MethodName> {
+    let mut seen = Vec::new();
+    for m in methods {
+        if seen.contains(&m) {
+            return Some(m);
+        }
+        seen.push(m);
+    }
+    None
 }
 
 #[cfg(test)]
