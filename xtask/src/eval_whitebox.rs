@@ -70,7 +70,12 @@ pub fn config(s: &Setup, cmd: &WhiteboxCmd) -> WhiteboxConfig {
             batch_size: cmd.data.batch_size,
             ..sgr_attacks::AutoAttack::default()
         }),
-        autoattack_images: cmd.autoattack_images,
+        // Without the AA column the count means nothing: 0, so that stored rows' keys do not depend on it.
+        autoattack_images: if cmd.autoattack {
+            cmd.autoattack_images
+        } else {
+            0
+        },
         ..WhiteboxConfig::default()
     }
 }

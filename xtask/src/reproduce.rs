@@ -218,10 +218,11 @@ pub fn run(cmd: ReproduceCmd) -> anyhow::Result<()> {
         resume: true,
     };
     // Each model's row is kept in eval/cache/whitebox: an interrupted table resumes model by model, and a rerun
-    // (e.g. --report-only after more runs finished) reuses the rows of unchanged checkpoints.
+    // (e.g. --report-only after more runs finished) reuses the rows of unchanged checkpoints; a row that
+    // `eval-whitebox --out RUN/eval --resume` stored beside a run (a zoo model's) is reused too.
     let wb_cache = result_cache(&eval_dir, "whitebox");
     let mut wb = budget.time_cached("white-box table", Some(&wb_cache), || {
-        Ok(s.whitebox_rows(&eval_whitebox::config(&s, &wb_cmd), Some(&wb_cache))?)
+        Ok(s.whitebox_rows_beside_runs(&eval_whitebox::config(&s, &wb_cmd), &wb_cache)?)
     })?;
     // AutoAttack (the AA column): each model's run resumes in RUN/autoattack, the folder `eval-autoattack
     // --out RUN/autoattack` writes, so a run evaluated that way before is reused; finished rows are kept in

@@ -178,6 +178,24 @@ impl ResultCache {
         }
     }
 
+    /// The stored result made with `key`, whatever model name it was stored under (the first file in name
+    /// order whose key matches), with its computing time; counts nothing. For results another command stored
+    /// under its own name for the same checkpoint: the key holds the checkpoint's digest.
+    pub fn find_timed<K: Serialize, T: DeserializeOwned>(&self, key: &K) -> Option<(T, f64)> {
+        let mut stems: Vec<String> = std::fs::read_dir(&self.dir)
+            .ok()?
+            .flatten()
+            .filter_map(|e| {
+                let p = e.path();
+                (p.extension()? == "json")
+                    .then(|| p.file_stem()?.to_str().map(str::to_string))
+                    .flatten()
+            })
+            .collect();
+        stems.sort();
+        stems.iter().find_map(|stem| self.get_timed(stem, key))
+    }
+
     /// Stores `result` of `name` under `key` with the `seconds` computing it took, atomically.
     pub fn put<K: Serialize, T: Serialize>(
         &self,
@@ -227,6 +245,22 @@ mod tests {
         std::fs::write(dir.path().join("c/model_a_1.json"), "{not json")
             .map_err(|e| EvalError::Invalid(e.to_string()))?;
         assert_eq!(cache.get_or_compute("model a/1", &2u32, || Ok(0.3))?, 0.3);
+        Ok(())
+    }
+
+    #[test]
+    fn a_result_is_found_by_key_under_any_name() -> Result<()> {
+        let dir = tempfile::tempdir().map_err(|e| EvalError::Invalid(e.to_string()))?;
+        let cache = ResultCache::new(dir.path());
+        assert_eq!(cache.find_timed::<_, f64>(&1u32), None, "empty folder");
+        cache.put("gn-l10-s0", &1u32, &0.25f64, 3.0)?;
+        cache.put("other", &2u32, &0.75f64, 4.0)?;
+        std::fs::write(dir.path().join("notes.txt"), "x")
+            .map_err(|e| EvalError::Invalid(e.to_string()))?;
+        assert_eq!(cache.find_timed::<_, f64>(&1u32), Some((0.25, 3.0)));
+        assert_eq!(cache.find_timed::<_, f64>(&2u32), Some((0.75, 4.0)));
+        assert_eq!(cache.find_timed::<_, f64>(&3u32), None, "no file has key 3");
+        assert_eq!(cache.reused_seconds(), 0.0, "find_timed counts nothing");
         Ok(())
     }
 

@@ -32,6 +32,10 @@ pub struct Loaded {
     pub path: PathBuf,
 }
 
+/// Where `eval-whitebox --checkpoints RUN --out RUN/eval --resume` keeps a run's white-box row, relative to the run
+/// folder; [`Setup::whitebox_rows_beside_runs`] reuses it.
+pub const RUN_WHITEBOX_CACHE: &str = "eval/cache/whitebox";
+
 /// The name a checkpoint shows under: its run folder's name, or the file stem of a bare .safetensors file.
 fn display_name(path: &Path) -> String {
     let p = if path.is_dir() {
@@ -373,6 +377,39 @@ impl Setup {
             |l| Ok(serde_json::json!({"config": cfg, "checkpoint": l.digest()?})),
             |m| crate::whitebox(m, &self.x, &self.y, cfg),
         )
+    }
+
+    /// [`Self::whitebox_rows`] for `reproduce`: each row from `cache`, else the row `eval-whitebox --checkpoints RUN
+    /// --out RUN/eval --resume` stored beside a run folder ([`RUN_WHITEBOX_CACHE`], found by its key: the same
+    /// settings, test images and checkpoint bytes, whatever name it was stored under), copied into `cache` with
+    /// its computing time counted as reused; else computed and stored in `cache`. A zoo model evaluated for its
+    /// table is then not evaluated a second time for the report.
+    pub fn whitebox_rows_beside_runs(
+        &self,
+        cfg: &crate::WhiteboxConfig,
+        cache: &crate::cache::ResultCache,
+    ) -> Result<Vec<crate::WhiteboxRow>> {
+        self.named()
+            .into_iter()
+            .zip(&self.models)
+            .map(|(m, l)| {
+                let key = self.data_key(serde_json::json!({"config": cfg, "checkpoint": l.digest()?}))?;
+                if let Some(row) = cache.get(m.name, &key) {
+                    return Ok(row);
+                }
+                let beside = crate::cache::ResultCache::new(&l.path.join(RUN_WHITEBOX_CACHE));
+                if let Some((mut row, seconds)) =
+                    beside.find_timed::<_, crate::WhiteboxRow>(&key)
+                {
+                    tracing::info!(model = m.name, dir = %l.path.display(), "reusing the white-box row stored beside the run");
+                    m.name.clone_into(&mut row.model);
+                    cache.count_reused(seconds);
+                    cache.put(m.name, &key, &row, seconds)?;
+                    return Ok(row);
+                }
+                cache.get_or_compute(m.name, &key, || crate::whitebox(m, &self.x, &self.y, cfg))
+            })
+            .collect()
     }
 
     /// The PGD transfer matrix between every pair of models; with a `cache`, each source model's column is

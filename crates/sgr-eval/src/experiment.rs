@@ -12,7 +12,7 @@ pub use crate::autoattack_folder::{
 };
 pub use crate::cache::{ResultCache, file_digest};
 pub use crate::checkpoints::{
-    Loaded, Setup, TestData, load_checkpoints, load_set, resolve_dataset,
+    Loaded, RUN_WHITEBOX_CACHE, Setup, TestData, load_checkpoints, load_set, resolve_dataset,
 };
 use crate::error::{EvalError, Result};
 use crate::figures::CovAnalysis;

@@ -1,7 +1,8 @@
 //! Results kept across runs (feature `experiment`): AutoAttack beside run folders — a run evaluated with
 //! `eval-autoattack --out RUN/autoattack` is reused, reached through a link, from a folder that predates recorded
 //! digests, and a folder started with other settings is refused, never silently reused — and the transfer
-//! matrix's stored columns, reused cell by cell when models are added or retrained.
+//! matrix's stored columns, reused cell by cell when models are added or retrained; a white-box row stored beside
+//! a run by `eval-whitebox --out RUN/eval --resume` is reused by `reproduce`, only for the same checkpoint.
 #![cfg(feature = "experiment")]
 
 use std::path::Path;
@@ -11,11 +12,11 @@ use candle_core::{DType, Device};
 use candle_nn::VarMap;
 use sgr_attacks::{AaAttack, AutoAttack};
 use sgr_data::DatasetName;
-use sgr_eval::AutoAttackEval;
 use sgr_eval::experiment::{
-    AutoAttackFolder, AutoAttackSettings, ResultCache, Setup, TestData, autoattack_beside_runs,
-    autoattack_rows,
+    AutoAttackFolder, AutoAttackSettings, RUN_WHITEBOX_CACHE, ResultCache, Setup, TestData,
+    autoattack_beside_runs, autoattack_rows,
 };
+use sgr_eval::{AutoAttackEval, WhiteboxConfig, WhiteboxRow};
 use sgr_models::{CnnConfig, DeviceKind, init_params, save_model};
 
 type TestResult = std::result::Result<(), Box<dyn std::error::Error>>;
@@ -129,6 +130,71 @@ fn a_run_evaluated_beside_its_model_is_reused() -> TestResult {
         units.get() > 0,
         "a changed checkpoint reused a stored result"
     );
+    Ok(())
+}
+
+#[test]
+fn a_whitebox_row_stored_beside_a_run_is_reused_for_that_checkpoint_only() -> TestResult {
+    let tmp = tempfile::tempdir()?;
+    // A zoo model evaluated for its own table, reached by `reproduce` through a link under another name.
+    let run = tmp.path().join("gn-l10-s0");
+    run_folder(&run, 3)?;
+    let link = tmp.path().join("gn-s0");
+    std::os::unix::fs::symlink(&run, &link)?;
+    let s = open(&run)?;
+    let cfg = WhiteboxConfig {
+        eps: s.eps,
+        pgd_steps: 2,
+        batch_size: 8,
+        deepfool_images: 4,
+        masking_images: 4,
+        deepfool_max_iter: 5,
+        ..WhiteboxConfig::default()
+    };
+    // What `eval-whitebox --checkpoints RUN --out RUN/eval --resume` stores.
+    let beside = ResultCache::new(&run.join(RUN_WHITEBOX_CACHE));
+    let own = s.whitebox_rows(&cfg, Some(&beside))?;
+    assert_eq!(own[0].model, "gn-l10-s0");
+    // Mark the stored row (an accuracy no evaluation of 40 images gives): reuse returns it, a recomputation not.
+    let file = run.join(RUN_WHITEBOX_CACHE).join("gn-l10-s0.json");
+    let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&file)?)?;
+    v["result"]["test"] = serde_json::json!(0.123);
+    std::fs::write(&file, serde_json::to_string(&v)?)?;
+
+    let report = ResultCache::new(&tmp.path().join("report-cache"));
+    let rows = open(&link)?.whitebox_rows_beside_runs(&cfg, &report)?;
+    assert_eq!(
+        rows[0].test, 0.123,
+        "recomputed instead of reusing the stored row"
+    );
+    assert_eq!(rows[0].model, "gn-s0", "the row shows the report's name");
+    assert_eq!(rows[0].pgd, own[0].pgd);
+    assert!(
+        report.reused_seconds() > 0.0,
+        "its computing time counts as reused"
+    );
+    // Copied into the report's cache: it outlives the run's folder.
+    std::fs::remove_dir_all(run.join("eval"))?;
+    let again = open(&link)?.whitebox_rows_beside_runs(&cfg, &report)?;
+    assert_eq!(again[0].test, 0.123);
+
+    // Other settings, or another checkpoint in the same place: computed, not taken from beside the run.
+    let beside_again = s.whitebox_rows(&cfg, Some(&beside))?;
+    std::fs::write(&file, serde_json::to_string(&v)?)?;
+    let other = WhiteboxConfig {
+        pgd_steps: 3,
+        ..cfg.clone()
+    };
+    let fresh = open(&link)?.whitebox_rows_beside_runs(&other, &report)?;
+    assert_ne!(fresh[0].test, 0.123);
+    run_folder(&run, 4)?;
+    std::fs::remove_dir_all(tmp.path().join("report-cache"))?;
+    let retrained: Vec<WhiteboxRow> = open(&link)?.whitebox_rows_beside_runs(&cfg, &report)?;
+    assert_ne!(
+        retrained[0].test, 0.123,
+        "a changed checkpoint reused a stored row"
+    );
+    assert_eq!(beside_again[0].test, own[0].test);
     Ok(())
 }
 
