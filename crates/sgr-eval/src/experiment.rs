@@ -306,7 +306,8 @@ impl ExperimentReport<'_> {
             let _ = writeln!(
                 md,
                 "\nvs clean: the difference to the clean model's validation accuracy in points, ± one standard error of \
-                 the difference of two accuracies on {} images each (binomial); a difference within one SE is noise.",
+                 the difference of two accuracies on {} images each, as if measured on independent images (binomial; the \
+                 models share the validation images, so the paired error is usually smaller); a difference within one SE is noise.",
                 plan.validation
             );
             md += "\n";
