@@ -650,6 +650,44 @@ fn reproduce_splits_into_runs_with_seeds_and_a_lambda_sweep() -> anyhow::Result<
         assert!(spread.is_some(), "no spread row for {method}:\n{report}");
     }
     assert_png(&out.join("eval/lambda_sweep.png"));
+
+    // A folder holding another run than the plan's (here: trained at another λ, as a final run trained before
+    // the sweep's choice changed would be) is neither counted nor resumed: the report and --run refuse, naming it.
+    let edit = |run: &str, key: &str, value: serde_json::Value| -> anyhow::Result<()> {
+        let file = out.join(run).join("run.json");
+        let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&file)?)?;
+        let (section, field) = key.split_once('.').unwrap_or(("", key));
+        let target = if section.is_empty() {
+            &mut v
+        } else {
+            &mut v[section]
+        };
+        target[field] = value;
+        std::fs::write(&file, serde_json::to_string_pretty(&v)?)?;
+        Ok(())
+    };
+    edit(
+        "runs/sgr-sign-s1",
+        "method_options.lambda",
+        serde_json::json!(chosen * 4.0),
+    )?;
+    let e = err(&run(&["--report-only"]));
+    assert!(
+        e.contains("1 planned run folder(s) hold another run")
+            && e.contains("sgr-sign-s1")
+            && e.contains("--lambda"),
+        "{e}"
+    );
+    let e = err(&run(&["--run", "sgr-sign-s1"]));
+    assert!(e.contains("sgr-sign-s1") && e.contains("--lambda"), "{e}");
+    edit("sweep/clean-s0", "seed", serde_json::json!(7))?;
+    let e = err(&run(&["--report-only"]));
+    assert!(
+        e.contains("2 planned run folder(s)")
+            && e.contains("sweep/clean-s0")
+            && e.contains("--seed"),
+        "{e}"
+    );
     Ok(())
 }
 

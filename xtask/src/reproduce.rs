@@ -168,6 +168,18 @@ pub fn run(cmd: ReproduceCmd) -> anyhow::Result<()> {
     if let Some(name) = &cmd.run {
         return train_planned(&plan, &plan.run(name)?, &stop, &mut budget);
     }
+    let foreign = plan.foreign_runs();
+    if !foreign.is_empty() {
+        anyhow::bail!(
+            "{} planned run folder(s) hold another run than this protocol's:\n{}",
+            foreign.len(),
+            foreign
+                .iter()
+                .map(|(p, e)| format!("  {}: {e}", p.name))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+    }
     if cmd.report_only {
         let unfinished = plan.unfinished();
         if !unfinished.is_empty() {
@@ -476,6 +488,7 @@ fn train_planned(
     stop: &AtomicBool,
     budget: &mut Budget,
 ) -> anyhow::Result<()> {
+    plan.check_folder(p)?;
     if plan.is_done(p) {
         return Ok(());
     }

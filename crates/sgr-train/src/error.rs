@@ -36,6 +36,16 @@ pub enum TrainError {
         stored: String,
     },
     #[error(
+        "{dir} holds a run with {flag} {stored}, but the planned run has {planned}: a run of another protocol (or a \
+         wrong link); move it away or link the right run, then run again"
+    )]
+    ForeignRun {
+        dir: PathBuf,
+        flag: String,
+        planned: String,
+        stored: String,
+    },
+    #[error(
         "loss became {value} at epoch {epoch}, step {step} (non-finite or above 1e6: diverging); training stopped. The last good checkpoint \
          (after {epochs_done} epochs, {steps_done} steps) is kept in {dir}. Try a smaller --lr or regularisation strength"
     )]

@@ -17,7 +17,7 @@ use crate::method::MethodOptions;
 use crate::run::{RunRecord, RunStatus, read_record};
 use crate::settings::MethodName;
 use crate::sweep::{LambdaGrid, Selection, scaled_from_sgr_sign, select_lambda};
-use crate::trainer::{Observer, TrainArgs, train};
+use crate::trainer::{Observer, TrainArgs, check_resumable, train};
 
 /// Which part of the experiment a run belongs to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -370,6 +370,40 @@ impl ExperimentPlan {
         read_record(&p.dir).is_ok_and(|r| self.is_finished(p, &r))
     }
 
+    /// The planned runs whose folder holds another run than the plan's (other method, seed, λ, ε, validation
+    /// split, …; [`check_resumable`]), each with the reason: e.g. a final run trained before the sweep's choice of
+    /// λ changed, or a wrong run linked into the layout. Such a folder must be neither counted as finished nor
+    /// resumed. Runs whose λ is not known yet (their sweep is unfinished) are checked once it is.
+    pub fn foreign_runs(&self) -> Vec<(PlannedRun, TrainError)> {
+        self.runs()
+            .into_iter()
+            .filter(|p| self.train_args(p).is_ok())
+            .filter_map(|p| self.check_folder(&p).err().map(|e| (p, e)))
+            .collect()
+    }
+
+    /// An error if `p`'s folder holds another run than the plan's ([`Self::foreign_runs`]); an empty folder, or
+    /// one without a readable run.json, is fine. Needs `p`'s λ: for a final run, its sweep must have finished.
+    pub fn check_folder(&self, p: &PlannedRun) -> Result<()> {
+        match read_record(&p.dir) {
+            Ok(r) => check_resumable(&self.train_args(p)?, &r, &p.dir).map_err(|e| match e {
+                TrainError::ResumeMismatch {
+                    dir,
+                    flag,
+                    given,
+                    stored,
+                } => TrainError::ForeignRun {
+                    dir,
+                    flag,
+                    planned: given,
+                    stored,
+                },
+                e => e,
+            }),
+            Err(_) => Ok(()),
+        }
+    }
+
     /// The runs not finished yet, in plan order.
     pub fn unfinished(&self) -> Vec<PlannedRun> {
         self.runs()
@@ -452,7 +486,8 @@ impl ExperimentPlan {
             train_limit: self.train_limit,
             seed: Some(p.seed),
             augment: self.augment.clone(),
-            validation: sweep.then_some(self.validation),
+            // Final runs train on every image: 0 (the same as none, and checked against a stored run).
+            validation: Some(if sweep { self.validation } else { 0 }),
             device: self.device,
             pgd_eval_images: Some(if sweep { self.validation } else { 0 }),
             ..TrainArgs::default()
@@ -467,6 +502,7 @@ impl ExperimentPlan {
         stop: &AtomicBool,
         obs: &mut dyn Observer,
     ) -> Result<Option<RunRecord>> {
+        self.check_folder(p)?;
         let existing = read_record(&p.dir).ok();
         if existing.as_ref().is_some_and(|r| self.is_finished(p, r)) {
             return Ok(None);
@@ -715,7 +751,7 @@ mod tests {
         let f = p.train_args(&runs[3])?;
         assert_eq!(
             (f.epochs, f.validation, f.pgd_eval_images, f.seed),
-            (Some(50), None, Some(0), Some(3))
+            (Some(50), Some(0), Some(0), Some(3))
         );
         assert_eq!(f.augment.as_deref(), Some("crop"));
         // A final run whose λ comes from an unfinished sweep says so, naming the run.

@@ -172,6 +172,38 @@ fn check_same<T: PartialEq + std::fmt::Display>(
     }
 }
 
+/// Whether the run `r` stored in `out` may be continued (or counted) as the run `args` describes: every flag
+/// `args` sets (data set, method, batch size, learning rate and schedule, seed, method options such as λ and ε,
+/// augmentation, validation split) agrees with the stored value; the first that does not is the error.
+pub fn check_resumable(args: &TrainArgs, r: &RunRecord, out: &Path) -> Result<()> {
+    check_same(out, "--dataset", args.dataset, r.dataset)?;
+    check_same(out, "--method", args.method, r.method)?;
+    check_same(out, "--batch-size", args.batch_size, r.batch_size)?;
+    check_same(out, "--lr", args.lr, r.optimizer.lr)?;
+    check_same(out, "--seed", args.seed, r.seed)?;
+    check_same(out, "--lr-schedule", args.lr_schedule, r.lr_schedule)?;
+    if let Some((key, given, stored)) = args.method_options.conflict_with(&r.method_options) {
+        return Err(TrainError::ResumeMismatch {
+            dir: out.to_owned(),
+            flag: format!("--{}", key.replace('_', "-")),
+            given,
+            stored,
+        });
+    }
+    if let Some(spec) = &args.augment {
+        let given =
+            Augment::parse_parts(spec, r.dataset.pad_value()).map_err(TrainError::Config)?;
+        check_same(
+            out,
+            "--augment",
+            Some(given.describe()),
+            r.augment.describe(),
+        )?;
+    }
+    check_same(out, "--validation", args.validation, r.validation_images)?;
+    Ok(())
+}
+
 /// The settings a run trains with: flags, else the stored run (which flags may not contradict), else
 /// defaults.
 struct Settings {
@@ -189,32 +221,7 @@ impl Settings {
     fn resolve(args: &TrainArgs, stored: Option<&RunRecord>, out: &Path) -> Result<Self> {
         let settings = match stored {
             Some(r) => {
-                check_same(out, "--dataset", args.dataset, r.dataset)?;
-                check_same(out, "--method", args.method, r.method)?;
-                check_same(out, "--batch-size", args.batch_size, r.batch_size)?;
-                check_same(out, "--lr", args.lr, r.optimizer.lr)?;
-                check_same(out, "--seed", args.seed, r.seed)?;
-                check_same(out, "--lr-schedule", args.lr_schedule, r.lr_schedule)?;
-                if let Some((key, given, stored)) =
-                    args.method_options.conflict_with(&r.method_options)
-                {
-                    return Err(TrainError::ResumeMismatch {
-                        dir: out.to_owned(),
-                        flag: format!("--{}", key.replace('_', "-")),
-                        given,
-                        stored,
-                    });
-                }
-                if let Some(spec) = &args.augment {
-                    let given = Augment::parse_parts(spec, r.dataset.pad_value())
-                        .map_err(TrainError::Config)?;
-                    check_same(
-                        out,
-                        "--augment",
-                        Some(given.describe()),
-                        r.augment.describe(),
-                    )?;
-                }
+                check_resumable(args, r, out)?;
                 Self {
                     dataset: r.dataset,
                     method: r.method,
