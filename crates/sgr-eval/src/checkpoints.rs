@@ -36,6 +36,12 @@ pub struct Loaded {
 /// folder; [`Setup::whitebox_rows_beside_runs`] reuses it.
 pub const RUN_WHITEBOX_CACHE: &str = "eval/cache/whitebox";
 
+/// What a model's white-box row is stored under (before [`Setup::data_key`] adds the test images): the settings and
+/// the checkpoint's digest. Shared by `eval-whitebox --resume` and `reproduce`, so each finds the other's rows.
+fn whitebox_key(cfg: &crate::WhiteboxConfig, l: &Loaded) -> Result<serde_json::Value> {
+    Ok(serde_json::json!({"config": cfg, "checkpoint": l.digest()?}))
+}
+
 /// The name a checkpoint shows under: its run folder's name, or the file stem of a bare .safetensors file.
 fn display_name(path: &Path) -> String {
     let p = if path.is_dir() {
@@ -374,7 +380,7 @@ impl Setup {
     ) -> Result<Vec<crate::WhiteboxRow>> {
         self.each_model_cached(
             cache,
-            |l| Ok(serde_json::json!({"config": cfg, "checkpoint": l.digest()?})),
+            |l| whitebox_key(cfg, l),
             |m| crate::whitebox(m, &self.x, &self.y, cfg),
         )
     }
@@ -393,7 +399,7 @@ impl Setup {
             .into_iter()
             .zip(&self.models)
             .map(|(m, l)| {
-                let key = self.data_key(serde_json::json!({"config": cfg, "checkpoint": l.digest()?}))?;
+                let key = self.data_key(whitebox_key(cfg, l)?)?;
                 if let Some(row) = cache.get(m.name, &key) {
                     return Ok(row);
                 }

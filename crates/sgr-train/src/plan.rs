@@ -377,8 +377,11 @@ impl ExperimentPlan {
     pub fn foreign_runs(&self) -> Vec<(PlannedRun, TrainError)> {
         self.runs()
             .into_iter()
-            .filter(|p| self.train_args(p).is_ok())
-            .filter_map(|p| self.check_folder(&p).err().map(|e| (p, e)))
+            .filter_map(|p| {
+                let args = self.train_args(&p).ok()?;
+                let r = read_record(&p.dir).ok()?;
+                check_planned(&args, &r, &p).err().map(|e| (p, e))
+            })
             .collect()
     }
 
@@ -386,20 +389,7 @@ impl ExperimentPlan {
     /// one without a readable run.json, is fine. Needs `p`'s λ: for a final run, its sweep must have finished.
     pub fn check_folder(&self, p: &PlannedRun) -> Result<()> {
         match read_record(&p.dir) {
-            Ok(r) => check_resumable(&self.train_args(p)?, &r, &p.dir).map_err(|e| match e {
-                TrainError::ResumeMismatch {
-                    dir,
-                    flag,
-                    given,
-                    stored,
-                } => TrainError::ForeignRun {
-                    dir,
-                    flag,
-                    planned: given,
-                    stored,
-                },
-                e => e,
-            }),
+            Ok(r) => check_planned(&self.train_args(p)?, &r, p),
             Err(_) => Ok(()),
         }
     }
@@ -502,14 +492,36 @@ impl ExperimentPlan {
         stop: &AtomicBool,
         obs: &mut dyn Observer,
     ) -> Result<Option<RunRecord>> {
-        self.check_folder(p)?;
+        let args = self.train_args(p)?;
         let existing = read_record(&p.dir).ok();
-        if existing.as_ref().is_some_and(|r| self.is_finished(p, r)) {
-            return Ok(None);
+        if let Some(r) = &existing {
+            check_planned(&args, r, p)?;
+            if self.is_finished(p, r) {
+                return Ok(None);
+            }
         }
         let _span = tracing::info_span!("planned run", name = %p.name).entered();
-        train(self.train_args(p)?, &p.dir, existing.is_some(), stop, obs).map(Some)
+        train(args, &p.dir, existing.is_some(), stop, obs).map(Some)
     }
+}
+
+/// [`check_resumable`] of the run stored in `p`'s folder against the plan's settings `args`; a mismatch is a
+/// [`TrainError::ForeignRun`] (the folder holds another run than the planned one).
+fn check_planned(args: &TrainArgs, r: &RunRecord, p: &PlannedRun) -> Result<()> {
+    check_resumable(args, r, &p.dir).map_err(|e| match e {
+        TrainError::ResumeMismatch {
+            dir,
+            flag,
+            given,
+            stored,
+        } => TrainError::ForeignRun {
+            dir,
+            flag,
+            planned: given,
+            stored,
+        },
+        e => e,
+    })
 }
 
 /// Whether two budgets in 1/255 are the same (up to rounding).
