@@ -612,12 +612,49 @@ fn reproduce_splits_into_runs_with_seeds_and_a_lambda_sweep() -> anyhow::Result<
     );
     ok(&run(&["--report-only"]));
     let report = std::fs::read_to_string(out.join("report.md"))?;
-    // Each λ's accuracy gap to the clean model, with its noise on the 500 held-out images.
+    // Each λ's accuracy gap to the clean model, with its paired noise on the 500 held-out images: the checkpoints
+    // run again on the validation split reproduce the accuracies their runs recorded (no mismatch note), and the
+    // gap is the discordant images' difference.
     assert!(
-        report.contains("vs clean (± 1 SE)")
-            && report.contains("difference of two accuracies on 500 images each"),
+        report.contains("vs clean (± paired SE)")
+            && report.contains("on the same 500 validation images")
+            && !report.contains("disagree with their run.json"),
         "{report}"
     );
+    let clean_acc: f64 = report
+        .split("clean model at the same budget: ")
+        .nth(1)
+        .and_then(|r| r.split(" %").next())
+        .and_then(|v| v.parse().ok())
+        .expect("the clean reference's accuracy");
+    for lambda in ["0.5", "2"] {
+        let cells: Vec<String> = report
+            .lines()
+            .map(|l| {
+                l.split('|')
+                    .map(|c| c.trim().to_string())
+                    .collect::<Vec<_>>()
+            })
+            .find(|c| c.len() > 4 && c[1].trim_end_matches(" ◀") == lambda)
+            .unwrap_or_else(|| panic!("no sweep row for λ {lambda}:\n{report}"));
+        let acc: f64 = cells[2].trim_end_matches(" %").parse()?;
+        let (d, se) = cells[3].split_once(" ± ").expect("d ± se");
+        let (d, se): (f64, f64) = (d.parse()?, se.parse()?);
+        let (b, c) = cells[4].split_once(" / ").expect("b / c");
+        let (b, c): (f64, f64) = (b.parse()?, c.parse()?);
+        assert!(
+            (d - (acc - clean_acc)).abs() < 0.011,
+            "λ {lambda}: {cells:?}"
+        );
+        assert!(
+            (d - 100.0 * (b - c) / 500.0).abs() < 0.006,
+            "λ {lambda}: {cells:?}"
+        );
+        assert!(
+            se >= 0.0 && se <= 100.0 * ((b + c) / 500.0).sqrt() / 500f64.sqrt() + 0.006,
+            "{cells:?}"
+        );
+    }
     let chosen: f64 = report
         .split("chosen λ = **")
         .nth(1)

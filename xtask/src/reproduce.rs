@@ -202,6 +202,11 @@ pub fn run(cmd: ReproduceCmd) -> anyhow::Result<()> {
     // Transfer, noise curves and figures compare methods on their first seed.
     let first_dir = |m: MethodName| plan.first_run_of(m).map(|p| p.dir);
     let selections = plan.selections()?;
+    // The sweep's accuracy differences to clean with their paired errors (each sweep checkpoint on the
+    // validation images again: seconds).
+    let sweep_pairs = budget.time("λ sweep, image by image", || {
+        Ok(sgr_eval::experiment::paired_sweeps(&plan, cmd.batch_size)?)
+    })?;
 
     // 2. Evaluate.
     let data = DataOpts {
@@ -373,6 +378,7 @@ pub fn run(cmd: ReproduceCmd) -> anyhow::Result<()> {
         command: base_command(),
         eps_255: s.eps_255(),
         selections: &selections,
+        sweep_pairs: &sweep_pairs,
         whitebox: &wb,
         autoattack: aa.as_deref().map(|rows| (&aa_cfg, rows)),
         transfers: &transfers,

@@ -38,6 +38,9 @@ pub struct ExperimentReport<'a> {
     pub eps_255: f64,
     /// The λ sweeps' outcomes (empty without a sweep).
     pub selections: &'a [Selection],
+    /// The sweeps compared image by image with their clean references ([`paired_sweeps`]); a method without
+    /// them gets the unpaired error of the difference.
+    pub sweep_pairs: &'a [SweepPairs],
     pub whitebox: &'a [WhiteboxRow],
     /// AutoAttack's rows (their AA column is also in the white-box rows) and its settings, where run.
     pub autoattack: Option<(&'a crate::AutoAttackEval, &'a [crate::AutoAttackRow])>,
@@ -281,35 +284,92 @@ impl ExperimentReport<'_> {
                 sel.chosen
             );
             let within = format!("within {} points", sel.tolerance_points);
-            let mut t = Table::new(vec![
-                "λ",
-                "validation accuracy",
-                "vs clean (± 1 SE)",
-                "PGD-10",
-                "images",
-                within.as_str(),
-            ]);
+            let pairs = self
+                .sweep_pairs
+                .iter()
+                .find(|p| p.method == sel.method)
+                .map(|p| &p.pairs);
+            let mut header = vec!["λ", "validation accuracy"];
+            header.extend(if pairs.is_some() {
+                ["vs clean (± paired SE)", "right only here / only clean"].as_slice()
+            } else {
+                ["vs clean (± 1 SE)"].as_slice()
+            });
+            header.extend(["PGD-10", "images", within.as_str()]);
+            let mut t = Table::new(header);
             for c in &sel.candidates {
                 let mark = if c.lambda == sel.chosen { " ◀" } else { "" };
-                let (d, se) =
-                    accuracy_difference(c.validation_accuracy, sel.clean_accuracy, plan.validation);
-                t.push(vec![
+                let mut row = vec![
                     format!("{}{mark}", c.lambda),
                     format!("{:.2} %", 100.0 * c.validation_accuracy),
-                    format!("{d:+.2} ± {se:.2}"),
+                ];
+                match pairs.and_then(|v| v.iter().find(|(l, _)| *l == c.lambda)) {
+                    Some((_, p)) => {
+                        row.push(format!("{:+.2} ± {:.2}", p.points, p.se_points));
+                        row.push(format!("{} / {}", p.only_first, p.only_second));
+                    }
+                    None if pairs.is_some() => row.extend(["–".to_string(), "–".to_string()]),
+                    None => {
+                        let (d, se) = accuracy_difference(
+                            c.validation_accuracy,
+                            sel.clean_accuracy,
+                            plan.validation,
+                        );
+                        row.push(format!("{d:+.2} ± {se:.2}"));
+                    }
+                }
+                row.extend([
                     format!("{:.1} %", 100.0 * c.pgd_accuracy),
                     c.pgd_images.to_string(),
                     if c.eligible { "yes" } else { "no" }.into(),
                 ]);
+                t.push(row);
             }
             md += &t.to_markdown();
-            let _ = writeln!(
-                md,
-                "\nvs clean: the difference to the clean model's validation accuracy in points, ± one standard error of \
-                 the difference of two accuracies on {} images each, as if measured on independent images (binomial; the \
-                 models share the validation images, so the paired error is usually smaller); a difference within one SE is noise.",
-                plan.validation
-            );
+            // The paired columns come from the checkpoints run again; they should agree with what the runs recorded.
+            let n = plan.validation.max(1) as f64;
+            let differs = |a: f64, b: f64| (a - b).abs() > 0.5 / n;
+            let mismatched: Vec<String> = pairs
+                .into_iter()
+                .flatten()
+                .filter_map(|(l, p)| {
+                    let c = sel.candidates.iter().find(|c| c.lambda == *l)?;
+                    (differs(p.accuracy.0, c.validation_accuracy)
+                        || differs(p.accuracy.1, sel.clean_accuracy))
+                    .then(|| {
+                        format!(
+                            "λ {l}: {:.2} % (clean {:.2} %) recomputed",
+                            100.0 * p.accuracy.0,
+                            100.0 * p.accuracy.1
+                        )
+                    })
+                })
+                .collect();
+            if !mismatched.is_empty() {
+                let _ = writeln!(
+                    md,
+                    "\n**The checkpoints run again disagree with their run.json** ({}): a checkpoint was replaced after \
+                     its run finished, or the validation images differ.",
+                    mismatched.join("; ")
+                );
+            }
+            if pairs.is_some() {
+                let _ = writeln!(
+                    md,
+                    "\nvs clean: the difference to the clean model's validation accuracy in points, ± its paired standard \
+                     error: both checkpoints were run again on the same {} validation images, and only the images on which \
+                     they disagree (counted in the next column) carry the difference. A difference within two SE is noise.",
+                    plan.validation
+                );
+            } else {
+                let _ = writeln!(
+                    md,
+                    "\nvs clean: the difference to the clean model's validation accuracy in points, ± one standard error of \
+                     the difference of two accuracies on {} images each, as if measured on independent images (binomial; the \
+                     models share the validation images, so the paired error is usually smaller); a difference within one SE is noise.",
+                    plan.validation
+                );
+            }
             md += "\n";
             series.push(Series {
                 label: sel.method.to_string(),
@@ -343,6 +403,112 @@ impl ExperimentReport<'_> {
         let _ = write!(md, "![]({EVAL_DIR}/lambda_sweep.png)\n\n");
         Ok(md)
     }
+}
+
+/// Two models compared image by image on the same images: the difference of their accuracies and its paired
+/// standard error, which counts only the images on which they disagree.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PairedDifference {
+    /// Images.
+    pub n: usize,
+    /// Accuracy of the first model and of the second.
+    pub accuracy: (f64, f64),
+    /// Images only the first model gets right, and only the second.
+    pub only_first: usize,
+    pub only_second: usize,
+    /// First minus second, in percentage points.
+    pub points: f64,
+    /// Its standard error in points: `100·√((b + c)/n − d²)/√n` for `b`, `c` the two discordant counts and `d`
+    /// the difference as a fraction (the standard deviation of the per-image differences in {−1, 0, 1}, over √n).
+    pub se_points: f64,
+}
+
+/// [`PairedDifference`] of two models' per-image correctness on the same images.
+pub fn paired_difference(first: &[bool], second: &[bool]) -> Result<PairedDifference> {
+    if first.len() != second.len() || first.is_empty() {
+        return Err(EvalError::Invalid(format!(
+            "a paired comparison needs two verdicts per image on the same images, got {} and {}",
+            first.len(),
+            second.len()
+        )));
+    }
+    let n = first.len();
+    let count = |v: &[bool]| v.iter().filter(|&&c| c).count();
+    let only_first = first.iter().zip(second).filter(|&(&a, &b)| a && !b).count();
+    let only_second = first.iter().zip(second).filter(|&(&a, &b)| !a && b).count();
+    let nf = n as f64;
+    let d = (only_first as f64 - only_second as f64) / nf;
+    let var = ((only_first + only_second) as f64 / nf - d * d).max(0.0) / nf;
+    Ok(PairedDifference {
+        n,
+        accuracy: (count(first) as f64 / nf, count(second) as f64 / nf),
+        only_first,
+        only_second,
+        points: 100.0 * d,
+        se_points: 100.0 * var.sqrt(),
+    })
+}
+
+/// A method's λ sweep compared image by image with its clean reference on the validation split.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SweepPairs {
+    pub method: MethodName,
+    /// Per swept λ: that model (first) against the clean reference (second).
+    pub pairs: Vec<(f64, PairedDifference)>,
+}
+
+/// Every sweep of `plan` compared with its clean reference image by image: each sweep checkpoint (finished) is
+/// run on the validation split again (the last `plan.validation` training images, what the sweep runs held
+/// out), so the report can give the paired error of "λ's accuracy minus clean's", smaller than the unpaired one
+/// where the models get the same images right.
+pub fn paired_sweeps(plan: &ExperimentPlan, batch_size: usize) -> Result<Vec<SweepPairs>> {
+    if plan.lambda_sweep.is_empty() {
+        return Ok(Vec::new());
+    }
+    let _span = tracing::info_span!("paired_sweeps", validation = plan.validation).entered();
+    let device = sgr_models::make_device(plan.device).map_err(|e| EvalError::Load {
+        what: format!("device {:?}", plan.device),
+        reason: e.to_string(),
+    })?;
+    let mut train = sgr_data::load_split(
+        plan.dataset,
+        plan.data_dir.as_deref(),
+        sgr_data::Split::Train,
+    )
+    .map_err(|e| EvalError::Load {
+        what: format!("the {} training images", plan.dataset),
+        reason: e.to_string(),
+    })?;
+    if plan.validation == 0 || plan.validation >= train.len() {
+        return Err(EvalError::Invalid(format!(
+            "--validation {}: the sweep needs a validation split smaller than the {} training images",
+            plan.validation,
+            train.len()
+        )));
+    }
+    let val = train.split_off_last(plan.validation, "validation");
+    let (x, y) = val.range(0, val.len(), candle_core::DType::F32, &device)?;
+    let correct = |dir: &std::path::Path| -> Result<Vec<bool>> {
+        let l = load_checkpoints(&[dir.to_path_buf()], &device)?;
+        crate::correct_per_image(&l[0].model, &x, &y, batch_size)
+    };
+    plan.lambda_sweep
+        .iter()
+        .map(|g| {
+            let (clean, swept) = plan
+                .sweep_runs(g.method)
+                .map_err(|e| EvalError::Invalid(e.to_string()))?;
+            let reference = correct(&clean.dir)?;
+            let pairs = swept
+                .iter()
+                .map(|(l, p)| Ok((*l, paired_difference(&correct(&p.dir)?, &reference)?)))
+                .collect::<Result<Vec<_>>>()?;
+            Ok(SweepPairs {
+                method: g.method,
+                pairs,
+            })
+        })
+        .collect()
 }
 
 /// `a − b` in percentage points and the standard error of that difference for two independent accuracies
@@ -391,6 +557,51 @@ pub fn run_link(plan: &ExperimentPlan, p: &PlannedRun) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The paired error against its definition, computed the long way: the population standard deviation of
+    /// the per-image differences (1: only the first model right, −1: only the second, 0: both or neither), over √n.
+    #[test]
+    fn paired_difference_is_the_spread_of_per_image_differences() -> Result<()> {
+        use rand::Rng;
+        let mut rng = sgr_data::seeded_rng(3, &[]);
+        for n in [1usize, 5, 37, 5000] {
+            let first: Vec<bool> = (0..n).map(|_| rng.random_bool(0.9)).collect();
+            // Correlated with the first, as two models on the same images are.
+            let second: Vec<bool> = first
+                .iter()
+                .map(|&f| if rng.random_bool(0.95) { f } else { !f })
+                .collect();
+            let p = paired_difference(&first, &second)?;
+            let diffs: Vec<f64> = first
+                .iter()
+                .zip(&second)
+                .map(|(&a, &b)| f64::from(u8::from(a)) - f64::from(u8::from(b)))
+                .collect();
+            let mean = diffs.iter().sum::<f64>() / n as f64;
+            let var = diffs.iter().map(|d| (d - mean).powi(2)).sum::<f64>() / n as f64;
+            assert!((p.points - 100.0 * mean).abs() < 1e-9, "{n}: {p:?}");
+            assert!(
+                (p.se_points - 100.0 * (var / n as f64).sqrt()).abs() < 1e-9,
+                "{n}: {p:?}"
+            );
+            let acc = |v: &[bool]| v.iter().filter(|&&c| c).count() as f64 / n as f64;
+            assert_eq!(p.accuracy, (acc(&first), acc(&second)));
+            assert!((p.points - 100.0 * (p.accuracy.0 - p.accuracy.1)).abs() < 1e-9);
+        }
+        // Five images: right only by the first on two, only by the second on one.
+        let p = paired_difference(
+            &[true, true, false, false, true],
+            &[true, false, true, false, false],
+        )?;
+        assert_eq!((p.only_first, p.only_second), (2, 1));
+        assert!((p.se_points - 100.0 * ((0.6f64 - 0.04) / 5.0).sqrt()).abs() < 1e-9);
+        // Agreement everywhere: no difference, no error; unequal lengths are refused.
+        let same = paired_difference(&[true, false], &[true, false])?;
+        assert_eq!((same.points, same.se_points), (0.0, 0.0));
+        assert!(paired_difference(&[true], &[true, false]).is_err());
+        assert!(paired_difference(&[], &[]).is_err());
+        Ok(())
+    }
 
     #[test]
     fn accuracy_difference_is_in_points_with_the_binomial_standard_error() {

@@ -89,6 +89,28 @@ pub fn accuracy(model: &dyn Module, x: &Tensor, y: &Tensor, batch_size: usize) -
     Ok(correct as f64 / n as f64)
 }
 
+/// Whether `model` classifies each image of `(x, y)` correctly, in order (what paired comparisons of two
+/// models on the same images need; [`accuracy`] is the share of `true`).
+pub fn correct_per_image(
+    model: &dyn Module,
+    x: &Tensor,
+    y: &Tensor,
+    batch_size: usize,
+) -> Result<Vec<bool>> {
+    let n = check_data(x, y)?;
+    let mut out = Vec::with_capacity(n);
+    for (s, len) in batches(n, batch_size) {
+        let logits = model.forward(&x.narrow(0, s, len)?.detach())?;
+        let hit = logits
+            .argmax(candle_core::D::Minus1)?
+            .eq(&y.narrow(0, s, len)?)?
+            .to_dtype(DType::U8)?
+            .to_vec1::<u8>()?;
+        out.extend(hit.into_iter().map(|h| h != 0));
+    }
+    Ok(out)
+}
+
 /// Adversarial versions of all of `x`, made batch by batch; `make(batch_index, x, y)` runs the attack.
 pub fn adversarial_set(
     x: &Tensor,

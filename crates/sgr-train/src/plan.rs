@@ -402,33 +402,42 @@ impl ExperimentPlan {
             .collect()
     }
 
-    /// The sweep's choice of λ for `method`, from its finished sweep runs and the clean one beside them.
-    pub fn select(&self, method: MethodName) -> Result<Selection> {
+    /// `method`'s sweep: the clean reference trained for the grid's epochs, and one run per swept λ.
+    pub fn sweep_runs(&self, method: MethodName) -> Result<(PlannedRun, Vec<(f64, PlannedRun)>)> {
         let runs = self.runs();
         let grid = self
             .grid(method)
             .ok_or_else(|| TrainError::Config(format!("no λ sweep planned for {method}")))?;
         let epochs = Some(self.grid_epochs(grid));
-        // The clean reference trained for the same epochs as the grid.
         let clean = runs
             .iter()
             .find(|p| {
                 p.stage == Stage::Sweep && p.method == MethodName::Clean && p.epochs == epochs
             })
+            .cloned()
             .ok_or_else(|| TrainError::Config("no λ sweep planned (--lambda-sweep)".into()))?;
+        let swept = runs
+            .into_iter()
+            .filter(|p| p.stage == Stage::Sweep && p.method == method)
+            .filter_map(|p| match p.lambda {
+                LambdaFrom::Fixed(l) => Some((l, p)),
+                _ => None,
+            })
+            .collect();
+        Ok((clean, swept))
+    }
+
+    /// The sweep's choice of λ for `method`, from its finished sweep runs and the clean one beside them.
+    pub fn select(&self, method: MethodName) -> Result<Selection> {
+        let (clean, swept) = self.sweep_runs(method)?;
         let not_ready = |p: &PlannedRun, e: TrainError| TrainError::SweepNotReady {
             run: p.name.clone(),
             reason: format!("{e}; {SWEEP_HINT}"),
         };
-        let clean_r = read_record(&clean.dir).map_err(|e| not_ready(clean, e))?;
-        let swept = runs
+        let clean_r = read_record(&clean.dir).map_err(|e| not_ready(&clean, e))?;
+        let swept = swept
             .iter()
-            .filter(|p| p.stage == Stage::Sweep && p.method == method)
-            .filter_map(|p| match p.lambda {
-                LambdaFrom::Fixed(l) => Some((p, l)),
-                _ => None,
-            })
-            .map(|(p, l)| Ok((l, read_record(&p.dir).map_err(|e| not_ready(p, e))?)))
+            .map(|(l, p)| Ok((*l, read_record(&p.dir).map_err(|e| not_ready(p, e))?)))
             .collect::<Result<Vec<_>>>()?;
         select_lambda(method, &clean_r, &swept, self.sweep_tolerance).map_err(|e| {
             TrainError::SweepNotReady {
