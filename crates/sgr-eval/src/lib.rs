@@ -81,12 +81,8 @@ pub fn batches(n: usize, batch_size: usize) -> impl Iterator<Item = (usize, usiz
 
 /// Clean accuracy of `model` on `(x, y)`.
 pub fn accuracy(model: &dyn Module, x: &Tensor, y: &Tensor, batch_size: usize) -> Result<f64> {
-    let n = check_data(x, y)?;
-    let mut correct = 0;
-    for (s, len) in batches(n, batch_size) {
-        correct += sgr_attacks::accuracy(model, &x.narrow(0, s, len)?, &y.narrow(0, s, len)?)?.0;
-    }
-    Ok(correct as f64 / n as f64)
+    let correct = correct_per_image(model, x, y, batch_size)?;
+    Ok(correct.iter().filter(|&&c| c).count() as f64 / correct.len() as f64)
 }
 
 /// Whether `model` classifies each image of `(x, y)` correctly, in order (what paired comparisons of two
