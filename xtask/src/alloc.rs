@@ -47,13 +47,14 @@ unsafe impl GlobalAlloc for Counting {
     }
 }
 
-/// `mi_option_purge_delay` in mimalloc 2's `mi_option_t` (libmimalloc-sys names no constant for it).
+/// `mi_option_purge_delay` in `mi_option_t` (the same index in mimalloc 2 and 3; libmimalloc-sys names no
+/// constant for it).
 const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 
-/// Keeps freed memory mapped instead of returning it to the OS 10 ms after it is freed (mimalloc's
-/// default). A training step allocates and frees activation buffers of tens of MB; purged pages come back
-/// as page faults and kernel zeroing on the next step, measured at 20–30 % of an MNIST step. The process
-/// keeps its peak heap mapped instead. Call first thing in `main`.
+/// Keeps freed memory mapped instead of returning it to the OS a while after it is freed (1 s: the default
+/// of mimalloc 3, which libmimalloc-sys builds). A training step allocates and frees activation buffers of
+/// tens of MB; purged pages come back as page faults and kernel zeroing on the next step, measured at
+/// 20–30 % of an MNIST step. The process keeps its peak heap mapped instead. Call first thing in `main`.
 pub fn keep_freed_memory() {
     // SAFETY: sets an allocator option; mimalloc reads it on its next purge decision (thread-safe).
     unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
@@ -86,11 +87,18 @@ pub fn peak() -> usize {
 mod tests {
     #[test]
     fn the_purge_delay_option_is_the_one_we_set() {
-        // The option index is taken from mimalloc.h; its documented default is 10 ms, the neighbouring
-        // options' defaults differ (eager_commit_delay 1, use_numa_nodes 0).
-        if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
-            assert_eq!(super::purge_delay(), 10);
-        }
+        // The option index is taken from mimalloc.h. mimalloc reads `MIMALLOC_PURGE_DELAY` into exactly this
+        // option, so where the variable is set (`cargo test` sets it to -1 through .cargo/config.toml) the
+        // index must read it back; unset, it must read the built mimalloc 3's default of 1000 ms (2's was 10;
+        // the neighbouring options' defaults are 1 and 0). Either way a wrong index fails here.
+        let expected = match std::env::var("MIMALLOC_PURGE_DELAY") {
+            Ok(v) => v
+                .trim()
+                .parse::<i64>()
+                .expect("MIMALLOC_PURGE_DELAY is a number"),
+            Err(_) => 1000,
+        };
+        assert_eq!(super::purge_delay(), expected);
         super::keep_freed_memory();
         assert_eq!(super::purge_delay(), -1);
     }

@@ -150,12 +150,18 @@ pub fn run(cmd: GpuCheckCmd) -> Result<()> {
             } else {
                 "cuda"
             };
-            let built = r.step(
-                "build",
-                Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-                    .args(["build", "--release", "-p", "xtask", "--features", feature])
-                    .env("CARGO_TARGET_DIR", &target),
-            )?;
+            let mut build =
+                Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+            build
+                .args(["build", "--release", "-p", "xtask", "--features", feature])
+                .env("CARGO_TARGET_DIR", &target);
+            // candle-kernels compiles its GGUF/MoE library with half the cores unless told otherwise
+            // (15 large files, about a minute each): on a GPU machine's time every core counts.
+            if std::env::var_os("CUDAFORGE_THREADS").is_none() {
+                let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+                build.env("CUDAFORGE_THREADS", cores.to_string());
+            }
+            let built = r.step("build", &mut build)?;
             if !built {
                 return finish(&mut r, &cmd);
             }
