@@ -150,8 +150,7 @@ pub fn run(cmd: GpuCheckCmd) -> Result<()> {
             } else {
                 "cuda"
             };
-            let mut build =
-                Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+            let mut build = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
             build
                 .args(["build", "--release", "-p", "xtask", "--features", feature])
                 .env("CARGO_TARGET_DIR", &target);
