@@ -505,7 +505,8 @@ fn reproduce_plans_adversarial_runs_per_transfer_eps() -> TestResult {
 
 /// Seeds, a λ sweep on a validation split and the split into independent runs: `--list-runs` prints the
 /// stages, each printed command trains its run, stage 2 refuses to start before the sweep has finished,
-/// `--report-only` refuses unfinished runs and then writes the sweep, the chosen λ and the spread over seeds.
+/// `--report-only` refuses unfinished runs (`--partial` reports on the finished ones, naming the others) and then
+/// writes the sweep, the chosen λ and the spread over seeds.
 #[test]
 fn reproduce_splits_into_runs_with_seeds_and_a_lambda_sweep() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
@@ -599,19 +600,58 @@ fn reproduce_splits_into_runs_with_seeds_and_a_lambda_sweep() -> anyhow::Result<
     let e = err(&run(&["--run", "nope"]));
     assert!(e.contains("--run nope"), "{e}");
 
-    // Every printed command, as printed (minus `cargo xtask`), in order.
-    for c in &commands[..commands.len() - 1] {
+    // An interim report needs the sweep's choice of λ.
+    let e = err(&run(&["--report-only", "--partial"]));
+    assert!(
+        e.contains("--partial") && e.contains("sweep/clean-s0"),
+        "{e}"
+    );
+
+    // Every printed command, as printed (minus `cargo xtask`), in order; before the last run, an interim report
+    // on the finished ones that names the run it leaves out and shows no row of it.
+    let exec = |c: &str| {
         let args: Vec<&str> = c.split_whitespace().skip(2).collect();
         ok(&xtask(&args));
+    };
+    let (last_run, report_cmd) = (commands[commands.len() - 2], commands[commands.len() - 1]);
+    assert!(last_run.ends_with("--run sgr-grad-s0"), "{last_run}");
+    for c in &commands[..commands.len() - 2] {
+        exec(c);
     }
+    ok(&run(&["--report-only", "--partial"]));
+    let interim = std::fs::read_to_string(out.join("report.md"))?;
+    let has_row = |md: &str, name: &str| {
+        md.lines()
+            .any(|l| l.split('|').nth(1).map(str::trim) == Some(name))
+    };
+    assert!(
+        interim.contains("**Interim report.** 1 planned run had not finished")
+            && interim.contains("`sgr-grad-s0`")
+            && interim
+                .lines()
+                .filter(|l| l.contains("sgr-grad-s0"))
+                .count()
+                == 1
+            && has_row(&interim, "sgr-sign-s1")
+            && interim
+                .lines()
+                .find(|l| l.starts_with("Made by"))
+                .is_some_and(|l| !l.contains("--partial")),
+        "{interim}"
+    );
+    exec(last_run);
     let sweep = sgr_train::read_record(&out.join("sweep/sgr-sign-l2-s0"))?;
     let fe = sweep.final_eval.expect("PGD on the validation split");
     assert_eq!(
         (sweep.validation_images, fe.split.as_str(), fe.images),
         (500, "validation", 500)
     );
-    ok(&run(&["--report-only"]));
+    exec(report_cmd);
     let report = std::fs::read_to_string(out.join("report.md"))?;
+    assert!(
+        !report.contains("Interim report") && has_row(&report, "sgr-grad-s0"),
+        "{report}"
+    );
     // Each λ's accuracy gap to the clean model, with its paired noise on the 500 held-out images: the checkpoints
     // run again on the validation split reproduce the accuracies their runs recorded (no mismatch note), and the
     // gap is the discordant images' difference.

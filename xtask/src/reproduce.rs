@@ -109,6 +109,11 @@ pub struct ReproduceCmd {
     /// Train nothing: evaluate the finished runs and write the report (fails naming any unfinished run).
     #[arg(long)]
     report_only: bool,
+    /// With --report-only: an interim report while runs still train. The final runs that have not finished are
+    /// left out of every table and named at the top of the report (the λ sweep must have finished); what it
+    /// evaluates is kept under eval/cache, so the full report later recomputes only the newcomers.
+    #[arg(long, requires = "report_only")]
+    partial: bool,
     #[arg(long, default_value_t = 256)]
     batch_size: usize,
     #[arg(long, default_value = "cpu", value_parser = parse_device)]
@@ -159,7 +164,7 @@ pub fn run(cmd: ReproduceCmd) -> anyhow::Result<()> {
     let stop = crate::train::interrupt_flag()?;
 
     // 1. Train (or resume, or keep) the λ sweep, then one run per method and seed.
-    let plan = cmd.plan(&out)?;
+    let mut plan = cmd.plan(&out)?;
     let planned = plan.runs();
     if cmd.list_runs {
         print_run_list(&planned);
@@ -180,7 +185,36 @@ pub fn run(cmd: ReproduceCmd) -> anyhow::Result<()> {
                 .join("\n")
         );
     }
-    if cmd.report_only {
+    let mut left_out: Vec<String> = Vec::new();
+    if cmd.report_only && cmd.partial {
+        let unfinished_sweep: Vec<String> = plan
+            .unfinished()
+            .into_iter()
+            .filter(|p| p.stage == sgr_train::Stage::Sweep)
+            .map(|p| p.name)
+            .collect();
+        if !unfinished_sweep.is_empty() {
+            anyhow::bail!(
+                "--partial: the λ sweep has not finished ({}); an interim report needs its choice of λ",
+                unfinished_sweep.join(", ")
+            );
+        }
+        let (part, unfinished) = plan.finished_part();
+        if part.finals().is_empty() {
+            anyhow::bail!(
+                "--partial: no final run has finished yet (see --list-runs): nothing to report"
+            );
+        }
+        left_out = unfinished.into_iter().map(|p| p.name).collect();
+        if !left_out.is_empty() {
+            eprintln!(
+                "--partial: leaving out {} unfinished run(s): {}",
+                left_out.len(),
+                left_out.join(", ")
+            );
+        }
+        plan = part;
+    } else if cmd.report_only {
         let unfinished = plan.unfinished();
         if !unfinished.is_empty() {
             anyhow::bail!(
@@ -375,6 +409,7 @@ pub fn run(cmd: ReproduceCmd) -> anyhow::Result<()> {
     // 3. Report.
     let report = ExperimentReport {
         plan: &plan,
+        left_out: &left_out,
         command: base_command(),
         eps_255: s.eps_255(),
         selections: &selections,
@@ -433,13 +468,14 @@ impl ReproduceCmd {
             } else {
                 self.adversarial_eps.clone()
             },
+            finished_finals_only: false,
         };
         plan.validate()?;
         Ok(plan)
     }
 }
 
-/// The command line as given, without --list-runs, --report-only and --run NAME (what selects one stage of
+/// The command line as given, without --list-runs, --report-only, --partial and --run NAME (what selects one stage of
 /// the work), each argument quoted for a POSIX shell where needed.
 fn base_command() -> String {
     let quote = |a: &str| {
@@ -456,7 +492,7 @@ fn base_command() -> String {
     let mut given = std::env::args().skip_while(|a| a != "reproduce");
     while let Some(a) = given.next() {
         match a.as_str() {
-            "--list-runs" | "--report-only" => {}
+            "--list-runs" | "--report-only" | "--partial" => {}
             "--run" => {
                 given.next();
             }
@@ -484,7 +520,10 @@ fn print_run_list(planned: &[PlannedRun]) {
     for p in planned.iter().filter(|p| p.stage == Stage::Final) {
         println!("{base} --run {}", p.name);
     }
-    println!("# last: evaluations and report.md, after every run has finished");
+    println!(
+        "# last: evaluations and report.md, after every run has finished (meanwhile, `--report-only --partial` \
+         reports on the finished ones)"
+    );
     println!("{base} --report-only");
 }
 

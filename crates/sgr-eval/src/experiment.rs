@@ -33,6 +33,8 @@ pub const EVAL_DIR: &str = "eval";
 #[derive(Debug)]
 pub struct ExperimentReport<'a> {
     pub plan: &'a ExperimentPlan,
+    /// Planned final runs left out because they have not finished (an interim report); empty for the report.
+    pub left_out: &'a [String],
     /// The command line that made it (shell-quoted).
     pub command: String,
     pub eps_255: f64,
@@ -87,6 +89,24 @@ impl ExperimentReport<'_> {
             self.whitebox.first().map_or(0, |r| r.images),
             self.eps_255
         );
+        if !self.left_out.is_empty() {
+            let (plural, are, they_have) = match self.left_out.len() {
+                1 => ("", "is", "it has"),
+                _ => ("s", "are", "they have"),
+            };
+            let _ = writeln!(
+                md,
+                "**Interim report.** {} planned run{plural} had not finished and {are} left out of every table \
+                 below: {}. Run the same command without `--partial` once {they_have} finished; the evaluations \
+                 made here are kept and reused.\n",
+                self.left_out.len(),
+                self.left_out
+                    .iter()
+                    .map(|n| format!("`{n}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
         md += &self.budget_markdown(&runs)?;
         md += &self.sweep_markdown()?;
         md += &whitebox_markdown(ds, self.eps_255, self.whitebox);

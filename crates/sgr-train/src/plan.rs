@@ -113,6 +113,9 @@ pub struct ExperimentPlan {
     /// Further training budgets ε (1/255) for the [`RETRAINED_PER_EPS`] methods, one run each with the first
     /// seed, for the transfer matrices at those ε; the data set's own ε is always trained and ignored here.
     pub adversarial_eps: Vec<f64>,
+    /// Leave the final runs that have not finished out of [`Self::runs`] and everything built on it (an interim
+    /// report while some runs still train: `reproduce --report-only --partial`). The sweep stays whole.
+    pub finished_finals_only: bool,
 }
 
 const SWEEP_HINT: &str = "run the sweep first (stage 1 of --list-runs)";
@@ -168,8 +171,35 @@ impl ExperimentPlan {
         self.grid(m).is_some()
     }
 
-    /// Every training run, sweep runs first.
+    /// Every training run, sweep runs first; with [`Self::finished_finals_only`], the final runs that have not
+    /// finished are left out.
     pub fn runs(&self) -> Vec<PlannedRun> {
+        let all = self.planned_runs();
+        if !self.finished_finals_only {
+            return all;
+        }
+        all.into_iter()
+            .filter(|p| p.stage == Stage::Sweep || self.is_done(p))
+            .collect()
+    }
+
+    /// The same plan with [`Self::finished_finals_only`] set, and the final runs it leaves out (what an interim
+    /// report must name).
+    pub fn finished_part(&self) -> (Self, Vec<PlannedRun>) {
+        let part = Self {
+            finished_finals_only: true,
+            ..self.clone()
+        };
+        let left_out = self
+            .planned_runs()
+            .into_iter()
+            .filter(|p| p.stage == Stage::Final && !self.is_done(p))
+            .collect();
+        (part, left_out)
+    }
+
+    /// Every training run of the flags, finished or not.
+    fn planned_runs(&self) -> Vec<PlannedRun> {
         let s0 = self.first_seed();
         let mut v = Vec::new();
         if !self.lambda_sweep.is_empty() {
@@ -301,19 +331,23 @@ impl ExperimentPlan {
 
     /// The models of the transfer matrix at `eps_255`: [`Self::first_seed_finals`], each
     /// [`RETRAINED_PER_EPS`] method replaced by its run trained at that ε where the plan has one.
+    ///
+    /// With [`Self::finished_finals_only`], such a method is left out while its run at that ε has not finished
+    /// (rather than standing in with its model trained at another ε).
     pub fn transfer_models(&self, eps_255: f64) -> Vec<PlannedRun> {
-        let runs = self.runs();
+        let runs = self.planned_runs();
         self.first_seed_finals()
             .into_iter()
-            .map(|p| {
-                runs.iter()
-                    .find(|q| {
-                        q.method == p.method
-                            && q.seed == p.seed
-                            && q.eps_255.is_some_and(|e| same_eps(e, eps_255))
-                    })
-                    .cloned()
-                    .unwrap_or(p)
+            .filter_map(|p| {
+                match runs.iter().find(|q| {
+                    q.method == p.method
+                        && q.seed == p.seed
+                        && q.eps_255.is_some_and(|e| same_eps(e, eps_255))
+                }) {
+                    Some(q) if self.finished_finals_only && !self.is_done(q) => None,
+                    Some(q) => Some(q.clone()),
+                    None => Some(p),
+                }
             })
             .collect()
     }
@@ -321,7 +355,7 @@ impl ExperimentPlan {
     /// Whether the plan trains its [`RETRAINED_PER_EPS`] methods again at `eps_255` (an ε other than the data
     /// set's): what the transfer matrix at that ε uses for them.
     pub fn retrained_at(&self, eps_255: f64) -> bool {
-        self.runs()
+        self.planned_runs()
             .iter()
             .any(|p| p.eps_255.is_some_and(|e| same_eps(e, eps_255)))
     }
@@ -342,7 +376,7 @@ impl ExperimentPlan {
 
     /// The run called `name`; the error lists every name.
     pub fn run(&self, name: &str) -> Result<PlannedRun> {
-        let runs = self.runs();
+        let runs = self.planned_runs();
         runs.iter()
             .find(|p| p.name == name)
             .cloned()
@@ -375,7 +409,7 @@ impl ExperimentPlan {
     /// λ changed, or a wrong run linked into the layout. Such a folder must be neither counted as finished nor
     /// resumed. Runs whose λ is not known yet (their sweep is unfinished) are checked once it is.
     pub fn foreign_runs(&self) -> Vec<(PlannedRun, TrainError)> {
-        self.runs()
+        self.planned_runs()
             .into_iter()
             .filter_map(|p| {
                 let args = self.train_args(&p).ok()?;
@@ -396,7 +430,7 @@ impl ExperimentPlan {
 
     /// The runs not finished yet, in plan order.
     pub fn unfinished(&self) -> Vec<PlannedRun> {
-        self.runs()
+        self.planned_runs()
             .into_iter()
             .filter(|p| !self.is_done(p))
             .collect()
@@ -578,7 +612,49 @@ mod tests {
             device: DeviceKind::Cpu,
             adversarial_eps: vec![],
             method_epochs: vec![],
+            finished_finals_only: false,
         }
+    }
+
+    /// An interim plan keeps the finished final runs and the whole sweep; a method retrained per ε drops out of
+    /// that ε's transfer matrix while its run there is unfinished instead of standing in with its ε = 32 model.
+    #[test]
+    fn the_finished_part_leaves_unfinished_final_runs_out()
+    -> std::result::Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let p = ExperimentPlan {
+            out: dir.path().to_path_buf(),
+            methods: vec![MethodName::Clean, MethodName::Pgd],
+            adversarial_eps: vec![64.0],
+            lambda_sweep: vec![],
+            ..plan()
+        };
+        // A finished 50-epoch run's record (the zoo's clean seed 0) in the folders of clean-s3 and pgd-s3.
+        let finished = std::fs::read(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../../zoo/mnist/clean-s0/run.json"),
+        )?;
+        for run in ["clean-s3", "pgd-s3"] {
+            let d = dir.path().join("runs").join(run);
+            std::fs::create_dir_all(&d)?;
+            std::fs::write(d.join(crate::run::RUN_FILE), &finished)?;
+        }
+        let names = |v: Vec<PlannedRun>| v.into_iter().map(|r| r.name).collect::<Vec<_>>();
+        assert_eq!(
+            names(p.runs()),
+            ["clean-s3", "clean-s4", "pgd-s3", "pgd-eps64-s3"]
+        );
+        let (part, left_out) = p.finished_part();
+        assert_eq!(names(part.runs()), ["clean-s3", "pgd-s3"]);
+        assert_eq!(names(left_out), ["clean-s4", "pgd-eps64-s3"]);
+        assert_eq!(names(part.finals()), ["clean-s3", "pgd-s3"]);
+        assert_eq!(names(part.transfer_models(32.0)), ["clean-s3", "pgd-s3"]);
+        assert_eq!(names(part.transfer_models(64.0)), ["clean-s3"]);
+        assert_eq!(names(p.transfer_models(64.0)), ["clean-s3", "pgd-eps64-s3"]);
+        // The plan still knows the runs it leaves out (their names, that they are unfinished, their ε).
+        assert!(part.run("clean-s4").is_ok() && part.retrained_at(64.0));
+        assert_eq!(names(part.unfinished()), ["clean-s4", "pgd-eps64-s3"]);
+        Ok(())
     }
 
     #[test]
