@@ -728,6 +728,33 @@ fn reproduce_splits_into_runs_with_seeds_and_a_lambda_sweep() -> anyhow::Result<
     }
     assert_png(&out.join("eval/lambda_sweep.png"));
 
+    // A sweep run kept with its run.json only (checkpoints are large; a published sweep may drop them): its λ
+    // loses the paired figure, the report says why, the rest stands.
+    std::fs::remove_file(out.join("sweep/sgr-sign-l2-s0/model.safetensors"))?;
+    exec(report_cmd);
+    let kept_json_only = std::fs::read_to_string(out.join("report.md"))?;
+    let lambda2: Vec<&str> = kept_json_only
+        .lines()
+        .map(|l| l.split('|').map(str::trim).collect::<Vec<_>>())
+        .find(|c| c.len() > 4 && c[1].trim_end_matches(" ◀") == "2")
+        .unwrap_or_else(|| panic!("no sweep row for λ 2:\n{kept_json_only}"));
+    assert!(
+        lambda2[3..5] == ["–", "–"]
+            && kept_json_only.contains("No paired error for the λ marked –")
+            && kept_json_only.contains("`sweep/sgr-sign-l2-s0`")
+            && kept_json_only.contains("vs clean (± paired SE)"),
+        "{kept_json_only}"
+    );
+    std::fs::remove_file(out.join("sweep/clean-s0/model.safetensors"))?;
+    exec(report_cmd);
+    let unpaired = std::fs::read_to_string(out.join("report.md"))?;
+    assert!(
+        unpaired.contains("No paired error for this sweep")
+            && unpaired.contains("vs clean (± 1 SE)")
+            && !unpaired.contains("paired SE"),
+        "{unpaired}"
+    );
+
     // A folder holding another run than the plan's (here: trained at another λ, as a final run trained before
     // the sweep's choice changed would be) is neither counted nor resumed: the report and --run refuse, naming it.
     let edit = |run: &str, key: &str, value: serde_json::Value| -> anyhow::Result<()> {

@@ -304,11 +304,10 @@ impl ExperimentReport<'_> {
                 sel.chosen
             );
             let within = format!("within {} points", sel.tolerance_points);
-            let pairs = self
-                .sweep_pairs
-                .iter()
-                .find(|p| p.method == sel.method)
-                .map(|p| &p.pairs);
+            let sweep_pairs = self.sweep_pairs.iter().find(|p| p.method == sel.method);
+            let pairs = sweep_pairs
+                .map(|p| &p.pairs)
+                .filter(|pairs| !pairs.is_empty());
             let mut header = vec!["λ", "validation accuracy"];
             header.extend(if pairs.is_some() {
                 ["vs clean (± paired SE)", "right only here / only clean"].as_slice()
@@ -388,6 +387,24 @@ impl ExperimentReport<'_> {
                      the difference of two accuracies on {} images each, as if measured on independent images (binomial; the \
                      models share the validation images, so the paired error is usually smaller); a difference within one SE is noise.",
                     plan.validation
+                );
+            }
+            if let Some(p) = sweep_pairs.filter(|p| !p.missing.is_empty()) {
+                let _ = writeln!(
+                    md,
+                    "\nNo paired error {}: the checkpoint{} of {} {} not kept (run.json only).",
+                    if pairs.is_some() {
+                        "for the λ marked –"
+                    } else {
+                        "for this sweep"
+                    },
+                    if p.missing.len() == 1 { "" } else { "s" },
+                    p.missing
+                        .iter()
+                        .map(|n| format!("`{n}`"))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    if p.missing.len() == 1 { "was" } else { "were" }
                 );
             }
             md += "\n";
@@ -475,12 +492,17 @@ pub struct SweepPairs {
     pub method: MethodName,
     /// Per swept λ: that model (first) against the clean reference (second).
     pub pairs: Vec<(f64, PairedDifference)>,
+    /// Sweep runs kept without their checkpoint (run.json only), so without a paired figure: a λ run, or the
+    /// clean reference (then no λ has one).
+    pub missing: Vec<String>,
 }
 
 /// Every sweep of `plan` compared with its clean reference image by image: each sweep checkpoint (finished) is
 /// run on the validation split again (the last `plan.validation` training images, what the sweep runs held
 /// out), so the report can give the paired error of "λ's accuracy minus clean's", smaller than the unpaired one
-/// where the models get the same images right.
+/// where the models get the same images right. A run folder kept without its checkpoint is named in
+/// [`SweepPairs::missing`] instead (its λ, or the whole sweep where the clean reference's is missing, keeps the
+/// unpaired error).
 pub fn paired_sweeps(plan: &ExperimentPlan, batch_size: usize) -> Result<Vec<SweepPairs>> {
     if plan.lambda_sweep.is_empty() {
         return Ok(Vec::new());
@@ -518,14 +540,31 @@ pub fn paired_sweeps(plan: &ExperimentPlan, batch_size: usize) -> Result<Vec<Swe
             let (clean, swept) = plan
                 .sweep_runs(g.method)
                 .map_err(|e| EvalError::Invalid(e.to_string()))?;
-            let reference = correct(&clean.dir)?;
-            let pairs = swept
-                .iter()
-                .map(|(l, p)| Ok((*l, paired_difference(&correct(&p.dir)?, &reference)?)))
-                .collect::<Result<Vec<_>>>()?;
+            let kept = |p: &PlannedRun| sgr_train::model_path(&p.dir).is_file();
+            let mut missing: Vec<String> = Vec::new();
+            let mut pairs = Vec::new();
+            if kept(&clean) {
+                let reference = correct(&clean.dir)?;
+                for (l, p) in &swept {
+                    if kept(p) {
+                        pairs.push((*l, paired_difference(&correct(&p.dir)?, &reference)?));
+                    } else {
+                        missing.push(p.name.clone());
+                    }
+                }
+            } else {
+                missing.push(clean.name.clone());
+                missing.extend(
+                    swept
+                        .iter()
+                        .filter(|(_, p)| !kept(p))
+                        .map(|(_, p)| p.name.clone()),
+                );
+            }
             Ok(SweepPairs {
                 method: g.method,
                 pairs,
+                missing,
             })
         })
         .collect()
