@@ -186,46 +186,43 @@ pub fn run(cmd: ReproduceCmd) -> anyhow::Result<()> {
         );
     }
     let mut left_out: Vec<String> = Vec::new();
-    if cmd.report_only && cmd.partial {
-        let unfinished_sweep: Vec<String> = plan
+    if cmd.report_only {
+        // One pass over the run folders: the sweep's unfinished runs, then the final runs'.
+        let (unfinished_sweep, unfinished_finals): (Vec<PlannedRun>, Vec<PlannedRun>) = plan
             .unfinished()
             .into_iter()
-            .filter(|p| p.stage == sgr_train::Stage::Sweep)
-            .map(|p| p.name)
-            .collect();
-        if !unfinished_sweep.is_empty() {
-            anyhow::bail!(
-                "--partial: the λ sweep has not finished ({}); an interim report needs its choice of λ",
-                unfinished_sweep.join(", ")
-            );
-        }
-        let (part, unfinished) = plan.finished_part();
-        if part.finals().is_empty() {
-            anyhow::bail!(
-                "--partial: no final run has finished yet (see --list-runs): nothing to report"
-            );
-        }
-        left_out = unfinished.into_iter().map(|p| p.name).collect();
-        if !left_out.is_empty() {
-            eprintln!(
-                "--partial: leaving out {} unfinished run(s): {}",
-                left_out.len(),
-                left_out.join(", ")
-            );
-        }
-        plan = part;
-    } else if cmd.report_only {
-        let unfinished = plan.unfinished();
-        if !unfinished.is_empty() {
-            anyhow::bail!(
-                "--report-only: {} run(s) not finished: {} (train them with --run NAME, see --list-runs)",
-                unfinished.len(),
-                unfinished
-                    .iter()
-                    .map(|p| p.name.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            );
+            .partition(|p| p.stage == Stage::Sweep);
+        let names = |v: &[PlannedRun]| v.iter().map(|p| p.name.clone()).collect::<Vec<_>>();
+        if !cmd.partial {
+            let all = [names(&unfinished_sweep), names(&unfinished_finals)].concat();
+            if !all.is_empty() {
+                anyhow::bail!(
+                    "--report-only: {} run(s) not finished: {} (train them with --run NAME, see --list-runs)",
+                    all.len(),
+                    all.join(", ")
+                );
+            }
+        } else {
+            if !unfinished_sweep.is_empty() {
+                anyhow::bail!(
+                    "--partial: the λ sweep has not finished ({}); an interim report needs its choice of λ",
+                    names(&unfinished_sweep).join(", ")
+                );
+            }
+            plan = plan.finished_part();
+            if plan.finals().is_empty() {
+                anyhow::bail!(
+                    "--partial: no final run has finished yet (see --list-runs): nothing to report"
+                );
+            }
+            left_out = names(&unfinished_finals);
+            if !left_out.is_empty() {
+                eprintln!(
+                    "--partial: leaving out {} unfinished run(s): {}",
+                    left_out.len(),
+                    left_out.join(", ")
+                );
+            }
         }
     } else {
         for p in &planned {

@@ -100,11 +100,7 @@ impl ExperimentReport<'_> {
                  below: {}. Run the same command without `--partial` once {they_have} finished; the evaluations \
                  made here are kept and reused.\n",
                 self.left_out.len(),
-                self.left_out
-                    .iter()
-                    .map(|n| format!("`{n}`"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                code_list(self.left_out)
             );
         }
         md += &self.budget_markdown(&runs)?;
@@ -399,11 +395,7 @@ impl ExperimentReport<'_> {
                         "for this sweep"
                     },
                     if p.missing.len() == 1 { "" } else { "s" },
-                    p.missing
-                        .iter()
-                        .map(|n| format!("`{n}`"))
-                        .collect::<Vec<_>>()
-                        .join(", "),
+                    code_list(&p.missing),
                     if p.missing.len() == 1 { "was" } else { "were" }
                 );
             }
@@ -568,6 +560,15 @@ pub fn paired_sweeps(plan: &ExperimentPlan, batch_size: usize) -> Result<Vec<Swe
             })
         })
         .collect()
+}
+
+/// Run names as inline code, comma-separated: `` `a`, `b` ``.
+fn code_list(names: &[String]) -> String {
+    names
+        .iter()
+        .map(|n| format!("`{n}`"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// `a − b` in percentage points and the standard error of that difference for two independent accuracies

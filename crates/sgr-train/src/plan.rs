@@ -183,19 +183,13 @@ impl ExperimentPlan {
             .collect()
     }
 
-    /// The same plan with [`Self::finished_finals_only`] set, and the final runs it leaves out (what an interim
-    /// report must name).
-    pub fn finished_part(&self) -> (Self, Vec<PlannedRun>) {
-        let part = Self {
+    /// The same plan with [`Self::finished_finals_only`] set (an interim report's; [`Self::unfinished`] still
+    /// names the runs it leaves out).
+    pub fn finished_part(&self) -> Self {
+        Self {
             finished_finals_only: true,
             ..self.clone()
-        };
-        let left_out = self
-            .planned_runs()
-            .into_iter()
-            .filter(|p| p.stage == Stage::Final && !self.is_done(p))
-            .collect();
-        (part, left_out)
+        }
     }
 
     /// Every training run of the flags, finished or not.
@@ -644,9 +638,8 @@ mod tests {
             names(p.runs()),
             ["clean-s3", "clean-s4", "pgd-s3", "pgd-eps64-s3"]
         );
-        let (part, left_out) = p.finished_part();
+        let part = p.finished_part();
         assert_eq!(names(part.runs()), ["clean-s3", "pgd-s3"]);
-        assert_eq!(names(left_out), ["clean-s4", "pgd-eps64-s3"]);
         assert_eq!(names(part.finals()), ["clean-s3", "pgd-s3"]);
         assert_eq!(names(part.transfer_models(32.0)), ["clean-s3", "pgd-s3"]);
         assert_eq!(names(part.transfer_models(64.0)), ["clean-s3"]);
