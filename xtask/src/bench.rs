@@ -90,6 +90,18 @@ pub(crate) fn time_ms(
     Ok(median(ts))
 }
 
+/// `time_ms` of `f` followed by a wait for `device` (kernels on CUDA and Metal run asynchronously).
+fn timed(
+    reps: usize,
+    device: &Device,
+    mut f: impl FnMut() -> anyhow::Result<()>,
+) -> anyhow::Result<f64> {
+    time_ms(reps, || {
+        f()?;
+        Ok(device.synchronize()?)
+    })
+}
+
 /// A model initialised from seed 0 (f32), its parameters and an Adam over them.
 fn fresh_model(config: &CnnConfig, device: &Device) -> anyhow::Result<(Cnn, VarMap, Adam)> {
     let varmap = VarMap::new();
@@ -132,14 +144,14 @@ fn bench_model(
     let mut out = Vec::new();
     out.push((
         "forward".to_string(),
-        time_ms(reps, || {
+        timed(reps, device, || {
             model.forward(&x)?.detach().to_device(&Device::Cpu)?;
             Ok(())
         })?,
     ));
     out.push((
         "input_grad".to_string(),
-        time_ms(reps, || {
+        timed(reps, device, || {
             let xv = candle_core::Var::from_tensor(&x)?;
             let loss = cross_entropy(&model.forward(xv.as_tensor())?, &y)?;
             let g = loss.backward()?;
@@ -152,7 +164,7 @@ fn bench_model(
     // The clean step as training runs it: on the CPU, gradients without autograd (Cnn::explicit_gradients).
     out.push((
         "clean_step".to_string(),
-        time_ms(reps, || {
+        timed(reps, device, || {
             if model.uses_fast_ops(&x) {
                 let pass = model.explicit_pass(&x, &y, false)?;
                 let grads = model.explicit_gradients(&pass, 1.0 / batch as f64, None)?;
@@ -171,7 +183,7 @@ fn bench_model(
     // The same step through candle's autograd (one graph node per layer).
     out.push((
         "clean_step_autograd".to_string(),
-        time_ms(reps, || {
+        timed(reps, device, || {
             let loss = cross_entropy(&model.forward(&x)?, &y)?;
             adam.step(&loss.backward()?)?;
             Ok(())
@@ -181,7 +193,7 @@ fn bench_model(
     let frozen = model.frozen();
     out.push((
         "input_grad_frozen".to_string(),
-        time_ms(reps, || {
+        timed(reps, device, || {
             sgr_attacks::loss_gradient(&frozen, &x, &y)?;
             Ok(())
         })?,
@@ -189,7 +201,7 @@ fn bench_model(
     // The same gradient through the model's explicit reverse graph (what exact SGR uses), on the frozen copy.
     out.push((
         "input_grad_explicit".to_string(),
-        time_ms(reps, || {
+        timed(reps, device, || {
             frozen.log_lik_input_gradient(&x, &y)?;
             Ok(())
         })?,
@@ -199,21 +211,21 @@ fn bench_model(
         let few = reps.clamp(1, 3);
         out.push((
             "pgd10_attack".to_string(),
-            time_ms(few, || {
+            timed(few, device, || {
                 sgr_attacks::Attack::run(&sgr_attacks::Pgd::whitebox(), &frozen, &x, &y, eps)?;
                 Ok(())
             })?,
         ));
         out.push((
             "pgd40_attack".to_string(),
-            time_ms(few, || {
+            timed(few, device, || {
                 sgr_attacks::Attack::run(&sgr_attacks::Pgd::transfer(), &frozen, &x, &y, eps)?;
                 Ok(())
             })?,
         ));
         out.push((
             "deepfool_attack".to_string(),
-            time_ms(few, || {
+            timed(few, device, || {
                 sgr_attacks::DeepFool::default().attack(&frozen, &x)?;
                 Ok(())
             })?,
@@ -319,6 +331,7 @@ fn bench_methods(
             })?;
             c.adam.step(&o.gradients()?)?;
             drop(o);
+            device.synchronize()?;
             let ms = t.elapsed().as_secs_f64() * 1e3;
             c.step += 1;
             c.peak = c.peak.max(crate::alloc::peak().saturating_sub(base));
@@ -334,12 +347,19 @@ fn bench_methods(
         .collect())
 }
 
+/// PyTorch's figures from `xtask/torch_steps.py` on the same kind of device (CUDA for cuda, MPS for metal).
 fn torch_figures(
     python: &std::path::Path,
     model: &str,
     batch: usize,
     reps: usize,
+    device: DeviceKind,
 ) -> anyhow::Result<serde_json::Value> {
+    let torch_device = match device {
+        DeviceKind::Cpu => "cpu",
+        DeviceKind::Cuda => "cuda",
+        DeviceKind::Metal => "mps",
+    };
     run_script_json(
         python,
         "torch_steps.py",
@@ -350,6 +370,8 @@ fn torch_figures(
             &batch.to_string(),
             "--reps",
             &reps.to_string(),
+            "--device",
+            torch_device,
             "--json",
         ],
     )
@@ -473,7 +495,7 @@ pub fn run(cmd: BenchCmd) -> anyhow::Result<()> {
                 &device,
             )?);
             if let Some(p) = &python {
-                match torch_figures(p, name, cmd.batch, cmd.reps) {
+                match torch_figures(p, name, cmd.batch, cmd.reps, cmd.device) {
                     Ok(v) => torch_rounds.push(v),
                     Err(e) => println!("(PyTorch comparison failed: {e:#})"),
                 }

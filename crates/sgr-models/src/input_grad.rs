@@ -199,9 +199,8 @@ impl Cnn {
     /// (with `CANDLE_GRAD_DO_NOT_DETACH` set; without it candle drops the second-order terms).
     ///
     /// Same values as differentiating `forward` by autograd (tested to 1e-10 in f64, with the
-    /// parameter gradients of a loss on the result). On devices other than the CPU, or with plain ops
-    /// (where [`Cnn::uses_fast_ops`] is false), callers should use autograd instead: the NHWC ops have no
-    /// GPU kernels.
+    /// parameter gradients of a loss on the result). Where [`Cnn::uses_fast_ops`] is false (devices other
+    /// than the CPU, whose NHWC ops have no GPU kernels, or plain ops) it is that autograd route.
     pub fn log_lik_input_gradient(
         &self,
         x: &Tensor,
@@ -209,6 +208,17 @@ impl Cnn {
     ) -> Result<(Tensor, Tensor, Tensor)> {
         let _span = tracing::trace_span!("cnn_input_gradient").entered();
         let x = x.detach();
+        if !self.uses_fast_ops(&x) {
+            let xv = candle_core::Var::from_tensor(&x)?;
+            let logits = self.forward(xv.as_tensor())?;
+            let (log_lik, _, _) = log_lik_parts(&logits, y)?;
+            let grads = log_lik.sum_all()?.backward()?;
+            let dx = grads
+                .get(xv.as_tensor())
+                .ok_or_else(|| candle_core::Error::Msg("no input gradient".into()))?
+                .clone();
+            return Ok((logits, log_lik, dx));
+        }
         let std = crate::layers::standardize_parts(&x)?;
         let (logits, acts) = self.forward_activations(&std.standardized)?;
         let (log_lik, _, d) = log_lik_parts(&logits, y)?;

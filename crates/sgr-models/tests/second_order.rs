@@ -64,6 +64,53 @@ fn explicit_input_gradient_equals_autograd_to_second_order() -> TestResult {
     Ok(())
 }
 
+/// Where the fast ops are off (devices without them: CUDA, Metal; here plain ops on the CPU),
+/// `log_lik_input_gradient` takes candle's autograd and must give what the explicit route gives, to second
+/// order (that route is checked against autograd and finite differences above and below).
+#[test]
+fn input_gradient_without_fast_ops_equals_the_explicit_route() -> TestResult {
+    setup();
+    let config = CnnConfig::mnist();
+    let (mut m, vm) = model(config.clone(), 41, DType::F64);
+    let shape = [3, config.in_channels, config.height, config.width];
+    let x = rand_tensor(&shape, 42, 0.0, 1.0);
+    let y = Tensor::new(&[0u32, 3, 7], &Device::Cpu)?;
+    let w = rand_tensor(&shape, 43, -1.0, 1.0);
+    let mut results = vec![];
+    for plain in [false, true] {
+        m.set_plain_ops(plain);
+        assert_eq!(m.uses_fast_ops(&x), !plain);
+        let (logits, ll, g) = m.log_lik_input_gradient(&x, &y)?;
+        let second = (&g * &w)?.sum_all()?.backward()?;
+        let data = vm.data().lock().unwrap();
+        let mut param_grads = vec![];
+        for (name, v) in data.iter() {
+            let gp = second
+                .get(v.as_tensor())
+                .unwrap_or_else(|| panic!("no second-order gradient for {name} (plain {plain})"));
+            param_grads.push((name.clone(), gp.clone()));
+        }
+        param_grads.sort_by(|a, b| a.0.cmp(&b.0));
+        results.push((logits, ll, g, param_grads));
+    }
+    let (fast, plain) = (&results[0], &results[1]);
+    let close = |a: &Tensor, b: &Tensor, what: &str| {
+        let (scale, diff) = (sgr_testutil::max_abs(b), sgr_testutil::max_abs_diff(a, b));
+        assert!(
+            diff <= 1e-10 * scale.max(1e-300),
+            "{what}: max diff {diff} (scale {scale})"
+        );
+    };
+    close(&plain.0, &fast.0, "logits");
+    close(&plain.1, &fast.1, "log-likelihood per example");
+    close(&plain.2, &fast.2, "input gradient");
+    assert_eq!(plain.3.len(), fast.3.len());
+    for ((name, a), (_, b)) in plain.3.iter().zip(&fast.3) {
+        close(a, b, name);
+    }
+    Ok(())
+}
+
 #[test]
 fn hessian_vector_products_match_finite_differences() -> TestResult {
     setup();

@@ -155,7 +155,7 @@ mod device {
     /// Whether `Σ v` on this CUDA device uses the kernel (`false` for other devices). The first call per device compares the kernel with
     /// the conv2d fallback on small pseudo-random inputs (f32 and f64, one and three channels, both
     /// structures, radii up to the full image); if they disagree or the launch fails, it warns once and the
-    /// device stays on the fallback. (Until the kernel has passed `cargo xtask gpu-check` on real hardware.)
+    /// device stays on the fallback. (The kernel passed `cargo xtask gpu-check` on an H200; the check guards other GPUs.)
     pub fn kernel_ready(device: &Device) -> bool {
         let DeviceLocation::Cuda { gpu_id } = device.location() else {
             return false;
