@@ -90,11 +90,11 @@ pub(crate) fn time_ms(
     Ok(median(ts))
 }
 
-/// `time_ms` of `f` followed by a wait for `device` (kernels on CUDA and Metal run asynchronously).
-fn timed(
+/// [`time_ms`] of `f` on `device`, each call waited for (kernels on CUDA and Metal run asynchronously).
+pub(crate) fn time_ms_on<T>(
     reps: usize,
     device: &Device,
-    mut f: impl FnMut() -> anyhow::Result<()>,
+    mut f: impl FnMut() -> anyhow::Result<T>,
 ) -> anyhow::Result<f64> {
     time_ms(reps, || {
         f()?;
@@ -144,14 +144,14 @@ fn bench_model(
     let mut out = Vec::new();
     out.push((
         "forward".to_string(),
-        timed(reps, device, || {
+        time_ms_on(reps, device, || {
             model.forward(&x)?.detach().to_device(&Device::Cpu)?;
             Ok(())
         })?,
     ));
     out.push((
         "input_grad".to_string(),
-        timed(reps, device, || {
+        time_ms_on(reps, device, || {
             let xv = candle_core::Var::from_tensor(&x)?;
             let loss = cross_entropy(&model.forward(xv.as_tensor())?, &y)?;
             let g = loss.backward()?;
@@ -164,7 +164,7 @@ fn bench_model(
     // The clean step as training runs it: on the CPU, gradients without autograd (Cnn::explicit_gradients).
     out.push((
         "clean_step".to_string(),
-        timed(reps, device, || {
+        time_ms_on(reps, device, || {
             if model.uses_fast_ops(&x) {
                 let pass = model.explicit_pass(&x, &y, false)?;
                 let grads = model.explicit_gradients(&pass, 1.0 / batch as f64, None)?;
@@ -183,7 +183,7 @@ fn bench_model(
     // The same step through candle's autograd (one graph node per layer).
     out.push((
         "clean_step_autograd".to_string(),
-        timed(reps, device, || {
+        time_ms_on(reps, device, || {
             let loss = cross_entropy(&model.forward(&x)?, &y)?;
             adam.step(&loss.backward()?)?;
             Ok(())
@@ -193,7 +193,7 @@ fn bench_model(
     let frozen = model.frozen();
     out.push((
         "input_grad_frozen".to_string(),
-        timed(reps, device, || {
+        time_ms_on(reps, device, || {
             sgr_attacks::loss_gradient(&frozen, &x, &y)?;
             Ok(())
         })?,
@@ -201,7 +201,7 @@ fn bench_model(
     // The same gradient through the model's explicit reverse graph (what exact SGR uses), on the frozen copy.
     out.push((
         "input_grad_explicit".to_string(),
-        timed(reps, device, || {
+        time_ms_on(reps, device, || {
             frozen.log_lik_input_gradient(&x, &y)?;
             Ok(())
         })?,
@@ -211,21 +211,21 @@ fn bench_model(
         let few = reps.clamp(1, 3);
         out.push((
             "pgd10_attack".to_string(),
-            timed(few, device, || {
+            time_ms_on(few, device, || {
                 sgr_attacks::Attack::run(&sgr_attacks::Pgd::whitebox(), &frozen, &x, &y, eps)?;
                 Ok(())
             })?,
         ));
         out.push((
             "pgd40_attack".to_string(),
-            timed(few, device, || {
+            time_ms_on(few, device, || {
                 sgr_attacks::Attack::run(&sgr_attacks::Pgd::transfer(), &frozen, &x, &y, eps)?;
                 Ok(())
             })?,
         ));
         out.push((
             "deepfool_attack".to_string(),
-            timed(few, device, || {
+            time_ms_on(few, device, || {
                 sgr_attacks::DeepFool::default().attack(&frozen, &x)?;
                 Ok(())
             })?,

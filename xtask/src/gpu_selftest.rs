@@ -7,6 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use crate::bench::time_ms_on;
 use anyhow::{Context, Result};
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
@@ -334,15 +335,6 @@ fn model_checks(device: &Device) -> Result<Vec<Check>> {
     Ok(out)
 }
 
-/// Median milliseconds of `f` on `device`, each call waited for (`bench::time_ms`, two warm-up calls: module
-/// loading, the self-check, allocator growth).
-fn median_ms(reps: usize, device: &Device, mut f: impl FnMut() -> Result<Tensor>) -> Result<f64> {
-    crate::bench::time_ms(reps, || {
-        f()?;
-        Ok(device.synchronize()?)
-    })
-}
-
 /// Σv on a batch of 128 in f32: the kernel and the conv2d fallback on the device, and the CPU op.
 fn timings(device: &Device, quick: bool) -> Result<Vec<Timing>> {
     let (reps, batch) = if quick { (3, 8) } else { (20, 128) };
@@ -359,11 +351,11 @@ fn timings(device: &Device, quick: bool) -> Result<Vec<Timing>> {
             let v = pseudo_input(&[batch, shape.0, shape.1, shape.2], r)?.to_dtype(DType::F32)?;
             let vd = v.to_device(device)?;
             let kernel_ms =
-                median_ms(reps, device, || Ok(ks.matvec_on(&vd, device_path(device))?))?;
-            let fallback_ms = median_ms(reps, device, || {
+                time_ms_on(reps, device, || Ok(ks.matvec_on(&vd, device_path(device))?))?;
+            let fallback_ms = time_ms_on(reps, device, || {
                 Ok(ks.matvec_on(&vd, MatvecPath::Reference)?)
             })?;
-            let cpu_ms = median_ms(reps, &Device::Cpu, || {
+            let cpu_ms = time_ms_on(reps, &Device::Cpu, || {
                 Ok(ks.matvec_on(&v, MatvecPath::Kernel)?)
             })?;
             eprintln!(
