@@ -22,6 +22,15 @@ fn setup() {
     FLAG.call_once(|| unsafe { std::env::set_var("CANDLE_GRAD_DO_NOT_DETACH", "1") });
 }
 
+/// `a` equals `b` to 1e-10 relative to `b`'s largest entry.
+fn close(a: &Tensor, b: &Tensor, what: &str) {
+    let (scale, diff) = (sgr_testutil::max_abs(b), sgr_testutil::max_abs_diff(a, b));
+    assert!(
+        diff <= 1e-10 * scale.max(1e-300),
+        "{what}: max diff {diff} (scale {scale})"
+    );
+}
+
 #[test]
 fn explicit_input_gradient_equals_autograd_to_second_order() -> TestResult {
     setup();
@@ -35,13 +44,6 @@ fn explicit_input_gradient_equals_autograd_to_second_order() -> TestResult {
         let xv = Var::from_tensor(&x)?;
         let ll_auto = log_lik(&m, xv.as_tensor(), &y)?;
         let g_auto = ll_auto.backward()?.get(xv.as_tensor()).unwrap().clone();
-        let close = |a: &Tensor, b: &Tensor, what: &str| {
-            let (scale, diff) = (sgr_testutil::max_abs(b), sgr_testutil::max_abs_diff(a, b));
-            assert!(
-                diff <= 1e-10 * scale.max(1e-300),
-                "{what}: max diff {diff} (scale {scale})"
-            );
-        };
         close(&g, &g_auto, "input gradient");
         assert!((scalar(&ll.sum_all()?) - scalar(&ll_auto)).abs() < 1e-12);
         let logits_auto = candle_core::Module::forward(&m, &x)?;
@@ -94,13 +96,6 @@ fn input_gradient_without_fast_ops_equals_the_explicit_route() -> TestResult {
         results.push((logits, ll, g, param_grads));
     }
     let (fast, plain) = (&results[0], &results[1]);
-    let close = |a: &Tensor, b: &Tensor, what: &str| {
-        let (scale, diff) = (sgr_testutil::max_abs(b), sgr_testutil::max_abs_diff(a, b));
-        assert!(
-            diff <= 1e-10 * scale.max(1e-300),
-            "{what}: max diff {diff} (scale {scale})"
-        );
-    };
     close(&plain.0, &fast.0, "logits");
     close(&plain.1, &fast.1, "log-likelihood per example");
     close(&plain.2, &fast.2, "input gradient");
@@ -179,21 +174,14 @@ fn fused_cpu_ops_equal_candle_layers_to_second_order() -> TestResult {
         };
         let (la, ga, ha) = run(&fast);
         let (lb, gb, hb) = run(&plain);
-        let close = |a: &Tensor, b: &Tensor, what: &str| {
-            let (scale, diff) = (sgr_testutil::max_abs(b), sgr_testutil::max_abs_diff(a, b));
-            assert!(
-                diff <= 1e-10 * scale.max(1e-300),
-                "{}: {what}: max diff {diff} (scale {scale})",
-                config.spec()
-            );
-        };
-        close(&la, &lb, "logits");
-        close(&ga, &gb, "input gradient");
+        let spec = config.spec();
+        close(&la, &lb, &format!("{spec}: logits"));
+        close(&ga, &gb, &format!("{spec}: input gradient"));
         for (name, v) in vm.data().lock().unwrap().iter() {
             close(
                 ha.get(v.as_tensor()).unwrap(),
                 hb.get(v.as_tensor()).unwrap(),
-                name,
+                &format!("{spec}: {name}"),
             );
         }
     }
@@ -227,12 +215,7 @@ fn frozen_model_gradients_equal_the_trainable_model_to_second_order_in_the_input
             ("gradient", &ga, &gb),
             ("Hu", &ha, &hb),
         ] {
-            let (scale, diff) = (sgr_testutil::max_abs(b), sgr_testutil::max_abs_diff(a, b));
-            assert!(
-                diff <= 1e-10 * scale.max(1e-300),
-                "{}: {what}: max diff {diff} (scale {scale})",
-                config.spec()
-            );
+            close(a, b, &format!("{}: {what}", config.spec()));
         }
         assert!(
             sgr_testutil::max_abs(&hb) > 1e-8,
